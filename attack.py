@@ -1,0 +1,45 @@
+"""Gradient inversion against a saved client update, then scoring against the ground truth.
+
+    python attack.py                                   # high-risk client of the latest runs/default round
+    python attack.py --update runs/default/updates/round_0/client_2 optim.iterations=800
+    python attack.py --config configs/attack/multistep.yaml --update ... --out runs/x/attack
+
+The attack reads only the update folder, the global model and the prior image; scoring (a separate
+step, leakage/scoring.py) reads the ground truth when the run has one.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("WANDB_MODE", "offline")
+
+from common.cli import load_config, parser  # noqa: E402
+from common.errors import UserError, run_cli  # noqa: E402
+from inversion.config import AttackConfig  # noqa: E402
+
+DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "attack" / "default.yaml")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("attack.py", "Gradient inversion of a captured FL update, scored against the ground truth.", AttackConfig, "configs/attack/default.yaml")
+    p.add_argument("--update", default=None, metavar="DIR", help="update folder (same as update=DIR)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (same as out=DIR)")
+    p.add_argument("--run", default=None, metavar="RUN", help="run directory (same as run=RUN)")
+    args = p.parse_args(argv)
+    cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run})
+
+    from pipelines.attack_job import run_attack_job
+
+    summary = run_attack_job(cfg)
+    m = summary["metrics"]
+    if m.get("ssim") is not None:
+        print(f"SSIM {m['ssim']:.3f}  PSNR {m['psnr']:.1f} dB  RDLV {m['rdlv']:.2f}  label accuracy {m['label_accuracy']:.2f}  "
+              f"({m['iterations']} iterations, {m['seconds']:.0f}s) -> {summary['out']}")
+    else:
+        print(f"reconstruction written ({m['iterations']} iterations, {m['seconds']:.0f}s; no ground truth to score) -> {summary['out']}")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,1 @@
+"""Small pieces every entry point shares: errors, config loading, atomic outputs, file I/O."""

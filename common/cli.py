@@ -1,0 +1,32 @@
+"""Shared command-line shape: ``--config FILE`` (repeatable), ``key.sub=value`` overrides, generated --help."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, TypeVar
+
+from common import config as config_lib
+
+T = TypeVar("T")
+
+
+def parser(prog: str, description: str, schema: type, default_config: str | None, epilog_extra: str = "") -> argparse.ArgumentParser:
+    epilog = (
+        "Options (set in a YAML file or as key=value overrides, e.g. fl.rounds=5 'fl.split.clients.0.batch_size=2'):\n"
+        + config_lib.help_text(schema)
+        + ("\n\n" + epilog_extra if epilog_extra else "")
+    )
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", default=None, metavar="FILE",
+                   help=f"YAML config file(s), merged left to right (default: {default_config})" if default_config else "YAML config file(s)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, applied after the files")
+    return p
+
+
+def load_config(schema: type[T], args: argparse.Namespace, default_config: str | None, extra: dict[str, Any] | None = None) -> T:
+    files = args.config if args.config else ([default_config] if default_config and Path(default_config).is_file() else [])
+    overrides = list(args.overrides)
+    for key, value in (extra or {}).items():
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    return config_lib.load(schema, files, overrides)

@@ -1,0 +1,110 @@
+"""Safe file I/O: safetensors and JSON only (no pickle), atomic writes, staged output folders."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from common.errors import UserError
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically (temp file + rename) so that readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2, sort_keys=False, default=_json_default)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | Path, what: str = "file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{what} {path} is not valid JSON ({err})") from err
+
+
+def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save a flat tensor dict as safetensors, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    save_file(contiguous, tmp, metadata=metadata)
+    os.replace(tmp, path)
+
+
+def load_tensors(path: str | Path, what: str = "tensor file") -> dict[str, torch.Tensor]:
+    """Load safetensors, turning missing/truncated/corrupt files into one-line user errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"{what} {path} is truncated or corrupt ({reason})") from err
+
+
+class StagedDir:
+    """An output folder built under ``<final>.partial`` and renamed into place only on success.
+
+    A failed or interrupted job leaves ``<final>.partial`` (with a ``FAILED`` note) and never a
+    folder that looks complete; an earlier complete ``<final>`` survives until the new one is done.
+    """
+
+    def __init__(self, final: str | Path, resume: bool = False):
+        self.final = Path(final)
+        self.partial = self.final.with_name(self.final.name + ".partial")
+        self.resume = resume
+
+    def open(self) -> Path:
+        if self.partial.exists() and not self.resume:
+            shutil.rmtree(self.partial)
+        self.partial.mkdir(parents=True, exist_ok=True)
+        (self.partial / "FAILED").unlink(missing_ok=True)
+        return self.partial
+
+    def commit(self) -> Path:
+        if self.final.exists():
+            shutil.rmtree(self.final)
+        os.replace(self.partial, self.final)
+        return self.final
+
+    def fail(self, reason: str) -> None:
+        if self.partial.exists():
+            (self.partial / "FAILED").write_text(reason.strip() + "\n")
+
+    @contextlib.contextmanager
+    def staged(self) -> Iterator[Path]:
+        path = self.open()
+        try:
+            yield path
+        except BaseException as err:
+            self.fail(f"{type(err).__name__}: {err}")
+            raise
+        self.commit()

@@ -1,0 +1,61 @@
+"""The schema of train.py's config (configs/default.yaml); --help is generated from it."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from common.config import option
+from datamodules.federated import SplitConfig
+from datamodules.sources import DataConfig
+from lightning_modules.fl_client import OptimizerConfig
+from lightning_modules.models import ModelConfig
+
+
+@dataclasses.dataclass
+class LocalConfig:
+    epochs: int = option(1, "local epochs per round (each a full pass over the client's images, reshuffled)")
+    steps: int = option(0, "a fixed number of local steps instead of epochs (0 = use epochs)")
+
+
+@dataclasses.dataclass
+class FLConfig:
+    rounds: int = option(3, "number of FL rounds")
+    client_fraction: float = option(1.0, "fraction of clients sampled each round (at least one)")
+    weighting: str = option("steps", "FedAvg weights: steps (the paper), samples, or uniform")
+    lr_decay_every: int = option(0, "multiply the client lr by lr_decay every this many rounds (0 = never)")
+    lr_decay: float = option(0.1, "lr decay factor")
+    split: SplitConfig = option(help="client layout", factory=SplitConfig)
+
+
+@dataclasses.dataclass
+class CaptureConfig:
+    clients: list[int] = option(help="clients whose updates are saved (empty = all)", factory=list)
+    rounds: list[int] = option(help="rounds whose updates are saved (empty = all; negative counts from the end, -1 = last)", factory=list)
+    bn_statistics: bool = option(True, "record every step's exact BN batch statistics in the ground truth")
+
+
+@dataclasses.dataclass
+class PrivacyConfig:
+    filters: list[dict[str, Any]] = option(help="filter chain on every outgoing update, in order, e.g. [{name: gaussian, sigma0: 5}]", factory=list)
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    wandb: bool = option(True, "log to Weights & Biases (offline unless WANDB_MODE says otherwise)")
+    project: str = option("fl-leakage", "W&B project")
+    progress: bool = option(True, "show a progress bar")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    seed: int = option(0, "seed of the split, the initial model, the shuffling and the filters' noise")
+    out: str = option("runs/default", "run directory")
+    accelerator: str = option("cpu", "Lightning accelerator for local training: cpu, gpu or auto")
+    data: DataConfig = option(help="data", factory=DataConfig)
+    model: ModelConfig = option(help="model", factory=ModelConfig)
+    optimizer: OptimizerConfig = option(help="client optimiser", factory=OptimizerConfig)
+    local: LocalConfig = option(help="local training", factory=LocalConfig)
+    fl: FLConfig = option(help="federation", factory=FLConfig)
+    capture: CaptureConfig = option(help="which updates are saved", factory=CaptureConfig)
+    privacy: PrivacyConfig = option(help="privacy filters", factory=PrivacyConfig)
+    logging: LoggingConfig = option(help="logging", factory=LoggingConfig)

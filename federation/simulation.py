@@ -1,0 +1,232 @@
+"""FedAvg simulation: each client is the FLClient LightningModule, trained by a Lightning Trainer."""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from tqdm.auto import tqdm
+
+from callbacks.batch_statistics import BatchStatisticsRecorder
+from callbacks.update_capture import ClientResult, ClientRound, UpdateCapture
+from common.config import dump_yaml, to_dict
+from common.errors import UserError
+from common.files import save_tensors, write_json
+from common.tracking import start_run
+from datamodules.client import ClientDataModule, test_loader
+from datamodules.federated import FederatedSplit, local_steps, make_split
+from datamodules.sources import ImagePool, load_pool
+from federation.config import TrainConfig
+from federation.fedavg import apply_update, average_updates, client_weights
+from federation.update_store import global_model_path
+from lightning_modules.fl_client import FLClient, evaluate
+from lightning_modules.models import ClientModel, ModelSpec, build_model, check_batch_norm_viable
+from privacy.base import FilterChain
+
+METRIC_FIELDS = ["round", "lr", "clients", "test_accuracy", "test_loss", "train_loss", "seconds"]
+
+
+def quiet_lightning() -> None:
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*is deprecated.*", module="pytorch_lightning")
+
+
+def client_seed(seed: int, rnd: int, client: int) -> int:
+    return (seed * 1_000_003 + rnd * 10_007 + client * 101) % (2**31)
+
+
+@dataclasses.dataclass
+class RoundRecord:
+    round: int
+    lr: float
+    clients: list[int]
+    test_accuracy: float
+    test_loss: float
+    train_loss: float
+    seconds: float
+    results: dict[int, ClientResult]
+
+
+class FederatedSimulation:
+    """Everything is validated in the constructor, before any file is written."""
+
+    def __init__(self, cfg: TrainConfig):
+        quiet_lightning()
+        self.cfg = cfg
+        if cfg.fl.rounds < 1:
+            raise UserError(f"fl.rounds must be at least 1, got {cfg.fl.rounds}")
+        if not 0 < cfg.fl.client_fraction <= 1:
+            raise UserError(f"fl.client_fraction must be in (0, 1], got {cfg.fl.client_fraction}")
+        if cfg.fl.weighting not in ("steps", "samples", "uniform"):
+            raise UserError(f"unknown fl.weighting '{cfg.fl.weighting}' (steps, samples, uniform)")
+        if cfg.local.epochs < 1 and cfg.local.steps < 1:
+            raise UserError("local.epochs or local.steps must be at least 1")
+        cfg.optimizer.validate()
+        self.pool: ImagePool = load_pool(cfg.data)
+        self.split: FederatedSplit = make_split(self.pool, cfg.fl.split, cfg.data.test_fraction, cfg.seed)
+        self.spec = ModelSpec.from_config(cfg.model, self.pool.channels, self.pool.num_classes, cfg.data.image_size)
+        torch.manual_seed(cfg.seed)
+        self.global_model: ClientModel = build_model(self.spec)
+        for c, spec in enumerate(self.split.specs):
+            smallest = spec.images % spec.batch_size or spec.batch_size
+            check_batch_norm_viable(self.global_model, self.spec, smallest, f"client {c}")
+        self.filters = FilterChain.from_config(cfg.privacy.filters)
+        self.client = FLClient(copy.deepcopy(self.global_model), cfg.optimizer)
+        self.test_loader = test_loader(self.pool, self.split.test_indices)
+        self.num_clients = len(self.split.specs)
+        bad = [c for c in cfg.capture.clients if not 0 <= c < self.num_clients]
+        if bad:
+            raise UserError(f"capture.clients {bad} out of range: there are {self.num_clients} clients")
+        bad = [r for r in cfg.capture.rounds if not -cfg.fl.rounds <= r < cfg.fl.rounds]
+        if bad:
+            raise UserError(f"capture.rounds {bad} out of range: there are {cfg.fl.rounds} rounds")
+        self.capture_rounds = {r % cfg.fl.rounds for r in cfg.capture.rounds}
+        self.accelerator = cfg.accelerator
+        if self.accelerator not in ("cpu", "gpu", "auto", "cuda"):
+            raise UserError(f"unknown accelerator '{cfg.accelerator}' (cpu, gpu, auto)")
+        if self.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+            raise UserError("accelerator gpu requested but no CUDA device is available")
+
+    # ------------------------------------------------------------------ pieces
+
+    def round_lr(self, rnd: int) -> float:
+        fl = self.cfg.fl
+        decays = rnd // fl.lr_decay_every if fl.lr_decay_every > 0 else 0
+        return self.cfg.optimizer.lr * (fl.lr_decay ** decays)
+
+    def sample_clients(self, rnd: int) -> list[int]:
+        k = max(1, int(round(self.cfg.fl.client_fraction * self.num_clients)))
+        if k >= self.num_clients:
+            return list(range(self.num_clients))
+        rng = np.random.default_rng(client_seed(self.cfg.seed, rnd, 99991))
+        return sorted(int(c) for c in rng.choice(self.num_clients, size=k, replace=False))
+
+    def captured(self, rnd: int, client: int) -> bool:
+        cap = self.cfg.capture
+        return (not cap.clients or client in cap.clients) and (not cap.rounds or rnd in self.capture_rounds)
+
+    def make_trainer(self, callbacks: list[pl.Callback]) -> pl.Trainer:
+        steps = self.cfg.local.steps
+        return pl.Trainer(
+            accelerator=self.accelerator, devices=1, max_epochs=-1 if steps else self.cfg.local.epochs,
+            max_steps=steps if steps else -1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+            enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
+        )
+
+    def train_client(self, rnd: int, client: int, global_state: dict[str, torch.Tensor], lr: float,
+                     run_dir: Path | None) -> ClientResult:
+        spec = self.split.specs[client]
+        seed = client_seed(self.cfg.seed, rnd, client)
+        torch.manual_seed(seed)
+        self.client.model.load_state_dict(global_state)
+        self.client.lr = lr
+        capture_now = run_dir is not None and self.captured(rnd, client)
+        recorder = BatchStatisticsRecorder() if capture_now and self.cfg.capture.bn_statistics else None
+        job = ClientRound(rnd, client, self.pool, self.split.client_indices[client], spec.batch_size,
+                          self.local_epochs(client), self.spec, self.cfg.optimizer, lr, seed)
+        capture = UpdateCapture(job, self.filters, run_dir, capture_now, recorder)
+        callbacks: list[pl.Callback] = [capture] + ([recorder] if recorder else [])
+        datamodule = ClientDataModule(self.pool, self.split.client_indices[client], spec.batch_size, seed)
+        self.make_trainer(callbacks).fit(self.client, datamodule=datamodule)
+        assert capture.result is not None
+        return capture.result
+
+    def local_epochs(self, client: int) -> int:
+        spec = self.split.specs[client]
+        if self.cfg.local.steps:
+            return math.ceil(self.cfg.local.steps / math.ceil(spec.images / spec.batch_size))
+        return self.cfg.local.epochs
+
+    def expected_steps(self, client: int) -> int:
+        spec = self.split.specs[client]
+        return local_steps(spec.images, spec.batch_size, self.cfg.local.epochs, self.cfg.local.steps)
+
+    def aggregate(self, results: dict[int, ClientResult], global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        order = sorted(results)
+        weights = client_weights([results[c].num_samples for c in order], [results[c].local_steps for c in order], self.cfg.fl.weighting)
+        delta = average_updates([results[c].outgoing for c in order], weights, global_state)
+        return apply_update(global_state, delta)
+
+    def write_prior(self, run_dir: Path) -> None:
+        """The population prior image (mean of the training pool), and per-class means."""
+        pool = self.pool.images[self.split.train_indices]
+        labels = self.pool.labels[self.split.train_indices]
+        tensors = {"mean": pool.mean(0)}
+        for k, name in enumerate(self.pool.class_names):
+            if (labels == k).any():
+                tensors[f"class/{name}"] = pool[labels == k].mean(0)
+        save_tensors(run_dir / "prior.safetensors", tensors, metadata={"population": f"{self.pool.name} training pool", "images": str(len(pool))})
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, run_dir: Path | None, on_round: Callable[[RoundRecord], None] | None = None) -> list[RoundRecord]:
+        cfg = self.cfg
+        wandb_run = None
+        if run_dir is not None:
+            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+            self.write_prior(run_dir)
+            write_json(run_dir / "split.json", {
+                "clients": [{"images": s.images, "batch_size": s.batch_size, "pool_indices": idx.tolist()}
+                            for s, idx in zip(self.split.specs, self.split.client_indices)],
+                "test_indices": self.split.test_indices.tolist(), "class_names": self.pool.class_names,
+            })
+            wandb_run = start_run(cfg.logging.wandb, cfg.logging.project, f"train-{Path(cfg.out).name}", to_dict(cfg), run_dir, "train")
+        global_state = {k: v.detach().clone() for k, v in self.global_model.state_dict().items()}
+        records: list[RoundRecord] = []
+        total = sum(len(self.sample_clients(r)) for r in range(cfg.fl.rounds))
+        bar = tqdm(total=total, desc="FL", unit="client", disable=not cfg.logging.progress, dynamic_ncols=True)
+        metrics_file = run_dir / "metrics.csv" if run_dir is not None else None
+        try:
+            for rnd in range(cfg.fl.rounds):
+                start = time.perf_counter()
+                if run_dir is not None:
+                    save_tensors(global_model_path(run_dir, rnd), global_state)
+                lr = self.round_lr(rnd)
+                results: dict[int, ClientResult] = {}
+                for client in self.sample_clients(rnd):
+                    bar.set_description(f"round {rnd + 1}/{cfg.fl.rounds} client {client}")
+                    results[client] = self.train_client(rnd, client, global_state, lr, run_dir)
+                    bar.update(1)
+                global_state = self.aggregate(results, global_state)
+                self.global_model.load_state_dict(global_state)
+                acc, loss = evaluate(self.global_model, self.test_loader)
+                train_loss = float(np.mean([r.train_loss for r in results.values()]))
+                record = RoundRecord(rnd, lr, sorted(results), acc, loss, train_loss, time.perf_counter() - start, results)
+                records.append(record)
+                bar.set_postfix(acc=f"{acc:.3f}", loss=f"{loss:.3f}")
+                if metrics_file is not None:
+                    _append_csv(metrics_file, record)
+                if wandb_run is not None:
+                    wandb_run.log({"round": rnd, "test/accuracy": acc, "test/loss": loss, "train/loss": train_loss, "lr": lr}, step=rnd)
+                if on_round is not None:
+                    on_round(record)
+            if run_dir is not None:
+                save_tensors(global_model_path(run_dir, cfg.fl.rounds), global_state)
+        finally:
+            bar.close()
+            if wandb_run is not None:
+                wandb_run.finish()
+        return records
+
+
+def _append_csv(path: Path, record: RoundRecord) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+        if new:
+            writer.writeheader()
+        row: dict[str, Any] = {f: getattr(record, f) for f in METRIC_FIELDS}
+        row["clients"] = " ".join(map(str, record.clients))
+        writer.writerow(row)

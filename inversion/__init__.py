@@ -1,0 +1,1 @@
+"""Gradient inversion: threat model, functional replay, BN-statistics sources, objective terms, labels."""

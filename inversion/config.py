@@ -1,0 +1,74 @@
+"""The schema of attack.py's config (configs/attack/default.yaml); --help is generated from it."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from common.config import option
+from inversion.threat_model import ThreatConfig
+
+
+def default_objective() -> dict[str, dict[str, Any]]:
+    return {
+        "bn_statistics": {"weight": 1.0, "source": "auto"},
+        "update_matching": {"weight": 0.0},
+        "total_variation": {"weight": 1e-2, "norm": "l1"},
+    }
+
+
+@dataclasses.dataclass
+class OptimConfig:
+    iterations: int = option(400, "optimisation steps")
+    lr: float = option(0.1, "Adam learning rate on the [0, 1] images")
+    betas: list[float] = option(help="Adam betas", factory=lambda: [0.9, 0.999])
+    warmup: int = option(50, "linear warm-up steps")
+    schedule: str = option("cosine", "lr schedule after warm-up: cosine or constant")
+    restarts: int = option(1, "independent restarts (an extra batch dimension); the best by objective is kept")
+    init: str = option("prior", "start from the prior image (plus init_noise) or from uniform noise")
+    init_noise: float = option(0.05, "std of the Gaussian noise added to the prior start (identical starts never separate)")
+    langevin: float = option(0.0, "std of Gaussian noise added to the images after each step, decaying with the lr")
+    max_seconds: float = option(0.0, "stop after this much attack time (0 = no limit)")
+    vectorize: bool = option(True, "evaluate restarts with torch.func.vmap (False: a Python loop)")
+    seed: int = option(0, "seed of the initialisation, the Langevin noise and the later-epoch batch split")
+
+
+@dataclasses.dataclass
+class LabelConfig:
+    strategy: str = option("auto", "auto (analytic, joint if the classifier update is withheld), analytic, joint, oracle")
+
+
+@dataclasses.dataclass
+class PriorConfig:
+    path: str = option("", "safetensors file with the prior image ('' = the run's prior.safetensors)")
+    key: str = option("mean", "entry of that file: mean (population mean) or class/<name>")
+
+
+@dataclasses.dataclass
+class ScoringConfig:
+    ssim_kernel: int = option(0, "SSIM Gaussian window size (0 = 11 for images >= 64 px, else 7)")
+    ssim_sigma: float = option(0.0, "SSIM Gaussian sigma (0 = 1.5 for an 11 window, else 1.0)")
+    lpips: bool = option(True, "report LPIPS when its weights are available locally (skipped with a message otherwise)")
+
+
+@dataclasses.dataclass
+class AttackLoggingConfig:
+    wandb: bool = option(True, "log to Weights & Biases (offline unless WANDB_MODE says otherwise)")
+    project: str = option("fl-leakage", "W&B project")
+    progress: bool = option(True, "show a progress bar with the objective")
+    log_every: int = option(10, "log the objective every this many steps")
+
+
+@dataclasses.dataclass
+class AttackConfig:
+    run: str = option("runs/default", "run directory whose latest round's high-risk client is attacked when update is empty")
+    update: str = option("", "update folder (RUN/updates/round_<r>/client_<c>); '' = the high-risk client of the run's latest round")
+    global_model: str = option("", "global model file ('' = the one named in the update's metadata)")
+    out: str = option("", "output folder ('' = RUN/attacks/round_<r>_client_<c>)")
+    accelerator: str = option("cpu", "cpu, gpu or auto")
+    threat: ThreatConfig = option(help="oracle knowledge for ablations", factory=ThreatConfig)
+    objective: dict[str, dict[str, Any]] = option(help="objective terms and their parameters (see docs/attack.md)", factory=default_objective)
+    optim: OptimConfig = option(help="optimisation", factory=OptimConfig)
+    labels: LabelConfig = option(help="labels", factory=LabelConfig)
+    prior: PriorConfig = option(help="prior image", factory=PriorConfig)
+    scoring: ScoringConfig = option(help="scoring (reads the ground truth, after the attack)", factory=ScoringConfig)
+    logging: AttackLoggingConfig = option(help="logging", factory=AttackLoggingConfig)

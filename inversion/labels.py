@@ -1,0 +1,81 @@
+"""Label recovery from the last layer's update.
+
+With cross-entropy, the last-layer bias gradient of a batch is mean_i(p_i - y_i): for one image it
+is negative exactly at the true class, and for a batch its sum over steps reveals the class counts
+once the predicted probabilities are estimated. Which step each label belongs to is not
+identifiable from the final update, so recovered labels are assigned to dummy slots in class order.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from inversion.replay import ClientProcedure
+
+
+def classifier_keys(model: nn.Module, num_classes: int) -> tuple[str, str | None]:
+    """The last Linear layer with ``num_classes`` outputs: (weight key, bias key or None)."""
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.out_features == num_classes:
+            found = (f"{name}.weight", f"{name}.bias" if module.bias is not None else None)
+    if found is None:
+        raise ValueError("no Linear classifier layer with num_classes outputs")
+    return found
+
+
+def summed_gradient(delta: torch.Tensor, param0: torch.Tensor, proc: ClientProcedure) -> torch.Tensor:
+    """Estimate sum_t g_t from an SGD update, assuming similar gradients at every step.
+
+    Delta = -lr * sum_s c_s d_s with c_s = (1 - mu^(T-s)) / (1 - mu) under momentum mu, and
+    d_s = g_s + wd * theta. Adam's update keeps only the sign, which is all batch-1 recovery needs.
+    """
+    opt = proc.optimizer
+    steps = proc.local_steps
+    if opt["name"] != "sgd":
+        return -delta.double()
+    lr, mu, wd = float(opt["lr"]), float(opt.get("momentum", 0.0)), float(opt.get("weight_decay", 0.0))
+    coeff = sum((1 - mu ** (steps - s)) / (1 - mu) if mu else 1.0 for s in range(steps))
+    d_sum = -delta.double() * steps / (lr * coeff)
+    return d_sum - steps * wd * param0.double()
+
+
+def recover_labels(update: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor], model: nn.Module,
+                   num_classes: int, proc: ClientProcedure, mean_probs: torch.Tensor) -> torch.Tensor | None:
+    """Labels for the N dummy slots, sorted by class, or None when the classifier entries were withheld.
+
+    ``mean_probs``: the attacker's estimate of the client's mean softmax output (e.g. the global
+    model's prediction on the prior image).
+    """
+    w_key, b_key = classifier_keys(model, num_classes)
+    if b_key is not None and b_key in update:
+        g = summed_gradient(update[b_key], global_state[b_key], proc)
+    elif w_key in update:
+        # without a bias: rows of the weight gradient are (p - y)_c h^T, and h >= 0 after a ReLU
+        g = summed_gradient(update[w_key], global_state[w_key], proc).sum(1)
+    else:
+        return None
+    n = proc.num_images
+    if n == 1:
+        return g.argmin().view(1)
+    # sum_t g_t = (E / B) (n p - counts) when each image is seen E times in batches of B = nE/T
+    counts = n * mean_probs.double() - (n / proc.local_steps) * g
+    return counts_to_labels(counts, n)
+
+
+def counts_to_labels(counts: torch.Tensor, n: int) -> torch.Tensor:
+    """Non-negative integer counts summing to n (largest remainder), expanded to sorted labels."""
+    c = counts.clamp_min(0)
+    c = c * (n / c.sum()) if c.sum() > 0 else torch.full_like(c, n / len(c))
+    base = c.floor()
+    short = n - int(base.sum())
+    if short > 0:
+        base[(c - base).argsort(descending=True)[:short]] += 1
+    return torch.repeat_interleave(torch.arange(len(c)), base.long())
+
+
+def count_accuracy(predicted: torch.Tensor, true: torch.Tensor, num_classes: int) -> float:
+    """Order-free label accuracy: the fraction of labels whose class count is matched."""
+    p = torch.bincount(predicted.flatten(), minlength=num_classes)
+    t = torch.bincount(true.flatten(), minlength=num_classes)
+    return float(torch.minimum(p, t).sum()) / max(1, int(true.numel()))

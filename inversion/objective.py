@@ -1,0 +1,88 @@
+"""The attack objective: the configured terms, evaluated per restart (vectorised with vmap)."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.func import vmap
+
+from common.errors import UserError
+from inversion.bn_sources import make_bn_source
+from inversion.functional import FunctionalModel
+from inversion.replay import ClientProcedure, LocalTrainingReplay, ReplayOutput, forward_steps
+from inversion.terms import AttackSetting, BNStatistics, ObjectiveTerm, TermInput, UpdateMatching, make_terms
+from inversion.threat_model import AttackerKnowledge
+
+
+class Objective:
+    """``objective(images [R,N,C,H,W], labels) -> (total [R], parts [R, terms])``.
+
+    Terms that need the update replay trigger one differentiable replay per restart; otherwise
+    only forward passes of each step's dummy batch are made (BN statistics), which is far cheaper.
+    """
+
+    def __init__(self, knowledge: AttackerKnowledge, spec: dict[str, dict[str, Any]], batch_seed: int = 0, vectorize: bool = True):
+        model = knowledge.global_model()
+        um = (spec or {}).get("update_matching") or {}
+        self.fmodel = FunctionalModel(model, um.get("relu_grad", "smooth"), float(um.get("relu_beta", 10.0)))
+        self.proc = ClientProcedure.from_meta(knowledge.meta)
+        oracle_order = knowledge.oracle.batch_positions
+        self.steps = oracle_order if oracle_order is not None else self.proc.batches(batch_seed)
+        if len(self.steps) != self.proc.local_steps:
+            raise UserError(f"batch order has {len(self.steps)} steps, the update {self.proc.local_steps}")
+        self.params0 = {n: p.detach() for n, p in model.named_parameters()}
+        observed = {k: v for k, v in knowledge.update.items() if k in self.params0}
+        self.setting = AttackSetting(
+            observed_delta=observed,
+            param_names=list(self.params0),
+            bn_source_factory=lambda name: make_bn_source(name, self.fmodel.bn_names, knowledge.global_state, knowledge.update,
+                                                          self.proc.bn_momentum, self.proc.local_steps, knowledge.oracle.bn_statistics),
+            prior=knowledge.prior,
+            norm_mean=model.input_path.mean[0],
+            norm_std=model.input_path.std[0],
+        )
+        self.terms: list[ObjectiveTerm] = make_terms(spec, self.setting)
+        self.names = [t.name for t in self.terms]
+        self.needs_replay = any(t.needs_replay for t in self.terms)
+        self.replay = LocalTrainingReplay(self.fmodel, self.params0, self.proc)
+        bn_terms = [t for t in self.terms if isinstance(t, BNStatistics)]
+        mode = bn_terms[0].params.weights_per_step if bn_terms else "global"
+        self.step_params = self._params_per_step(observed, mode)
+        self.vectorize = vectorize
+        self.model = model
+        self.bn_source = bn_terms[0].source.name if bn_terms else "none"
+
+    def _params_per_step(self, observed: dict[str, torch.Tensor], mode: str) -> list[dict[str, torch.Tensor]]:
+        """Weights used by step k when the update is not replayed: theta0 + k/T * delta, or theta0."""
+        steps = self.proc.local_steps
+        if mode == "global" or steps == 1:
+            return [self.params0] * steps
+        return [{k: p + (t / steps) * observed[k].to(p.dtype) if k in observed else p for k, p in self.params0.items()} for t in range(steps)]
+
+    def run_client(self, x: torch.Tensor, y: torch.Tensor) -> ReplayOutput:
+        if self.needs_replay:
+            return self.replay.run(x, y, self.steps)
+        return forward_steps(self.fmodel, x, self.steps, self.step_params)
+
+    def restart_values(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-restart term values [T]; vmappable."""
+        out = self.run_client(x, y)
+        inp = TermInput(x, out)
+        values = [t.per_restart(inp) if not t.across_restarts else x.new_zeros(()) for t in self.terms]
+        return torch.stack(values)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.vectorize and images.shape[0] > 1:
+            parts = vmap(self.restart_values)(images, labels)
+        else:
+            parts = torch.stack([self.restart_values(x, y) for x, y in zip(images, labels)])
+        for i, term in enumerate(self.terms):
+            if term.across_restarts:
+                parts = parts.clone()
+                parts[:, i] = term.all_restarts(images)
+        weights = torch.tensor([t.weight for t in self.terms], dtype=parts.dtype)
+        return (parts * weights).sum(1), parts
+
+    @property
+    def update_matching(self) -> UpdateMatching | None:
+        return next((t for t in self.terms if isinstance(t, UpdateMatching)), None)

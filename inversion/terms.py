@@ -1,0 +1,247 @@
+"""Objective terms: one small class each, registered by name, each with its weight in the config.
+
+``objective: {update_matching: {weight: 1}, total_variation: {weight: 1e-4, norm: l2}}``: a new
+term is a new class with ``@register``; nothing else changes. A term gets a :class:`TermInput`
+for one restart (``per_restart``) or all restarts at once (``across_restarts``).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import re
+from typing import Any, ClassVar
+
+import torch
+
+from common.config import build, option
+from common.errors import UserError
+from inversion.bn_sources import SOURCES, BNSource
+from inversion.replay import ReplayOutput
+
+
+@dataclasses.dataclass
+class TermInput:
+    images: torch.Tensor  # one restart: [N, C, H, W] in [0, 1]
+    replay: ReplayOutput
+
+
+@dataclasses.dataclass
+class AttackSetting:
+    """What terms may be built from: only attacker knowledge (see inversion.threat_model)."""
+
+    observed_delta: dict[str, torch.Tensor]  # parameter entries of the update
+    param_names: list[str]
+    bn_source_factory: Any  # callable(name) -> BNSource
+    prior: torch.Tensor  # [C, H, W]
+    norm_mean: torch.Tensor
+    norm_std: torch.Tensor
+
+
+class ObjectiveTerm(abc.ABC):
+    name: ClassVar[str]
+    Params: ClassVar[type]
+    needs_replay: ClassVar[bool] = False
+    across_restarts: ClassVar[bool] = False
+
+    def __init__(self, params: Any, setting: AttackSetting):
+        self.params = params
+        self.weight = float(params.weight)
+
+    def per_restart(self, inp: TermInput) -> torch.Tensor:
+        raise NotImplementedError
+
+    def all_restarts(self, images: torch.Tensor) -> torch.Tensor:
+        """[R] values from all restarts' images [R, N, C, H, W] (for terms that couple restarts)."""
+        raise NotImplementedError
+
+
+REGISTRY: dict[str, type[ObjectiveTerm]] = {}
+
+
+def register(cls: type[ObjectiveTerm]) -> type[ObjectiveTerm]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def make_terms(spec: dict[str, dict[str, Any]], setting: AttackSetting) -> list[ObjectiveTerm]:
+    terms = []
+    for name, params in (spec or {}).items():
+        if name not in REGISTRY:
+            raise UserError(f"unknown objective term '{name}' (known: {', '.join(sorted(REGISTRY))})")
+        cls = REGISTRY[name]
+        built = build(cls.Params, params or {}, f"objective.{name}")
+        if built.weight < 0:
+            raise UserError(f"objective.{name}.weight must be >= 0")
+        if built.weight > 0:
+            terms.append(cls(built, setting))
+    if not terms:
+        raise UserError("the objective has no term with a positive weight")
+    return terms
+
+
+# ----------------------------------------------------------------------------- update matching
+
+
+@dataclasses.dataclass
+class UpdateMatchingParams:
+    weight: float = option(1.0, "weight (0 = off: no replay, no double backward)")
+    metric: str = option("cosine", "cosine (1 - cos) or l2 (squared error relative to the observed norm)")
+    per_layer: bool = option(True, "average the metric over parameter tensors instead of one flat vector")
+    layer_weights: dict[str, float] = option(help="regex -> weight for matching parameter names (first match wins)", factory=dict)
+    relu_grad: str = option("smooth", "exact, or smooth: exact ReLU values and derivative with a sigmoid slope for the outer gradient")
+    relu_beta: float = option(10.0, "slope of the smooth ReLU derivative")
+    ignore_zeros: bool = option(False, "match only entries the client sent as non-zero (for sparsifying filters)")
+
+
+@register
+class UpdateMatching(ObjectiveTerm):
+    """Compare the replayed update with the observed one."""
+
+    name = "update_matching"
+    Params = UpdateMatchingParams
+    needs_replay = True
+
+    def __init__(self, params: UpdateMatchingParams, setting: AttackSetting):
+        super().__init__(params, setting)
+        if params.metric not in ("cosine", "l2"):
+            raise UserError(f"objective.update_matching.metric must be cosine or l2, got {params.metric}")
+        if params.relu_grad not in ("exact", "smooth"):
+            raise UserError(f"objective.update_matching.relu_grad must be exact or smooth, got {params.relu_grad}")
+        patterns = [(re.compile(k), float(v)) for k, v in params.layer_weights.items()]
+        self.keys, self.weights, self.masks = [], [], []
+        for key in setting.param_names:
+            if key not in setting.observed_delta:
+                continue  # withheld by a filter: nothing to match
+            w = next((v for p, v in patterns if p.search(key)), 1.0)
+            if w > 0:
+                self.keys.append(key)
+                self.weights.append(w)
+                self.masks.append(setting.observed_delta[key] != 0 if params.ignore_zeros else None)
+        if not self.keys:
+            raise UserError("update matching has no parameter entries to match (all withheld or weighted 0)")
+        self.observed = [setting.observed_delta[k].float() for k in self.keys]
+        self.observed_sq = [float(o.pow(2).sum()) for o in self.observed]
+        self.total_weight = sum(self.weights)
+
+    def per_restart(self, inp: TermInput) -> torch.Tensor:
+        assert inp.replay.delta is not None
+        preds = [inp.replay.delta[k] for k in self.keys]
+        if self.params.ignore_zeros:
+            preds = [p * m if m is not None else p for p, m in zip(preds, self.masks)]
+        if self.params.per_layer:
+            total = preds[0].new_zeros(())
+            for p, o, o2, w in zip(preds, self.observed, self.observed_sq, self.weights):
+                total = total + w * self._distance(p, o, o2)
+            return total / self.total_weight
+        flat_p = torch.cat([p.flatten() * w**0.5 for p, w in zip(preds, self.weights)])
+        flat_o = torch.cat([o.flatten() * w**0.5 for o, w in zip(self.observed, self.weights)])
+        return self._distance(flat_p, flat_o, float(flat_o.pow(2).sum()))
+
+    def _distance(self, p: torch.Tensor, o: torch.Tensor, o2: float) -> torch.Tensor:
+        if self.params.metric == "cosine":
+            dot = (p * o).sum()
+            return 1 - dot / (torch.linalg.vector_norm(p) * (o2**0.5) + 1e-20)
+        return (p - o).pow(2).sum() / (o2 + 1e-20)
+
+
+# ----------------------------------------------------------------------------- BN statistics
+
+
+@dataclasses.dataclass
+class BNStatisticsParams:
+    weight: float = option(1.0, "weight")
+    source: str = option("auto", f"where targets come from: {', '.join(SOURCES)} (auto = multi_step if running stats were sent, else none)")
+    weights_per_step: str = option("interpolate", "without update matching, the weights each dummy step uses: interpolate (theta0 + k/T delta) or global")
+
+
+@register
+class BNStatistics(ObjectiveTerm):
+    """DeepInversion's BN prior with a selectable source of targets (inversion.bn_sources)."""
+
+    name = "bn_statistics"
+    Params = BNStatisticsParams
+
+    def __init__(self, params: BNStatisticsParams, setting: AttackSetting):
+        super().__init__(params, setting)
+        if params.weights_per_step not in ("interpolate", "global"):
+            raise UserError(f"objective.bn_statistics.weights_per_step must be interpolate or global, got {params.weights_per_step}")
+        self.source: BNSource = setting.bn_source_factory(params.source)
+
+    def per_restart(self, inp: TermInput) -> torch.Tensor:
+        return self.source.loss(inp.replay.stats)
+
+
+# ----------------------------------------------------------------------------- image priors
+
+
+@dataclasses.dataclass
+class TVParams:
+    weight: float = option(1e-4, "weight")
+    norm: str = option("l2", "l1 (anisotropic absolute differences) or l2 (squared differences)")
+
+
+@register
+class TotalVariation(ObjectiveTerm):
+    name = "total_variation"
+    Params = TVParams
+
+    def __init__(self, params: TVParams, setting: AttackSetting):
+        super().__init__(params, setting)
+        if params.norm not in ("l1", "l2"):
+            raise UserError(f"objective.total_variation.norm must be l1 or l2, got {params.norm}")
+
+    def per_restart(self, inp: TermInput) -> torch.Tensor:
+        x = inp.images
+        dx = x[..., :, 1:] - x[..., :, :-1]
+        dy = x[..., 1:, :] - x[..., :-1, :]
+        if self.params.norm == "l1":
+            return dx.abs().mean() + dy.abs().mean()
+        return dx.pow(2).mean() + dy.pow(2).mean()
+
+
+@dataclasses.dataclass
+class WeightOnly:
+    weight: float = option(0.0, "weight")
+
+
+@register
+class ImageL2(ObjectiveTerm):
+    """Mean squared value of the normalised image (what the client's model sees)."""
+
+    name = "image_l2"
+    Params = WeightOnly
+
+    def __init__(self, params: WeightOnly, setting: AttackSetting):
+        super().__init__(params, setting)
+        self.mean, self.std = setting.norm_mean, setting.norm_std
+
+    def per_restart(self, inp: TermInput) -> torch.Tensor:
+        return ((inp.images - self.mean) / self.std).pow(2).mean()
+
+
+@register
+class PriorDistance(ObjectiveTerm):
+    """Mean squared distance to the population prior image."""
+
+    name = "prior_distance"
+    Params = WeightOnly
+
+    def __init__(self, params: WeightOnly, setting: AttackSetting):
+        super().__init__(params, setting)
+        self.prior = setting.prior
+
+    def per_restart(self, inp: TermInput) -> torch.Tensor:
+        return (inp.images - self.prior).pow(2).mean()
+
+
+@register
+class GroupConsistency(ObjectiveTerm):
+    """Pull each restart towards the restarts' consensus (Yin et al. 2021); needs restarts > 1."""
+
+    name = "group_consistency"
+    Params = WeightOnly
+    across_restarts = True
+
+    def all_restarts(self, images: torch.Tensor) -> torch.Tensor:
+        consensus = images.mean(0, keepdim=True).detach()
+        return (images - consensus).pow(2).flatten(1).mean(1)

@@ -1,0 +1,114 @@
+"""The threat model: what the attacker is given, declared explicitly and logged with every run.
+
+The attacker holds the global model, the update that left the client, its metadata and a
+population prior image. Oracle knowledge (labels, exact BN statistics, batch order) exists only
+for ablations and is handed in explicitly by the harness that reads the ground truth; nothing
+here reads the ground-truth tree.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.config import option
+from common.errors import UserError
+from common.files import load_tensors
+from federation.update_store import load_update, resolve_global_model
+from inversion.bn_sources import Targets
+from lightning_modules.models import ClientModel, ModelSpec, batch_norm_layers, build_model
+
+
+@dataclasses.dataclass
+class ThreatConfig:
+    oracle_labels: bool = option(False, "ablation: give the attacker the true labels")
+    oracle_bn_statistics: bool = option(False, "ablation: give the attacker every step's true BN batch statistics (for bn source exact)")
+    oracle_batch_order: bool = option(False, "ablation: give the attacker the true assignment of images to local steps")
+
+
+@dataclasses.dataclass
+class OracleKnowledge:
+    labels: torch.Tensor | None = None
+    bn_statistics: list[Targets] | None = None  # per step, per BN layer: (mean, unbiased var)
+    batch_positions: list[torch.Tensor] | None = None
+
+
+@dataclasses.dataclass
+class AttackerKnowledge:
+    threat: ThreatConfig
+    spec: ModelSpec
+    global_state: dict[str, torch.Tensor]
+    update: dict[str, torch.Tensor]
+    meta: dict[str, Any]
+    prior: torch.Tensor  # [C, H, W] in [0, 1]
+    prior_source: str
+    oracle: OracleKnowledge = dataclasses.field(default_factory=OracleKnowledge)
+
+    def global_model(self) -> ClientModel:
+        model = build_model(self.spec)
+        model.load_state_dict(self.global_state)
+        return model.train()
+
+    def describe(self) -> dict[str, Any]:
+        """The declaration that goes into every log: what was known, and what was not."""
+        return {
+            "given": ["global model", "update (after privacy filters)", "update metadata", f"prior image ({self.prior_source})"],
+            "not_given": [k for k, v in (("true labels", self.threat.oracle_labels), ("true BN batch statistics", self.threat.oracle_bn_statistics),
+                                         ("true batch order", self.threat.oracle_batch_order), ("training images", False)) if not v],
+            "oracle": {k: v for k, v in dataclasses.asdict(self.threat).items() if v},
+            "withheld_by_client": self.meta.get("withheld_keys", []),
+            "privacy_filters": self.meta.get("privacy_filters", []),
+        }
+
+
+def load_knowledge(update_directory: str | Path, threat: ThreatConfig, global_model: str | Path | None = None,
+                   prior: torch.Tensor | None = None, prior_source: str = "") -> AttackerKnowledge:
+    """Read an update folder and its global model, and check that they fit each other."""
+    update_directory = Path(update_directory)
+    update, meta = load_update(update_directory)
+    spec = ModelSpec.from_dict(meta["model"]) if isinstance(meta["model"], dict) else None
+    if spec is None:
+        raise UserError("update metadata 'model' must be an object")
+    if list(meta["input_shape"]) != [spec.in_chans, spec.image_size, spec.image_size]:
+        raise UserError(f"update metadata input_shape {meta['input_shape']} does not fit the model spec ({spec.in_chans}x{spec.image_size}x{spec.image_size})")
+    state = load_tensors(resolve_global_model(update_directory, meta, global_model), "global model")
+    model = build_model(spec)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise UserError(f"global model does not fit the metadata's model '{spec.name}' (missing {missing[:3]}, unexpected {extra[:3]})")
+    for key, value in update.items():
+        if key not in expected:
+            raise UserError(f"update entry '{key}' is not in model '{spec.name}': metadata and update do not fit")
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise UserError(f"update entry '{key}' has shape {tuple(value.shape)}, the model's is {tuple(expected[key].shape)}")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise UserError(f"global model entry '{key}' has shape {tuple(value.shape)}, the model's is {tuple(expected[key].shape)}")
+    _check_steps(update, meta, model)
+    if prior is None:
+        prior, prior_source = torch.full((spec.in_chans, spec.image_size, spec.image_size), 0.5), "uniform grey (no population prior given)"
+    if tuple(prior.shape) != (spec.in_chans, spec.image_size, spec.image_size):
+        raise UserError(f"prior image has shape {tuple(prior.shape)}, the client's images are {spec.in_chans}x{spec.image_size}x{spec.image_size}")
+    return AttackerKnowledge(threat, spec, state, update, meta, prior.float().clamp(0, 1), prior_source)
+
+
+def _check_steps(update: dict[str, torch.Tensor], meta: dict[str, Any], model: ClientModel) -> None:
+    """num_batches_tracked counts local steps: it must agree with the metadata's local_steps."""
+    for name, _ in batch_norm_layers(model):
+        key = f"{name}.num_batches_tracked"
+        if key in update:
+            counted = int(update[key])
+            if counted != int(meta["local_steps"]):
+                raise UserError(f"update says {counted} local steps (num_batches_tracked) but metadata says {meta['local_steps']}")
+            return
+
+
+def load_prior(path: str | Path, key: str = "mean") -> torch.Tensor:
+    tensors = load_tensors(path, "prior image file")
+    if key not in tensors:
+        raise UserError(f"prior image file {path} has no entry '{key}' (has {', '.join(sorted(tensors))})")
+    return tensors[key]

@@ -1,0 +1,1 @@
+"""Leakage measurement: SSIM/PSNR/LPIPS, one-to-one matching, RDLV and its robust companions, figures."""

@@ -1,0 +1,74 @@
+"""Reading the ground-truth tree: for scoring, and for handing oracle knowledge to ablations.
+
+The attack itself never imports this module.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from common.errors import UserError
+from common.files import load_tensors, read_json
+from federation.update_store import ground_truth_dir
+from inversion.threat_model import OracleKnowledge, ThreatConfig
+
+
+@dataclasses.dataclass
+class GroundTruth:
+    images: torch.Tensor  # [N, C, H, W] in [0, 1]
+    labels: torch.Tensor
+    pool_indices: torch.Tensor
+    step_positions: list[torch.Tensor]  # per local step: positions into images
+    bn_stats: dict[str, torch.Tensor]  # step_<t>/<layer>/<mean|var|var_unbiased>
+    bn_layers: list[str]
+    directory: Path
+
+
+def locate(update_directory: str | Path) -> tuple[Path, int, int] | None:
+    """(run, round, client) of an update folder laid out as RUN/updates/round_<r>/client_<c>."""
+    d = Path(update_directory).resolve()
+    try:
+        rnd = int(d.parent.name.removeprefix("round_"))
+        client = int(d.name.removeprefix("client_"))
+    except ValueError:
+        return None
+    if d.parent.parent.name != "updates":
+        return None
+    return d.parent.parent.parent, rnd, client
+
+
+def load_ground_truth(run: Path, rnd: int, client: int) -> GroundTruth:
+    d = ground_truth_dir(run, rnd, client)
+    if not d.is_dir():
+        raise UserError(f"no ground truth at {d}")
+    imgs = load_tensors(d / "images.safetensors", "ground-truth images")
+    batches = read_json(d / "batches.json", "ground-truth batch order")
+    stats_file = d / "bn_stats.safetensors"
+    stats = load_tensors(stats_file, "ground-truth BN statistics") if stats_file.is_file() else {}
+    return GroundTruth(imgs["images"], imgs["labels"], imgs["indices"],
+                       [torch.tensor(s["positions"], dtype=torch.long) for s in batches["steps"]], stats,
+                       list(batches.get("bn_layers", [])), d)
+
+
+def ground_truth_for_update(update_directory: str | Path) -> GroundTruth | None:
+    where = locate(update_directory)
+    if where is None or not ground_truth_dir(*where).is_dir():
+        return None
+    return load_ground_truth(*where)
+
+
+def oracle_knowledge(gt: GroundTruth, threat: ThreatConfig, bn_names: list[str]) -> OracleKnowledge:
+    """Only what the threat config grants, in the attacker's (image-position) order."""
+    oracle = OracleKnowledge()
+    if threat.oracle_labels:
+        oracle.labels = gt.labels.clone()
+    if threat.oracle_batch_order:
+        oracle.batch_positions = [p.clone() for p in gt.step_positions]
+    if threat.oracle_bn_statistics:
+        if not gt.bn_stats:
+            raise UserError(f"the ground truth at {gt.directory} has no BN statistics (capture.bn_statistics was off)")
+        oracle.bn_statistics = [[(gt.bn_stats[f"step_{t}/{layer}/mean"], gt.bn_stats[f"step_{t}/{layer}/var_unbiased"]) for layer in bn_names]
+                                for t in range(len(gt.step_positions))]
+    return oracle

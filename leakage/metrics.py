@@ -1,0 +1,81 @@
+"""Image similarity on [0, 1] images: SSIM and PSNR (torchmetrics), LPIPS when its weights are local.
+
+Every reported number says which SSIM window it used (paper.md section 5): RDLV depends on it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+
+@dataclasses.dataclass(frozen=True)
+class SSIMSettings:
+    kernel_size: int
+    sigma: float
+
+    @classmethod
+    def for_size(cls, size: int, kernel_size: int = 0, sigma: float = 0.0) -> "SSIMSettings":
+        """torchmetrics' Gaussian 11x11 (sigma 1.5) from 64 px up; a 7x7 (sigma 1.0) window below."""
+        k = kernel_size or (11 if size >= 64 else 7)
+        s = sigma or (1.5 if k >= 11 else 1.0)
+        return cls(k, s)
+
+    def describe(self) -> str:
+        return f"torchmetrics SSIM, Gaussian window {self.kernel_size}x{self.kernel_size}, sigma {self.sigma}, data_range 1.0"
+
+
+def ssim_pairs(a: torch.Tensor, b: torch.Tensor, settings: SSIMSettings) -> torch.Tensor:
+    """SSIM of a[i] with b[i] for every i (inputs [N, C, H, W] in [0, 1])."""
+    return structural_similarity_index_measure(a.float().clamp(0, 1), b.float().clamp(0, 1), data_range=1.0,
+                                               kernel_size=settings.kernel_size, sigma=settings.sigma, reduction="none")
+
+
+def ssim_matrix(recs: torch.Tensor, origs: torch.Tensor, settings: SSIMSettings) -> torch.Tensor:
+    """[M, N] SSIM of every reconstruction with every original."""
+    m, n = recs.shape[0], origs.shape[0]
+    a = recs[:, None].expand(m, n, *recs.shape[1:]).reshape(m * n, *recs.shape[1:])
+    b = origs[None].expand(m, n, *origs.shape[1:]).reshape(m * n, *origs.shape[1:])
+    return ssim_pairs(a, b, settings).view(m, n)
+
+
+def psnr_matrix(recs: torch.Tensor, origs: torch.Tensor) -> torch.Tensor:
+    m, n = recs.shape[0], origs.shape[0]
+    out = torch.empty(m, n)
+    for i in range(m):
+        for j in range(n):
+            out[i, j] = peak_signal_noise_ratio(recs[i].clamp(0, 1), origs[j].clamp(0, 1), data_range=1.0)
+    return out
+
+
+class LPIPS:
+    """LPIPS (AlexNet) through torchmetrics, only when the backbone weights are already on disk.
+
+    Nothing is downloaded: a missing file disables the metric with a message.
+    """
+
+    WEIGHTS = "alexnet-owt-7be5be79.pth"
+
+    def __init__(self) -> None:
+        self.metric = None
+        self.reason = ""
+        hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints" / self.WEIGHTS
+        if not hub.is_file():
+            self.reason = f"LPIPS skipped: backbone weights {hub} are not present (nothing is downloaded)"
+            return
+        try:
+            from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+            self.metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True)
+        except Exception as err:  # missing optional dependency or unreadable weights
+            self.reason = f"LPIPS skipped: {type(err).__name__}: {err}"
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> float | None:
+        if self.metric is None:
+            return None
+        if a.shape[1] == 1:
+            a, b = a.repeat(1, 3, 1, 1), b.repeat(1, 3, 1, 1)
+        return float(self.metric(a.clamp(0, 1), b.clamp(0, 1)))

@@ -1,0 +1,101 @@
+"""Scoring a reconstruction against the ground truth (a separate step from the attack).
+
+Batches are matched one-to-one (Hungarian assignment on SSIM) before averaging; each training
+image's nearest reconstruction and its RDLV are reported too.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from inversion.labels import count_accuracy
+from leakage.metrics import LPIPS, SSIMSettings, psnr_matrix, ssim_matrix, ssim_pairs
+from leakage.rdlv import identification_rank, rdlv_matrix, ssim_gain
+
+
+def hungarian(similarity: torch.Tensor) -> list[tuple[int, int]]:
+    """(reconstruction j, original i) pairs maximising the total similarity, one-to-one."""
+    rows, cols = linear_sum_assignment(-similarity.double().numpy())
+    return [(int(j), int(i)) for j, i in zip(rows, cols)]
+
+
+def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor,
+          num_classes: int, settings: SSIMSettings, lpips: LPIPS | None = None, population: torch.Tensor | None = None,
+          class_priors: dict[int, torch.Tensor] | None = None) -> dict[str, Any]:
+    """All leakage numbers of one attack; ``population`` (training pool) enables identification ranks."""
+    recs, origs = recs.float().clamp(0, 1), origs.float().clamp(0, 1)
+    sim = ssim_matrix(recs, origs, settings)  # [M, N]
+    psnr = psnr_matrix(recs, origs)
+    prior_ssim = ssim_pairs(prior[None].expand_as(origs), origs, settings)  # [N]
+    rdlv = rdlv_matrix(sim, prior_ssim)
+    pairs = hungarian(sim)
+    matched = {i: j for j, i in pairs}
+    gain = ssim_gain(sim, prior_ssim)
+    class_rdlv = None
+    if class_priors:
+        cp = torch.stack([class_priors[int(y)] for y in labels])
+        class_prior_ssim = ssim_pairs(cp, origs, settings)
+        class_rdlv = rdlv_matrix(sim, class_prior_ssim).max(0).values
+    pop_sim = ssim_matrix(recs, population, settings) if population is not None else None
+    per_image = []
+    for i in range(origs.shape[0]):
+        j = matched.get(i)
+        nearest = int(sim[:, i].argmax())
+        row: dict[str, Any] = {
+            "image": i,
+            "label": int(labels[i]),
+            "matched_reconstruction": j,
+            "ssim": float(sim[j, i]) if j is not None else None,
+            "psnr": float(psnr[j, i]) if j is not None else None,
+            "nearest_reconstruction": nearest,
+            "nearest_ssim": float(sim[nearest, i]),
+            "prior_ssim": float(prior_ssim[i]),
+            "rdlv": float(rdlv[:, i].max()),
+            "ssim_gain": float(gain[i]),
+        }
+        if class_rdlv is not None:
+            row["rdlv_class_prior"] = float(class_rdlv[i])
+        if j is not None and rec_labels is not None:
+            row["label_correct"] = bool(int(rec_labels[j]) == int(labels[i]))
+        if lpips is not None and lpips.metric is not None and j is not None:
+            row["lpips"] = lpips(recs[j:j + 1], origs[i:i + 1])
+        if pop_sim is not None and j is not None:
+            row["identification_rank"] = identification_rank(pop_sim[j], _find(population, origs[i]))
+        per_image.append(row)
+    matched_rows = [r for r in per_image if r["ssim"] is not None]
+    out: dict[str, Any] = {
+        "ssim": _mean([r["ssim"] for r in matched_rows]),
+        "psnr": _mean([r["psnr"] for r in matched_rows]),
+        "rdlv": float(rdlv.max()),
+        "rdlv_mean": _mean([r["rdlv"] for r in per_image]),
+        "ssim_gain": float(gain.max()),
+        "prior_ssim": _mean([r["prior_ssim"] for r in per_image]),
+        "label_accuracy": count_accuracy(rec_labels, labels, num_classes) if rec_labels is not None else None,
+        "ssim_settings": settings.describe(),
+        "per_image": per_image,
+    }
+    if class_rdlv is not None:
+        out["rdlv_class_prior"] = float(class_rdlv.max())
+    if lpips is not None:
+        values = [r["lpips"] for r in per_image if r.get("lpips") is not None]
+        out["lpips"] = _mean(values) if values else None
+        if lpips.metric is None:
+            out["lpips_note"] = lpips.reason
+    if pop_sim is not None:
+        ranks = [r["identification_rank"] for r in per_image if "identification_rank" in r]
+        out["identification_top1"] = sum(1 for r in ranks if r == 1) / max(1, len(ranks))
+        out["identification_rank_median"] = float(torch.tensor(ranks, dtype=torch.float).median()) if ranks else None
+        out["population_size"] = int(population.shape[0])
+    return out
+
+
+def _find(population: torch.Tensor, image: torch.Tensor) -> int:
+    """Index of ``image`` in ``population`` (exact match; the nearest by L2 if absent)."""
+    d = (population - image[None]).flatten(1).pow(2).sum(1)
+    return int(d.argmin())
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(sum(values) / len(values)) if values else None

@@ -1,0 +1,1 @@
+"""LightningModules: the FL client, the client models, and the gradient-inversion attack."""

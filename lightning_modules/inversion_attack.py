@@ -1,0 +1,244 @@
+"""The gradient-inversion attack as a LightningModule: its parameters are the dummy images.
+
+One ``Trainer.fit`` is one attack. Restarts are an extra leading dimension of the images; each
+restart's best iterate is kept by objective value (never by comparison with any training image),
+and a restart whose objective is not finite is never selected.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Dataset
+
+from common.errors import UserError
+from inversion.config import LabelConfig, OptimConfig
+from inversion.labels import recover_labels
+from inversion.objective import Objective
+from inversion.threat_model import AttackerKnowledge
+
+
+class Iterations(Dataset):
+    """A dataset of step numbers: the Trainer's loop drives the optimisation, one step per item."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+def iteration_loader(n: int) -> DataLoader:
+    return DataLoader(Iterations(n), batch_size=None, shuffle=False, num_workers=0)
+
+
+@dataclasses.dataclass
+class AttackResult:
+    images: torch.Tensor  # [N, C, H, W] of the chosen restart
+    labels: torch.Tensor  # [N]
+    objective: float
+    restart: int  # global restart id
+    restart_objectives: dict[int, float]
+    restart_images: torch.Tensor  # [R, N, C, H, W] best iterate of every local restart
+    label_strategy: str
+    iterations: int
+    seconds: float
+    trace: list[dict[str, Any]]
+
+
+def warmup_cosine(warmup: int, total: int, schedule: str):
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+def restart_generator(seed: int, restart: int) -> torch.Generator:
+    """One generator per restart id, so that a restart is the same wherever (and with whom) it runs."""
+    return torch.Generator().manual_seed(seed * 100_003 + restart * 7_919 + 1)
+
+
+class GradientInversionAttack(pl.LightningModule):
+    def __init__(self, knowledge: AttackerKnowledge, objective: dict[str, dict[str, Any]], optim: OptimConfig,
+                 labels: LabelConfig, restart_ids: list[int] | None = None, trace_every: int = 0):
+        super().__init__()
+        if optim.iterations < 1:
+            raise UserError(f"optim.iterations must be at least 1, got {optim.iterations}")
+        if optim.restarts < 1:
+            raise UserError(f"optim.restarts must be at least 1, got {optim.restarts}")
+        if optim.init not in ("prior", "noise"):
+            raise UserError(f"optim.init must be prior or noise, got {optim.init}")
+        if optim.schedule not in ("cosine", "constant"):
+            raise UserError(f"optim.schedule must be cosine or constant, got {optim.schedule}")
+        self.knowledge = knowledge
+        self.optim_cfg = optim
+        self.objective = Objective(knowledge, objective, batch_seed=optim.seed, vectorize=optim.vectorize)
+        self.restart_ids = list(restart_ids) if restart_ids is not None else list(range(optim.restarts))
+        spec = knowledge.spec
+        n = self.objective.proc.num_images
+        self.shape = (n, spec.in_chans, spec.image_size, spec.image_size)
+        init = torch.stack([self._initial(r) for r in self.restart_ids])
+        self.images = nn.Parameter(init)
+        self.label_strategy, fixed = self._labels(labels.strategy)
+        if fixed is not None:
+            self.register_buffer("fixed_labels", fixed.expand(len(self.restart_ids), n).clone())
+            self.label_logits = None
+        else:
+            self.fixed_labels = None
+            self.label_logits = nn.Parameter(torch.zeros(len(self.restart_ids), n, spec.num_classes))
+        self.register_buffer("best_images", init.clone())
+        self.register_buffer("best_values", torch.full((len(self.restart_ids),), math.inf))
+        self.register_buffer("best_labels", self.current_labels().detach().clone())
+        self.trace_every = trace_every
+        self.trace: list[dict[str, Any]] = []
+        self.objective_trace: list[tuple[int, float, float]] = []
+        self.log_every = 10
+        self._started = 0.0
+        self.seconds = 0.0
+        self.steps_done = 0
+
+    # ------------------------------------------------------------------ setup
+
+    def _initial(self, restart: int) -> torch.Tensor:
+        gen = restart_generator(self.optim_cfg.seed, restart)
+        if self.optim_cfg.init == "noise":
+            return torch.rand(self.shape, generator=gen)
+        prior = self.knowledge.prior.expand(self.shape)
+        return (prior + self.optim_cfg.init_noise * torch.randn(self.shape, generator=gen)).clamp(0, 1)
+
+    def _labels(self, strategy: str) -> tuple[str, torch.Tensor | None]:
+        if strategy not in ("auto", "analytic", "joint", "oracle"):
+            raise UserError(f"labels.strategy must be auto, analytic, joint or oracle, got {strategy}")
+        if strategy == "oracle":
+            if self.knowledge.oracle.labels is None:
+                raise UserError("labels.strategy=oracle needs the oracle labels (threat.oracle_labels=true)")
+            return "oracle", self.knowledge.oracle.labels.long()
+        if strategy == "joint":
+            return "joint", None
+        labels = recover_labels(self.knowledge.update, self.knowledge.global_state, self.objective.model,
+                                self.knowledge.spec.num_classes, self.objective.proc, self._mean_probs())
+        if labels is None:
+            if strategy == "analytic":
+                raise UserError("analytic label recovery needs the classifier's update, which this update withholds")
+            return "joint", None
+        return "analytic", labels
+
+    @torch.no_grad()
+    def _mean_probs(self) -> torch.Tensor:
+        model = self.objective.model
+        was = model.training
+        model.eval()
+        probs = model(self.knowledge.prior[None]).softmax(-1)[0]
+        model.train(was)
+        return probs
+
+    def current_labels(self) -> torch.Tensor:
+        """Hard labels [R, N] (soft ones argmax-ed)."""
+        if self.fixed_labels is not None:
+            return self.fixed_labels
+        return self.label_logits.argmax(-1)
+
+    def label_input(self) -> torch.Tensor:
+        if self.fixed_labels is not None:
+            return self.fixed_labels
+        return self.label_logits.softmax(-1)
+
+    # ------------------------------------------------------------------ Lightning
+
+    def configure_optimizers(self):
+        params = [self.images] + ([self.label_logits] if self.label_logits is not None else [])
+        opt = torch.optim.Adam(params, lr=self.optim_cfg.lr, betas=tuple(self.optim_cfg.betas))
+        total = self.optim_cfg.iterations
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.optim_cfg.warmup, total, self.optim_cfg.schedule))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_train_start(self) -> None:
+        self._started = time.perf_counter() - self.seconds
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        total, parts = self.objective(self.images, self.label_input())
+        values = total.detach()
+        finite = torch.isfinite(values)
+        with torch.no_grad():
+            better = finite & (values < self.best_values)
+            if better.any():
+                self.best_values[better] = values[better]
+                self.best_images[better] = self.images.detach()[better].clamp(0, 1)
+                self.best_labels[better] = self.current_labels()[better]
+        loss = torch.where(finite, total, torch.zeros_like(total)).sum()
+        if batch_idx % self.log_every == 0 or batch_idx == self.optim_cfg.iterations - 1:
+            best = float(self.best_values.min())
+            self.log("objective", best, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
+            for i, name in enumerate(self.objective.names):
+                self.log(f"terms/{name}", float(parts[:, i].detach().min()), on_step=True, on_epoch=False, batch_size=1)
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        # a diverged restart must not feed NaN into Adam's state; the others are unaffected
+        for p in (self.images, self.label_logits):
+            if p is not None and p.grad is not None:
+                torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        with torch.no_grad():
+            if self.optim_cfg.langevin > 0:
+                opt = self.optimizers()
+                scale = opt.param_groups[0]["lr"] / self.optim_cfg.lr
+                noise = torch.stack([torch.randn(self.shape, generator=self._noise_gen(r)) for r in range(len(self.restart_ids))])
+                self.images.add_(noise.to(self.images) * (self.optim_cfg.langevin * scale))
+            self.images.clamp_(0, 1)
+        self.steps_done = batch_idx + 1
+        self.seconds = time.perf_counter() - self._started
+        if batch_idx % self.log_every == 0 or self.steps_done == self.optim_cfg.iterations:
+            self.objective_trace.append((self.steps_done, round(self.seconds, 3), float(self.best_values.min())))
+        if self.trace_every and (self.steps_done % self.trace_every == 0 or self.steps_done == self.optim_cfg.iterations):
+            k = int(self.best_values.argmin())
+            self.trace.append({"step": self.steps_done, "seconds": self.seconds, "objective": float(self.best_values[k]),
+                               "images": self.best_images[k].detach().clone()})
+
+    def _noise_gen(self, local: int) -> torch.Generator:
+        if not hasattr(self, "_noise_gens"):
+            self._noise_gens = [restart_generator(self.optim_cfg.seed + 1, r) for r in self.restart_ids]
+        return self._noise_gens[local]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["attack_state"] = {"seconds": self.seconds, "steps_done": self.steps_done,
+                                      "noise_gens": [g.get_state() for g in getattr(self, "_noise_gens", [])]}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("attack_state", {})
+        self.seconds = float(state.get("seconds", 0.0))
+        self.steps_done = int(state.get("steps_done", 0))
+        gens = state.get("noise_gens", [])
+        if gens:
+            self._noise_gens = [restart_generator(0, 0) for _ in gens]
+            for g, s in zip(self._noise_gens, gens):
+                g.set_state(s)
+
+    # ------------------------------------------------------------------ result
+
+    def result(self) -> AttackResult:
+        values = self.best_values
+        finite = torch.isfinite(values)
+        if not finite.any():
+            raise UserError("every restart diverged (non-finite objective): lower optim.lr or change the objective weights")
+        masked = torch.where(finite, values, torch.full_like(values, math.inf))
+        k = int(masked.argmin())
+        return AttackResult(
+            images=self.best_images[k].detach().clone(), labels=self.best_labels[k].detach().clone(), objective=float(values[k]),
+            restart=self.restart_ids[k], restart_objectives={r: float(v) for r, v in zip(self.restart_ids, values)},
+            restart_images=self.best_images.detach().clone(), label_strategy=self.label_strategy, iterations=self.steps_done,
+            seconds=self.seconds, trace=self.trace,
+        )

@@ -1,0 +1,227 @@
+"""One attack job: attacker knowledge -> Trainer.fit of the attack -> scoring -> files and W&B.
+
+The attack half sees only :class:`AttackerKnowledge`; the scoring half (after the fit) reads the
+ground truth. Outputs are staged and appear complete or not at all.
+"""
+from __future__ import annotations
+
+import csv
+import datetime
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import yaml
+
+from common.config import build, to_dict
+from common.errors import UserError
+from common.files import StagedDir, load_tensors, save_tensors, write_json
+from common.tracking import wandb_mode
+from datamodules.sources import DataConfig, load_pool
+from federation.simulation import quiet_lightning
+from federation.update_store import high_risk_update
+from inversion.config import AttackConfig
+from inversion.threat_model import AttackerKnowledge, load_knowledge, load_prior
+from leakage.figures import reconstruction_figure
+from leakage.ground_truth import GroundTruth, ground_truth_for_update, locate, oracle_knowledge
+from leakage.metrics import LPIPS, SSIMSettings
+from leakage.scoring import score
+from lightning_modules.inversion_attack import AttackResult, GradientInversionAttack, iteration_loader
+from lightning_modules.models import batch_norm_layers, build_model
+
+
+def resolve_update(cfg: AttackConfig) -> Path:
+    if cfg.update:
+        return Path(cfg.update)
+    return high_risk_update(cfg.run)
+
+
+def resolve_prior(cfg: AttackConfig, update_dir: Path) -> tuple[torch.Tensor | None, str]:
+    if cfg.prior.path:
+        return load_prior(cfg.prior.path, cfg.prior.key), f"{cfg.prior.path}:{cfg.prior.key}"
+    where = locate(update_dir)
+    if where is not None and (where[0] / "prior.safetensors").is_file():
+        return load_prior(where[0] / "prior.safetensors", cfg.prior.key), f"run prior '{cfg.prior.key}' (population mean of the training pool)"
+    return None, ""
+
+
+def attacker_knowledge(cfg: AttackConfig, update_dir: Path) -> AttackerKnowledge:
+    prior, prior_source = resolve_prior(cfg, update_dir)
+    knowledge = load_knowledge(update_dir, cfg.threat, cfg.global_model or None, prior, prior_source)
+    threat = cfg.threat
+    if threat.oracle_labels or threat.oracle_bn_statistics or threat.oracle_batch_order:
+        gt = ground_truth_for_update(update_dir)
+        if gt is None:
+            raise UserError(f"oracle knowledge was asked for, but {update_dir} has no ground truth beside it")
+        bn_names = [n for n, _ in batch_norm_layers(build_model(knowledge.spec))]
+        knowledge.oracle = oracle_knowledge(gt, threat, bn_names)
+    return knowledge
+
+
+def make_trainer(cfg: AttackConfig, logger: Any = False, callbacks: list[pl.Callback] | None = None, **kwargs: Any) -> pl.Trainer:
+    accelerator = cfg.accelerator
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError("accelerator gpu requested but no CUDA device is available")
+    options: dict[str, Any] = dict(
+        accelerator=accelerator, devices=1, max_epochs=1, max_steps=cfg.optim.iterations, logger=logger,
+        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=cfg.logging.progress,
+        num_sanity_val_steps=0, callbacks=callbacks or [], log_every_n_steps=max(1, cfg.logging.log_every),
+    )
+    if cfg.optim.max_seconds > 0:
+        options["max_time"] = datetime.timedelta(seconds=cfg.optim.max_seconds)
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+def run_attack(knowledge: AttackerKnowledge, cfg: AttackConfig, logger: Any = False, restart_ids: list[int] | None = None,
+               trace_every: int = 0, callbacks: list[pl.Callback] | None = None, ckpt_path: str | None = None,
+               **trainer_kwargs: Any) -> tuple[AttackResult, GradientInversionAttack]:
+    quiet_lightning()
+    attack = GradientInversionAttack(knowledge, cfg.objective, cfg.optim, cfg.labels, restart_ids, trace_every)
+    attack.log_every = max(1, cfg.logging.log_every)
+    trainer = make_trainer(cfg, logger, callbacks, **trainer_kwargs)
+    trainer.fit(attack, train_dataloaders=iteration_loader(cfg.optim.iterations), ckpt_path=ckpt_path)
+    return attack.result(), attack
+
+
+def score_result(result: AttackResult, knowledge: AttackerKnowledge, gt: GroundTruth | None, cfg: AttackConfig,
+                 update_dir: Path, population: bool = True) -> dict[str, Any]:
+    """Leakage numbers; without ground truth only the attack's own facts are reported."""
+    base: dict[str, Any] = {"iterations": result.iterations, "seconds": round(result.seconds, 3), "objective": result.objective,
+                            "restart": result.restart, "label_strategy": result.label_strategy}
+    size = knowledge.spec.image_size
+    settings = SSIMSettings.for_size(size, cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
+    if gt is None:
+        return {"ssim": None, "psnr": None, "rdlv": None, "label_accuracy": None, **base, "per_image": [],
+                "note": "no ground truth beside this update: nothing to score"}
+    pop, class_priors = (None, None)
+    where = locate(update_dir)
+    if where is not None and population:
+        pop, class_priors = _population(where[0], knowledge)
+    lpips = LPIPS() if cfg.scoring.lpips else None
+    scores = score(result.images, result.labels, gt.images, gt.labels, knowledge.prior, knowledge.spec.num_classes,
+                   settings, lpips, pop, class_priors)
+    return {**{k: scores.pop(k) for k in ("ssim", "psnr", "rdlv", "label_accuracy")}, **base, **scores}
+
+
+def _population(run: Path, knowledge: AttackerKnowledge) -> tuple[torch.Tensor | None, dict[int, torch.Tensor] | None]:
+    """The run's training pool (for identification ranks) and per-class priors (scoring only)."""
+    class_priors = None
+    prior_file = run / "prior.safetensors"
+    cfg_file = run / "config.yaml"
+    split_file = run / "split.json"
+    pool_images = None
+    try:
+        if cfg_file.is_file() and split_file.is_file():
+            import json
+
+            data = build(DataConfig, (yaml.safe_load(cfg_file.read_text()) or {}).get("data", {}), "data")
+            pool = load_pool(data)
+            split = json.loads(split_file.read_text())
+            test = set(split["test_indices"])
+            train = torch.tensor([i for i in range(len(pool)) if i not in test])
+            pool_images = pool.images[train]
+            if prior_file.is_file():
+                tensors = load_tensors(prior_file)
+                class_priors = {k: tensors[f"class/{name}"] for k, name in enumerate(split["class_names"]) if f"class/{name}" in tensors}
+    except (UserError, OSError, KeyError, ValueError):
+        pool_images = None  # the population is a bonus metric: a moved dataset must not fail the scoring
+    if pool_images is not None and tuple(pool_images.shape[1:]) != tuple(knowledge.prior.shape):
+        pool_images = None
+    return pool_images, class_priors
+
+
+def default_out(cfg: AttackConfig, update_dir: Path) -> Path:
+    if cfg.out:
+        return Path(cfg.out)
+    where = locate(update_dir)
+    if where is None:
+        return update_dir / "attack"
+    run, rnd, client = where
+    return run / "attacks" / f"round_{rnd}_client_{client}"
+
+
+def run_attack_job(cfg: AttackConfig) -> dict[str, Any]:
+    started = time.time()
+    update_dir = resolve_update(cfg)
+    knowledge = attacker_knowledge(cfg, update_dir)
+    out = default_out(cfg, update_dir)
+    staged = StagedDir(out)
+    work = staged.open()
+    wandb_logger = None
+    try:
+        if cfg.logging.wandb and wandb_mode() != "disabled":
+            wandb_logger = _wandb_logger(cfg, work, update_dir, knowledge)
+        result, attack = run_attack(knowledge, cfg, logger=wandb_logger or False)
+        gt = ground_truth_for_update(update_dir)
+        metrics = score_result(result, knowledge, gt, cfg, update_dir)
+        metrics["threat_model"] = knowledge.describe()
+        metrics["bn_source"] = attack.objective.bn_source
+        metrics["update"] = str(update_dir)
+        metrics["wall_seconds"] = round(time.time() - started, 2)
+        save_tensors(work / "reconstruction.safetensors", {"images": result.images, "labels": result.labels,
+                                                           "restart_images": result.restart_images})
+        (work / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        _write_trace(work / "objective.csv", attack.objective_trace)
+        title = (f"round {knowledge.meta['round']} client {knowledge.meta['client']}: {knowledge.meta['num_images']} image(s), batch {knowledge.meta['batch_size']}, "
+                 f"{knowledge.meta['local_steps']} step(s)")
+        if metrics.get("ssim") is not None:
+            title += f" | SSIM {metrics['ssim']:.3f}, RDLV {metrics['rdlv']:.2f}"
+        reconstruction_figure(work / "reconstruction.png", result.images, knowledge.prior, gt.images if gt else None,
+                              metrics if gt else None, title)
+        write_json(work / "metrics.json", metrics)
+        if wandb_logger is not None:
+            _wandb_finish(wandb_logger, work, metrics)
+    except BaseException as err:
+        staged.fail(f"{type(err).__name__}: {err}")
+        if wandb_logger is not None:
+            _wandb_close(wandb_logger)
+        raise
+    final = staged.commit()
+    return {"out": final, "metrics": metrics, "result": result}
+
+
+def _write_trace(path: Path, trace: list[tuple[int, float, float]]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", "seconds", "best_objective"])
+        writer.writerows(trace)
+
+
+def _wandb_logger(cfg: AttackConfig, work: Path, update_dir: Path, knowledge: AttackerKnowledge):
+    try:
+        from pytorch_lightning.loggers import WandbLogger
+    except ImportError:
+        return None
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        print("note: wandb is not installed; results are in metrics.json only")
+        return None
+    meta = knowledge.meta
+    logger = WandbLogger(project=cfg.logging.project, name=f"attack-r{meta['round']}-c{meta['client']}", save_dir=str(work),
+                         job_type="attack", config={"attack": to_dict(cfg), "threat_model": knowledge.describe(), "update": str(update_dir)})
+    return logger
+
+
+def _wandb_finish(logger: Any, work: Path, metrics: dict[str, Any]) -> None:
+    import wandb
+
+    run = logger.experiment
+    run.log({"reconstruction": wandb.Image(str(work / "reconstruction.png"))})
+    for key in ("ssim", "psnr", "rdlv", "label_accuracy", "iterations", "seconds", "objective"):
+        if metrics.get(key) is not None:
+            run.summary[key] = metrics[key]
+    table = wandb.Table(columns=["image", "label", "ssim", "psnr", "rdlv", "prior_ssim"],
+                        data=[[r["image"], r["label"], r["ssim"], r["psnr"], r["rdlv"], r["prior_ssim"]] for r in metrics.get("per_image", [])])
+    run.log({"per_image": table})
+    _wandb_close(logger)
+
+
+def _wandb_close(logger: Any) -> None:
+    try:
+        logger.experiment.finish()
+    except Exception:  # closing a broken run must not hide the real error
+        pass

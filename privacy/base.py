@@ -1,0 +1,107 @@
+"""Privacy filters: transformations of an outgoing update, composed as an explicit chain.
+
+A filter is a small class with a parameter dataclass; registering it makes it usable from YAML
+(``privacy.filters: [{name: gaussian, sigma0: 5}]``) without touching any other filter.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+
+from common.config import build, to_dict
+from common.errors import UserError
+
+Update = dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass
+class FilterContext:
+    """What a filter may use besides the update itself."""
+
+    generator: torch.Generator
+    round: int = 0
+    client: int = 0
+    num_samples: int = 1
+    local_steps: int = 1
+
+
+class PrivacyFilter(abc.ABC):
+    name: ClassVar[str]
+    Params: ClassVar[type]
+
+    def __init__(self, params: Any):
+        self.params = params
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` for parameters that make no sense."""
+
+    @abc.abstractmethod
+    def apply(self, update: Update, ctx: FilterContext) -> tuple[Update, dict[str, float]]:
+        """Return the filtered update and a few numbers describing the effect (logged)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **to_dict(self.params)}
+
+
+REGISTRY: dict[str, type[PrivacyFilter]] = {}
+
+
+def register(cls: type[PrivacyFilter]) -> type[PrivacyFilter]:
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def float_keys(update: Update) -> list[str]:
+    """Entries filters act on: floating-point tensors (integer counters such as num_batches_tracked pass)."""
+    return [k for k, v in update.items() if v.is_floating_point()]
+
+
+def flat_abs(update: Update, keys: list[str]) -> torch.Tensor:
+    if not keys:
+        return torch.zeros(0)
+    return torch.cat([update[k].detach().abs().flatten().double() for k in keys])
+
+
+def global_norm(update: Update, keys: list[str]) -> float:
+    return float(torch.sqrt(sum((update[k].double() ** 2).sum() for k in keys))) if keys else 0.0
+
+
+def make_filter(spec: dict[str, Any], where: str) -> PrivacyFilter:
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise UserError(f"{where} must be a mapping with a 'name' (one of {sorted(REGISTRY)})")
+    name = spec["name"]
+    if name not in REGISTRY:
+        raise UserError(f"{where}: unknown privacy filter '{name}' (known: {', '.join(sorted(REGISTRY))})")
+    cls = REGISTRY[name]
+    params = build(cls.Params, {k: v for k, v in spec.items() if k != "name"}, where)
+    return cls(params)
+
+
+class FilterChain:
+    """Filters applied in the listed order; each one's effect is reported."""
+
+    def __init__(self, filters: list[PrivacyFilter]):
+        self.filters = filters
+
+    @classmethod
+    def from_config(cls, specs: list[dict[str, Any]], where: str = "privacy.filters") -> "FilterChain":
+        import privacy.filters  # noqa: F401  (registers the built-in filters)
+
+        return cls([make_filter(spec, f"{where}.{i}") for i, spec in enumerate(specs or [])])
+
+    def apply(self, update: Update, ctx: FilterContext) -> tuple[Update, list[dict[str, Any]]]:
+        effects = []
+        for f in self.filters:
+            update, effect = f.apply(dict(update), ctx)
+            effects.append({"filter": f.name, **effect})
+        return update, effects
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [f.describe() for f in self.filters]
+
+    def __len__(self) -> int:
+        return len(self.filters)
