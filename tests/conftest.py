@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny models and images, W&B disabled, one small federated run per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ["WANDB_MODE"] = "disabled"
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from common.config import build  # noqa: E402
+from federation.config import TrainConfig  # noqa: E402
+
+torch.set_num_threads(2)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_train_config(out: Path, **extra) -> TrainConfig:
+    """bn_convnet on 16 px LFW: a federation that trains in seconds."""
+    tree = {
+        "seed": 0,
+        "out": str(out),
+        "data": {"source": "lfw", "image_size": 16},
+        "model": {"name": "bn_convnet", "resize_to": 0, "width": 8, "depth": 3},
+        "optimizer": {"name": "sgd", "lr": 0.05},
+        "fl": {"rounds": 2, "split": {"clients": [
+            {"images": 8, "batch_size": 4},
+            {"images": 6, "batch_size": 3},
+            {"images": 1, "batch_size": 1, "classes": ["face"]},
+        ]}},
+        "logging": {"wandb": False, "progress": False},
+    }
+    for key, value in extra.items():
+        node = tree
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return build(TrainConfig, tree)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A complete 2-round run with every update and ground truth captured."""
+    from federation.simulation import FederatedSimulation
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    out.mkdir()
+    sim = FederatedSimulation(tiny_train_config(out))
+    sim.run(out)
+    return out
