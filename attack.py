@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--update", default=None, metavar="DIR", help="update folder (same as update=DIR)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (same as out=DIR)")
     p.add_argument("--run", default=None, metavar="RUN", help="run directory (same as run=RUN)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run})
 
     from pipelines.attack_job import run_attack_job

@@ -23,7 +23,7 @@ DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.yaml
 def main(argv: list[str] | None = None) -> None:
     p = parser("train.py", "FedAvg simulation of Lightning clients; saves the updates that leave the chosen clients.", TrainConfig, "configs/default.yaml")
     p.add_argument("--out", default=None, metavar="RUN", help="run directory (default: runs/default; same as out=RUN)")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     cfg = load_config(TrainConfig, args, DEFAULT_CONFIG, {"out": args.out})
 
     from common.files import StagedDir, write_json

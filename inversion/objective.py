@@ -35,6 +35,7 @@ class Objective:
         self.setting = AttackSetting(
             observed_delta=observed,
             param_names=list(self.params0),
+            params0=self.params0,
             bn_source_factory=lambda name: make_bn_source(name, self.fmodel.bn_names, knowledge.global_state, knowledge.update,
                                                           self.proc.bn_momentum, self.proc.local_steps, knowledge.oracle.bn_statistics),
             prior=knowledge.prior,

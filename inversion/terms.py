@@ -31,6 +31,7 @@ class AttackSetting:
 
     observed_delta: dict[str, torch.Tensor]  # parameter entries of the update
     param_names: list[str]
+    params0: dict[str, torch.Tensor]  # global model parameters
     bn_source_factory: Any  # callable(name) -> BNSource
     prior: torch.Tensor  # [C, H, W]
     norm_mean: torch.Tensor
@@ -91,6 +92,7 @@ class UpdateMatchingParams:
     relu_grad: str = option("smooth", "exact, or smooth: exact ReLU values and derivative with a sigmoid slope for the outer gradient")
     relu_beta: float = option(10.0, "slope of the smooth ReLU derivative")
     ignore_zeros: bool = option(False, "match only entries the client sent as non-zero (for sparsifying filters)")
+    min_snr: float = option(10.0, "skip tensors whose observed delta is below this multiple of float32 rounding noise (|theta| * 2^-24)")
 
 
 @register
@@ -109,9 +111,16 @@ class UpdateMatching(ObjectiveTerm):
             raise UserError(f"objective.update_matching.relu_grad must be exact or smooth, got {params.relu_grad}")
         patterns = [(re.compile(k), float(v)) for k, v in params.layer_weights.items()]
         self.keys, self.weights, self.masks = [], [], []
+        self.skipped_noise: list[str] = []
         for key in setting.param_names:
             if key not in setting.observed_delta:
                 continue  # withheld by a filter: nothing to match
+            # a delta stored as after - before in float32 carries rounding noise of order |theta| 2^-24;
+            # tensors that barely moved are that noise, and their cosine/relative error only adds spikes
+            noise = float(setting.params0[key].norm()) * 2.0**-24
+            if float(setting.observed_delta[key].norm()) < params.min_snr * noise:
+                self.skipped_noise.append(key)
+                continue
             w = next((v for p, v in patterns if p.search(key)), 1.0)
             if w > 0:
                 self.keys.append(key)

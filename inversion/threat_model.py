@@ -18,6 +18,7 @@ from common.errors import UserError
 from common.files import load_tensors
 from federation.update_store import load_update, resolve_global_model
 from inversion.bn_sources import Targets
+from inversion.replay import ClientProcedure
 from lightning_modules.models import ClientModel, ModelSpec, batch_norm_layers, build_model
 
 
@@ -80,15 +81,17 @@ def load_knowledge(update_directory: str | Path, threat: ThreatConfig, global_mo
     extra = sorted(set(state) - set(expected))
     if missing or extra:
         raise UserError(f"global model does not fit the metadata's model '{spec.name}' (missing {missing[:3]}, unexpected {extra[:3]})")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise UserError(f"global model entry '{key}' has shape {tuple(value.shape)}: it does not fit the metadata's model "
+                            f"'{spec.name}' ({tuple(expected[key].shape)})")
     for key, value in update.items():
         if key not in expected:
             raise UserError(f"update entry '{key}' is not in model '{spec.name}': metadata and update do not fit")
         if tuple(value.shape) != tuple(expected[key].shape):
-            raise UserError(f"update entry '{key}' has shape {tuple(value.shape)}, the model's is {tuple(expected[key].shape)}")
-    for key, value in state.items():
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise UserError(f"global model entry '{key}' has shape {tuple(value.shape)}, the model's is {tuple(expected[key].shape)}")
+            raise UserError(f"update entry '{key}' has shape {tuple(value.shape)}, the metadata's model has {tuple(expected[key].shape)}")
     _check_steps(update, meta, model)
+    ClientProcedure.from_meta(meta)  # the optimiser and loss must be ones the replay supports
     if prior is None:
         prior, prior_source = torch.full((spec.in_chans, spec.image_size, spec.image_size), 0.5), "uniform grey (no population prior given)"
     if tuple(prior.shape) != (spec.in_chans, spec.image_size, spec.image_size):

@@ -75,12 +75,20 @@ def make_trainer(cfg: AttackConfig, logger: Any = False, callbacks: list[pl.Call
     return pl.Trainer(**options)
 
 
-def run_attack(knowledge: AttackerKnowledge, cfg: AttackConfig, logger: Any = False, restart_ids: list[int] | None = None,
-               trace_every: int = 0, callbacks: list[pl.Callback] | None = None, ckpt_path: str | None = None,
-               **trainer_kwargs: Any) -> tuple[AttackResult, GradientInversionAttack]:
-    quiet_lightning()
+def build_attack(knowledge: AttackerKnowledge, cfg: AttackConfig, restart_ids: list[int] | None = None,
+                 trace_every: int = 0) -> GradientInversionAttack:
+    """The attack module; building it validates the objective, labels and optimisation settings."""
     attack = GradientInversionAttack(knowledge, cfg.objective, cfg.optim, cfg.labels, restart_ids, trace_every)
     attack.log_every = max(1, cfg.logging.log_every)
+    return attack
+
+
+def run_attack(knowledge: AttackerKnowledge, cfg: AttackConfig, logger: Any = False, restart_ids: list[int] | None = None,
+               trace_every: int = 0, callbacks: list[pl.Callback] | None = None, ckpt_path: str | None = None,
+               attack: GradientInversionAttack | None = None, **trainer_kwargs: Any) -> tuple[AttackResult, GradientInversionAttack]:
+    quiet_lightning()
+    if attack is None:
+        attack = build_attack(knowledge, cfg, restart_ids, trace_every)
     trainer = make_trainer(cfg, logger, callbacks, **trainer_kwargs)
     trainer.fit(attack, train_dataloaders=iteration_loader(cfg.optim.iterations), ckpt_path=ckpt_path)
     return attack.result(), attack
@@ -147,6 +155,7 @@ def run_attack_job(cfg: AttackConfig) -> dict[str, Any]:
     started = time.time()
     update_dir = resolve_update(cfg)
     knowledge = attacker_knowledge(cfg, update_dir)
+    attack = build_attack(knowledge, cfg)  # validates everything before a file is written
     out = default_out(cfg, update_dir)
     staged = StagedDir(out)
     work = staged.open()
@@ -154,7 +163,7 @@ def run_attack_job(cfg: AttackConfig) -> dict[str, Any]:
     try:
         if cfg.logging.wandb and wandb_mode() != "disabled":
             wandb_logger = _wandb_logger(cfg, work, update_dir, knowledge)
-        result, attack = run_attack(knowledge, cfg, logger=wandb_logger or False)
+        result, attack = run_attack(knowledge, cfg, logger=wandb_logger or False, attack=attack)
         gt = ground_truth_for_update(update_dir)
         metrics = score_result(result, knowledge, gt, cfg, update_dir)
         metrics["threat_model"] = knowledge.describe()

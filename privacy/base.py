@@ -90,6 +90,7 @@ class FilterChain:
     @classmethod
     def from_config(cls, specs: list[dict[str, Any]], where: str = "privacy.filters") -> "FilterChain":
         import privacy.filters  # noqa: F401  (registers the built-in filters)
+        import privacy.dp  # noqa: F401  (registers the differential-privacy filters)
 
         return cls([make_filter(spec, f"{where}.{i}") for i, spec in enumerate(specs or [])])
 
