@@ -66,11 +66,11 @@ class UpdateCapture(pl.Callback):
         self._before: dict[str, torch.Tensor] = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._before = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+        self._before = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         job = self.job
-        raw = state_delta(self._before, pl_module.model.state_dict())
+        raw = state_delta(self._before, {k: v.detach().cpu() for k, v in pl_module.model.state_dict().items()})
         steps = int(trainer.global_step)
         meta = self.metadata(steps, trainer)
         gen = torch.Generator().manual_seed(job.seed + 7919)

@@ -160,7 +160,6 @@ class SVTPrivacy(PrivacyFilter):
 
     name = "svt"
     Params = SVTParams
-    max_selection_rounds = 100  # guard against a threshold no noisy value can pass; then fewer entries are shared
 
     def validate(self) -> None:
         p = self.params
@@ -178,30 +177,34 @@ class SVTPrivacy(PrivacyFilter):
         gen = ctx.generator
         keys = float_keys(update)
         if not keys:
-            return update, {"shared_fraction": 0.0, "threshold": p.tau}
+            return update, {"shared_fraction": 0.0, "threshold": p.tau, "selection_rounds": 0.0}
         flat = torch.cat([update[k].detach().flatten().cpu().double() for k in keys])
         n = flat.numel()
         if n == 0:
-            return update, {"shared_fraction": 0.0, "threshold": p.tau}
+            return update, {"shared_fraction": 0.0, "threshold": p.tau, "selection_rounds": 0.0}
         n_upload = min(n, math.ceil(round(p.fraction * n, 6)))
 
         # eps_1: a noisy threshold
         threshold = p.tau + float(_laplace(1, 2.0 * p.gamma / p.epsilon, gen)[0])
-        # eps_2: noisy queries |clip(w, gamma)| + nu >= threshold until enough entries are accepted
+        # eps_2: noisy queries |clip(w, gamma)| + Laplace(lambda_nu) >= threshold. NVFlare repeats the query on the
+        # entries not yet accepted, with fresh noise each pass, until at least n_upload are accepted. Entry i then
+        # is first accepted in pass G_i ~ Geometric(p_i), independently, p_i = P(m_i + nu >= threshold), and the
+        # loop stops at R = the n_upload-th smallest G_i, accepting {i: G_i <= R}. We draw the G_i directly
+        # (inverse CDF): the same distribution in one vectorised pass, and no endless loop for a high tau.
         eps_2 = p.epsilon * (2.0 * n_upload) ** (2.0 / 3.0)
         lambda_nu = 4.0 * p.gamma * n_upload / eps_2
-        magnitude = flat.abs().clamp(max=p.gamma)
-        candidates = torch.arange(n)
-        accepted: list[torch.Tensor] = []
-        n_accepted = 0
-        rounds = 0
-        while n_accepted < n_upload and candidates.numel() > 0 and rounds < self.max_selection_rounds:
-            rounds += 1
-            above = magnitude[candidates] + _laplace(candidates.numel(), lambda_nu, gen) >= threshold
-            accepted.append(candidates[above])
-            n_accepted += int(above.sum())
-            candidates = candidates[~above]
-        pool = torch.cat(accepted) if accepted else torch.zeros(0, dtype=torch.long)
+        gap = (threshold - flat.abs().clamp(max=p.gamma)) / lambda_nu  # nu must be >= gap * lambda_nu
+        half = math.log(0.5)
+        log_reject = torch.where(gap < 0, half + gap, torch.log1p(-0.5 * torch.exp(-gap.clamp(min=0))))  # log(1 - p_i)
+        log_u = torch.log1p(-torch.rand(n, generator=gen, dtype=torch.float64))  # log U, U uniform in (0, 1]
+        first_pass = (log_u / log_reject).ceil().clamp(min=1).nan_to_num(nan=math.inf, posinf=math.inf)  # p_i == 0 -> never
+        reachable = int(torch.isfinite(first_pass).sum())
+        if reachable == 0:
+            rounds, pool = math.inf, torch.zeros(0, dtype=torch.long)
+        else:
+            rounds = float(first_pass.kthvalue(min(n_upload, reachable)).values)
+            pool = torch.nonzero(first_pass <= rounds).flatten()
+        n_accepted = pool.numel()
         if pool.numel() == 0:
             chosen = pool
         elif p.replace:

@@ -135,7 +135,7 @@ def test_svt_with_defaults_shares_a_tenth():
     total = sum(v.numel() for v in update.values() if v.is_floating_point())
     out, effects = SVTPrivacy(SVTPrivacy.Params()).apply(dict(update), _ctx(4))
     shared = sum(int((out[k] != 0).sum()) for k in out if out[k].is_floating_point())
-    # with replacement: ~ (1 - e^-1) of ceil(0.1 * total) distinct entries when far more are accepted
+    # k draws with replacement: between ~(1 - 1/e) k (about k accepted) and k (many more accepted) distinct entries
     assert 0.5 * math.ceil(0.1 * total) < shared <= math.ceil(0.1 * total)
     assert max(float(out[k].abs().max()) for k in out if out[k].is_floating_point()) <= 1e-5
 
