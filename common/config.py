@@ -183,6 +183,11 @@ def load(schema: type[T], config_files: list[str | Path], overrides: list[str]) 
     return build(schema, tree)
 
 
+def overrides_list(overrides: dict[str, Any]) -> list[str]:
+    """Dotted dict -> ``key=value`` strings (values as YAML flow, so lists and dicts survive)."""
+    return [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}" for k, v in overrides.items()]
+
+
 def to_dict(cfg: Any) -> Any:
     if dataclasses.is_dataclass(cfg):
         return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}

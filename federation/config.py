@@ -5,6 +5,7 @@ import dataclasses
 from typing import Any
 
 from common.config import option
+from federation.audit import AuditConfig
 from datamodules.federated import SplitConfig
 from datamodules.sources import DataConfig
 from lightning_modules.fl_client import OptimizerConfig
@@ -58,4 +59,5 @@ class TrainConfig:
     fl: FLConfig = option(help="federation", factory=FLConfig)
     capture: CaptureConfig = option(help="which updates are saved", factory=CaptureConfig)
     privacy: PrivacyConfig = option(help="privacy filters", factory=PrivacyConfig)
+    audit: AuditConfig = option(help="leakage audit of outgoing updates (runs after the privacy filters)", factory=AuditConfig)
     logging: LoggingConfig = option(help="logging", factory=LoggingConfig)

@@ -25,6 +25,7 @@ from common.tracking import start_run
 from datamodules.client import ClientDataModule, test_loader
 from datamodules.federated import FederatedSplit, local_steps, make_split
 from datamodules.sources import ImagePool, load_pool
+from federation.audit import AuditRecord, LeakageAudit, append_audit_csv
 from federation.config import TrainConfig
 from federation.fedavg import apply_update, average_updates, client_weights
 from federation.update_store import global_model_path
@@ -32,7 +33,7 @@ from lightning_modules.fl_client import FLClient, evaluate
 from lightning_modules.models import ClientModel, ModelSpec, build_model, check_batch_norm_viable
 from privacy.base import FilterChain
 
-METRIC_FIELDS = ["round", "lr", "clients", "test_accuracy", "test_loss", "train_loss", "seconds"]
+METRIC_FIELDS = ["round", "lr", "clients", "withheld", "test_accuracy", "test_loss", "train_loss", "seconds"]
 
 
 def quiet_lightning() -> None:
@@ -57,6 +58,8 @@ class RoundRecord:
     train_loss: float
     seconds: float
     results: dict[int, ClientResult]
+    withheld: list[int] = dataclasses.field(default_factory=list)
+    audits: list[AuditRecord] = dataclasses.field(default_factory=list)
 
 
 class FederatedSimulation:
@@ -93,6 +96,8 @@ class FederatedSimulation:
         if bad:
             raise UserError(f"capture.rounds {bad} out of range: there are {cfg.fl.rounds} rounds")
         self.capture_rounds = {r % cfg.fl.rounds for r in cfg.capture.rounds}
+        self.audit = LeakageAudit(cfg.audit, self.num_clients)
+        self.prior = self.pool.images[self.split.train_indices].mean(0)
         self.accelerator = cfg.accelerator
         if self.accelerator not in ("cpu", "gpu", "auto", "cuda"):
             raise UserError(f"unknown accelerator '{cfg.accelerator}' (cpu, gpu, auto)")
@@ -154,16 +159,31 @@ class FederatedSimulation:
         return local_steps(spec.images, spec.batch_size, self.cfg.local.epochs, self.cfg.local.steps)
 
     def aggregate(self, results: dict[int, ClientResult], global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """FedAvg over the updates the server received (withheld ones are simply not in ``results``)."""
+        if not results:
+            return {k: v.clone() for k, v in global_state.items()}
         order = sorted(results)
         weights = client_weights([results[c].num_samples for c in order], [results[c].local_steps for c in order], self.cfg.fl.weighting)
         delta = average_updates([results[c].outgoing for c in order], weights, global_state)
         return apply_update(global_state, delta)
 
+    def run_audit(self, rnd: int, client: int, global_state: dict[str, torch.Tensor], result: ClientResult,
+                  run_dir: Path | None, wandb_run: Any) -> AuditRecord:
+        idx = self.split.client_indices[client]
+        record = self.audit.run(rnd, client, self.spec, global_state, result.outgoing, result.meta, self.prior,
+                                self.pool.images[idx], self.pool.labels[idx])
+        if run_dir is not None:
+            append_audit_csv(run_dir / "audit.csv", record)
+        if wandb_run is not None:
+            wandb_run.log({f"audit/rdlv_client{client}": record.rdlv, f"audit/ssim_client{client}": record.ssim,
+                           f"audit/withheld_client{client}": int(record.withheld)}, step=rnd)
+        return record
+
     def write_prior(self, run_dir: Path) -> None:
         """The population prior image (mean of the training pool), and per-class means."""
         pool = self.pool.images[self.split.train_indices]
         labels = self.pool.labels[self.split.train_indices]
-        tensors = {"mean": pool.mean(0)}
+        tensors = {"mean": self.prior}
         for k, name in enumerate(self.pool.class_names):
             if (labels == k).any():
                 tensors[f"class/{name}"] = pool[labels == k].mean(0)
@@ -195,15 +215,21 @@ class FederatedSimulation:
                     save_tensors(global_model_path(run_dir, rnd), global_state)
                 lr = self.round_lr(rnd)
                 results: dict[int, ClientResult] = {}
+                audits: list[AuditRecord] = []
                 for client in self.sample_clients(rnd):
                     bar.set_description(f"round {rnd + 1}/{cfg.fl.rounds} client {client}")
                     results[client] = self.train_client(rnd, client, global_state, lr, run_dir)
+                    if self.audit.due(rnd, client):
+                        bar.set_description(f"round {rnd + 1}/{cfg.fl.rounds} client {client} (audit)")
+                        audits.append(self.run_audit(rnd, client, global_state, results[client], run_dir, wandb_run))
                     bar.update(1)
-                global_state = self.aggregate(results, global_state)
+                withheld = [a.client for a in audits if a.withheld]
+                received = {c: r for c, r in results.items() if c not in withheld}
+                global_state = self.aggregate(received, global_state)
                 self.global_model.load_state_dict(global_state)
                 acc, loss = evaluate(self.global_model, self.test_loader)
                 train_loss = float(np.mean([r.train_loss for r in results.values()]))
-                record = RoundRecord(rnd, lr, sorted(results), acc, loss, train_loss, time.perf_counter() - start, results)
+                record = RoundRecord(rnd, lr, sorted(results), acc, loss, train_loss, time.perf_counter() - start, results, withheld, audits)
                 records.append(record)
                 bar.set_postfix(acc=f"{acc:.3f}", loss=f"{loss:.3f}")
                 if metrics_file is not None:
@@ -229,4 +255,5 @@ def _append_csv(path: Path, record: RoundRecord) -> None:
             writer.writeheader()
         row: dict[str, Any] = {f: getattr(record, f) for f in METRIC_FIELDS}
         row["clients"] = " ".join(map(str, record.clients))
+        row["withheld"] = " ".join(map(str, record.withheld))
         writer.writerow(row)

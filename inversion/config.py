@@ -35,6 +35,7 @@ class OptimConfig:
 @dataclasses.dataclass
 class LabelConfig:
     strategy: str = option("auto", "auto (analytic, joint if the classifier update is withheld), analytic, joint, oracle")
+    refine_every: int = option(0, "analytic batches: every this many steps, re-estimate the class counts with the dummies' mean prediction and reassign labels to dummies (0 = never)")
 
 
 @dataclasses.dataclass

@@ -79,3 +79,14 @@ def count_accuracy(predicted: torch.Tensor, true: torch.Tensor, num_classes: int
     p = torch.bincount(predicted.flatten(), minlength=num_classes)
     t = torch.bincount(true.flatten(), minlength=num_classes)
     return float(torch.minimum(p, t).sum()) / max(1, int(true.numel()))
+
+
+def assign_labels(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Give the multiset ``labels`` to the N dummies so that each is as likely as possible under ``probs`` [N, K]."""
+    from scipy.optimize import linear_sum_assignment
+
+    cost = -torch.log(probs.double().clamp_min(1e-12))[:, labels]  # [N dummies, N label slots]
+    rows, cols = linear_sum_assignment(cost.numpy())
+    out = torch.empty_like(labels)
+    out[torch.as_tensor(rows)] = labels[torch.as_tensor(cols)]
+    return out

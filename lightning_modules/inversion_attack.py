@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.errors import UserError
 from inversion.config import LabelConfig, OptimConfig
-from inversion.labels import recover_labels
+from inversion.labels import assign_labels, recover_labels
 from inversion.objective import Objective
 from inversion.threat_model import AttackerKnowledge
 
@@ -91,6 +91,7 @@ class GradientInversionAttack(pl.LightningModule):
         self.shape = (n, spec.in_chans, spec.image_size, spec.image_size)
         init = torch.stack([self._initial(r) for r in self.restart_ids])
         self.images = nn.Parameter(init)
+        self.label_cfg = labels
         self.label_strategy, fixed = self._labels(labels.strategy)
         if fixed is not None:
             self.register_buffer("fixed_labels", fixed.expand(len(self.restart_ids), n).clone())
@@ -200,6 +201,9 @@ class GradientInversionAttack(pl.LightningModule):
                 self.images.add_(noise.to(self.images) * (self.optim_cfg.langevin * scale))
             self.images.clamp_(0, 1)
         self.steps_done = batch_idx + 1
+        every = self.label_cfg.refine_every
+        if every and self.label_strategy == "analytic" and self.shape[0] > 1 and self.steps_done % every == 0:
+            self.refine_labels()
         self.seconds = time.perf_counter() - self._started
         if batch_idx % self.log_every == 0 or self.steps_done == self.optim_cfg.iterations:
             self.objective_trace.append((self.steps_done, round(self.seconds, 3), float(self.best_values.min())))
@@ -207,6 +211,22 @@ class GradientInversionAttack(pl.LightningModule):
             k = int(self.best_values.argmin())
             self.trace.append({"step": self.steps_done, "seconds": self.seconds, "objective": float(self.best_values[k]),
                                "images": self.best_images[k].detach().clone()})
+
+    @torch.no_grad()
+    def refine_labels(self) -> None:
+        """Re-estimate class counts with the dummies' own mean prediction (the client's p is unknown to the
+        attacker; the dummies are its best guess of the client's images) and reassign labels to dummies."""
+        obj = self.objective
+        for r in range(len(self.restart_ids)):
+            x = self.images[r].detach()
+            probs = torch.cat([obj.fmodel(obj.step_params[t], x[idx])[0].softmax(-1) for t, idx in enumerate(obj.steps)])
+            order = torch.cat(obj.steps)
+            per_dummy = torch.empty_like(probs)
+            per_dummy[order] = probs  # a dummy seen in several epochs keeps its last prediction
+            counts = recover_labels(self.knowledge.update, self.knowledge.global_state, obj.model, self.knowledge.spec.num_classes,
+                                    obj.proc, per_dummy.mean(0))
+            if counts is not None:
+                self.fixed_labels[r] = assign_labels(per_dummy, counts)
 
     def _noise_gen(self, local: int) -> torch.Generator:
         if not hasattr(self, "_noise_gens"):

@@ -1,0 +1,84 @@
+"""Turn a finished study folder into pictures and a markdown summary, as its spec's `report` asks."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from common.files import load_tensors, read_json
+from leakage.ground_truth import locate, load_ground_truth
+from studies import plots
+from studies.reference import REFERENCES
+from studies.spec import StudySpec
+from studies.tables import group, pivot_markdown, read_rows
+
+
+def _split_by(rows: list[dict[str, Any]], by: str | None) -> dict[Any, list[dict[str, Any]]]:
+    if not by:
+        return {None: rows}
+    return {k[0]: v for k, v in sorted(group(rows, [by]).items(), key=lambda kv: str(kv[0]))}
+
+
+def analyze(study_dir: Path, spec: StudySpec) -> dict[str, Any]:
+    """Writes PNGs and summary.md into ``study_dir``; returns {"figures": [...], "tables": [...], "markdown": str}."""
+    rows = read_rows(study_dir / "results.csv")
+    report = spec.report or {}
+    figures: list[Path] = []
+    tables: list[str] = []
+    md = [f"# {report.get('title', spec.name)}", "", f"{len(rows)} attacked updates; seeds {spec.seeds}.", ""]
+    for k, plot in enumerate(report.get("plots", [])):
+        kind = plot.get("kind")
+        metric = plot.get("metric", "rdlv")
+        for value, sel in _split_by(rows, plot.get("by")).items():
+            suffix = f"_{plot['by']}{value}" if plot.get("by") else ""
+            name = study_dir / f"{k:02d}_{kind}_{metric}{suffix}.png"
+            title = f"{metric} ({plot['by']} {value})" if plot.get("by") else ""
+            if kind == "bars":
+                figures.append(plots.grouped_bars(sel, plot["x"], plot.get("hue"), metric, name, title, plot.get("order")))
+            elif kind == "privacy_utility":
+                ref = REFERENCES.get(plot.get("reference", "")) if plot.get("reference") else None
+                figures.append(plots.privacy_utility(sel, plot["x"], name, metric, plot.get("x_label"), ref, plot.get("log_x", False)))
+            elif kind == "heatmap":
+                figures.append(plots.heatmap(sel, name, metric))
+            elif kind == "per_round":
+                figures.append(plots.per_round(sel, name, metric))
+            else:
+                raise ValueError(f"unknown plot kind '{kind}'")
+    for t in report.get("tables", []):
+        for value, sel in _split_by(rows, t.get("by")).items():
+            heading = f"{t['metric']} by {t['row']}" + (f" x {t['col']}" if t.get("col") else "") + (f", {t['by']} {value}" if t.get("by") else "")
+            table = pivot_markdown(sel, t["row"], t.get("col"), t["metric"], row_order=t.get("row_order"), col_order=t.get("col_order"))
+            tables.append(f"### {heading} (mean ± std over seeds)\n\n{table}")
+    md += tables
+    if report.get("gallery", True):
+        path = gallery(study_dir, study_dir / "gallery.png", limit=int(report.get("gallery_limit", 24)))
+        if path is not None:
+            figures.append(path)
+    md += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
+    (study_dir / "summary.md").write_text("\n".join(md) + "\n")
+    return {"figures": figures, "tables": tables, "markdown": "\n".join(md)}
+
+
+def gallery(study_dir: Path, path: Path, limit: int = 24) -> Path | None:
+    """Each training image beside its best (matched) reconstruction, over the study's cells."""
+    pairs = []
+    for cell in sorted((study_dir / "cells").glob("*")):
+        if not (cell / "metrics.json").is_file() or not (cell / "cell.json").is_file():
+            continue
+        info = read_json(cell / "cell.json")
+        metrics = read_json(cell / "metrics.json")
+        where = locate(metrics["update"])
+        if where is None:
+            continue
+        gt = load_ground_truth(*where)
+        recs = load_tensors(cell / "reconstruction.safetensors")["images"]
+        axes = " ".join(f"{v}" for v in info["axes"].values())
+        for row in metrics.get("per_image", []):
+            j = row.get("matched_reconstruction")
+            if j is None:
+                continue
+            pairs.append((gt.images[row["image"]], recs[j], f"{axes} c{info['client']}\nSSIM {row['ssim']:.2f}"))
+            if len(pairs) >= limit:
+                break
+        if len(pairs) >= limit:
+            break
+    return plots.gallery(pairs, path) if pairs else None

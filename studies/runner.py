@@ -1,0 +1,199 @@
+"""Run a study grid: train once per (train overrides, seed), attack every target, collect one table.
+
+Resumable: a training run with run.json and an attack cell with metrics.json are never redone, so
+re-running after an interruption completes only the missing cells.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from common.config import load
+from common.errors import UserError
+from common.files import StagedDir, read_json, write_json
+from federation.config import TrainConfig
+from federation.update_store import update_dir
+from inversion.config import AttackConfig
+from studies.spec import Cell, StudySpec, cells, overrides_list
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_DEFAULT = ROOT / "configs" / "default.yaml"
+ATTACK_DEFAULT = ROOT / "configs" / "attack" / "default.yaml"
+
+ROW_FIELDS = ["cell", "seed", "round", "client", "num_images", "batch_size", "local_steps", "ssim", "psnr", "rdlv", "rdlv_mean",
+              "ssim_gain", "rdlv_class_prior", "identification_top1", "label_accuracy", "test_accuracy", "final_test_accuracy",
+              "epsilon", "noise_std", "attack_seconds", "train_key"]
+IMAGE_FIELDS = ["cell", "seed", "round", "client", "image", "label", "ssim", "psnr", "rdlv", "ssim_gain", "prior_ssim",
+                "nearest_ssim", "rdlv_class_prior", "identification_rank", "label_correct"]
+
+
+def _config_file(stage_config: str, default: Path) -> list[str]:
+    path = Path(stage_config) if stage_config else default
+    if not path.is_absolute() and not path.exists():
+        path = ROOT / path
+    return [str(path)]
+
+
+class StudyRunner:
+    def __init__(self, spec: StudySpec, progress: bool = True, wandb: bool = False):
+        self.spec = spec
+        self.out = Path(spec.out)
+        self.progress = progress
+        self.wandb = wandb
+        self.cells = cells(spec)
+        self.attacks_run = 0
+        self.trainings_run = 0
+
+    # ------------------------------------------------------------------ stages
+
+    def train_config(self, cell: Cell) -> TrainConfig:
+        over = overrides_list(cell.train_overrides) + [f"out={self.out / 'train' / cell.train_key}",
+                                                       f"logging.progress=false", f"logging.wandb={str(self.wandb).lower()}"]
+        return load(TrainConfig, _config_file(self.spec.train.config, TRAIN_DEFAULT), over)
+
+    def attack_config(self, cell: Cell, update: Path, out: Path) -> AttackConfig:
+        over = overrides_list(cell.attack_overrides) + [f"update={update}", f"out={out}", "logging.progress=false",
+                                                        f"logging.wandb={str(self.wandb).lower()}"]
+        return load(AttackConfig, _config_file(self.spec.attack.config, ATTACK_DEFAULT), over)
+
+    def ensure_trained(self, cell: Cell) -> Path:
+        cfg = self.train_config(cell)
+        run = Path(cfg.out)
+        if (run / "run.json").is_file():
+            return run
+        from federation.simulation import FederatedSimulation
+
+        sim = FederatedSimulation(cfg)
+        staged = StagedDir(run)
+        work = staged.open()
+        started = time.time()
+        try:
+            records = sim.run(work)
+            write_json(work / "run.json", {"state": "complete", "seconds": round(time.time() - started, 2), "rounds": len(records),
+                                           "final_test_accuracy": records[-1].test_accuracy, "overrides": cell.train_overrides})
+        except BaseException as err:
+            staged.fail(f"{type(err).__name__}: {err}")
+            raise
+        self.trainings_run += 1
+        return staged.commit()
+
+    def targets(self, run: Path) -> list[tuple[int, int]]:
+        rounds = int(read_json(run / "run.json")["rounds"])
+        out = []
+        for t in self.spec.targets:
+            rnd = t.round % rounds
+            if self.spec.all_clients:
+                found = sorted(int(p.name.split("_")[1]) for p in (run / "updates" / f"round_{rnd}").glob("client_*") if (p / "meta.json").is_file())
+                out.extend((rnd, c) for c in found)
+            else:
+                out.append((rnd, t.client))
+        return list(dict.fromkeys(out))
+
+    def ensure_attacked(self, cell: Cell, run: Path, rnd: int, client: int) -> Path:
+        cell_dir = self.out / "cells" / cell.attack_key(rnd, client)
+        if (cell_dir / "metrics.json").is_file():
+            return cell_dir
+        update = update_dir(run, rnd, client)
+        if not (update / "meta.json").is_file():
+            raise UserError(f"study target round {rnd} client {client} was not captured in {run} (check capture.clients/rounds)")
+        from pipelines.attack_job import run_attack_job
+
+        run_attack_job(self.attack_config(cell, update, cell_dir))
+        write_json(cell_dir / "cell.json", {"axes": cell.axes, "seed": cell.seed, "round": rnd, "client": client,
+                                            "train_key": cell.train_key, "run": str(run)})
+        self.attacks_run += 1
+        return cell_dir
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self, on_cell: Callable[[Path], None] | None = None) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        from common.config import dump_yaml
+
+        (self.out / "study.yaml").write_text(dump_yaml(self.spec))
+        bar = tqdm(total=len(self.cells), desc=self.spec.name, unit="cell", disable=not self.progress, dynamic_ncols=True)
+        try:
+            for cell in self.cells:
+                label = " ".join(f"{k}={v}" for k, v in cell.axes.items()) or "base"
+                bar.set_description(f"{self.spec.name}: {label} seed {cell.seed}")
+                run = self.ensure_trained(cell)
+                for rnd, client in self.targets(run):
+                    cell_dir = self.ensure_attacked(cell, run, rnd, client)
+                    if on_cell is not None:
+                        on_cell(cell_dir)
+                bar.update(1)
+        finally:
+            bar.close()
+        return self.collect()
+
+    def collect(self) -> Path:
+        """results.csv (one row per cell and target) and per_image.csv, from every finished cell."""
+        rows, images = [], []
+        axes = list(self.spec.grid)
+        wanted = {(c.attack_key(r, k)) for c in self.cells for r, k in self._known_targets(c)}
+        for cell_dir in sorted((self.out / "cells").glob("*")):
+            if cell_dir.name not in wanted or not (cell_dir / "cell.json").is_file():
+                continue
+            info = read_json(cell_dir / "cell.json")
+            metrics = read_json(cell_dir / "metrics.json")
+            row = self._row(cell_dir.name, info, metrics)
+            rows.append(row)
+            for img in metrics.get("per_image", []):
+                images.append({"cell": cell_dir.name, "seed": info["seed"], "round": info["round"], "client": info["client"],
+                               **{k: info["axes"].get(k) for k in axes}, **{k: img.get(k) for k in IMAGE_FIELDS if k in img}})
+        _write_csv(self.out / "results.csv", axes + ROW_FIELDS, rows)
+        _write_csv(self.out / "per_image.csv", axes + IMAGE_FIELDS, images)
+        return self.out / "results.csv"
+
+    def _known_targets(self, cell: Cell) -> list[tuple[int, int]]:
+        run = self.out / "train" / cell.train_key
+        return self.targets(run) if (run / "run.json").is_file() else []
+
+    def _row(self, name: str, info: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+        run = Path(info["run"])
+        rnd, client = info["round"], info["client"]
+        meta = read_json(update_dir(run, rnd, client) / "meta.json")
+        acc = _accuracy(run / "metrics.csv")
+        effects = _filter_effects(run, rnd, client)
+        row = {"cell": name, "seed": info["seed"], "round": rnd, "client": client, "num_images": meta["num_images"],
+               "batch_size": meta["batch_size"], "local_steps": meta["local_steps"], "test_accuracy": acc.get(rnd),
+               "final_test_accuracy": acc.get(max(acc)) if acc else None, "attack_seconds": metrics.get("seconds"),
+               "train_key": info["train_key"], "epsilon": effects.get("epsilon"), "noise_std": effects.get("noise_std")}
+        for key in ("ssim", "psnr", "rdlv", "rdlv_mean", "ssim_gain", "rdlv_class_prior", "identification_top1", "label_accuracy"):
+            row[key] = metrics.get(key)
+        row.update(info["axes"])
+        return row
+
+
+def _accuracy(path: Path) -> dict[int, float]:
+    if not path.is_file():
+        return {}
+    with open(path) as fh:
+        return {int(r["round"]): float(r["test_accuracy"]) for r in csv.DictReader(fh)}
+
+
+def _filter_effects(run: Path, rnd: int, client: int) -> dict[str, Any]:
+    """The last filter effect values recorded for this client and round (epsilon, noise std)."""
+    path = run / "ground_truth" / f"round_{rnd}" / f"client_{client}" / "batches.json"
+    if not path.is_file():
+        return {}
+    out: dict[str, Any] = {}
+    for effect in json.loads(path.read_text()).get("filter_effects", []):
+        for key in ("epsilon", "noise_std"):
+            if key in effect:
+                out[key] = effect[key]
+    return out
+
+
+def _write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)

@@ -1,0 +1,105 @@
+"""A study is a grid of train.py + attack.py cells, described in YAML (configs/studies/*.yaml).
+
+    name: sigma0
+    out: runs/studies/sigma0
+    seeds: [0, 1, 2]
+    train: {config: configs/default.yaml, overrides: {fl.rounds: 3}}
+    attack: {config: configs/attack/default.yaml, overrides: {optim.iterations: 300}}
+    targets: [{round: -1, client: 3}]          # captured updates attacked in every training run
+    grid:                                     # axes; each value overrides train and/or attack keys
+      sigma0:
+        "0": {train: {privacy.filters: [{name: gaussian, sigma0: 0}]}}
+        "5": {train: {privacy.filters: [{name: gaussian, sigma0: 5}]}}
+
+Cells are the product of the axes, the seeds and the targets. Training runs are shared by every
+cell whose train overrides and seed agree.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from common.config import build, option, overrides_list  # noqa: F401  (re-exported for study code)
+from common.errors import UserError
+
+
+@dataclasses.dataclass
+class Stage:
+    config: str = option("", "YAML config file of the stage ('' = the script's default)")
+    overrides: dict[str, Any] = option(help="key: value overrides (dotted keys)", factory=dict)
+
+
+@dataclasses.dataclass
+class Target:
+    round: int = option(-1, "round of the captured update (negative counts from the end)")
+    client: int = option(0, "client index")
+
+
+@dataclasses.dataclass
+class StudySpec:
+    name: str = option("study", "study name")
+    out: str = option("runs/studies/study", "output folder")
+    seeds: list[int] = option(help="seeds: each gives its own training run (split, model init, shuffling) and attack seed", factory=lambda: [0])
+    train: Stage = option(help="train.py stage", factory=Stage)
+    attack: Stage = option(help="attack.py stage", factory=Stage)
+    targets: list[Target] = option(help="which captured updates of each run are attacked", factory=lambda: [Target()])
+    all_clients: bool = option(False, "attack every captured client of the target rounds (targets' client ignored)")
+    grid: dict[str, dict[str, dict[str, dict[str, Any]]]] = option(help="axis -> value label -> {train: {...}, attack: {...}}", factory=dict)
+    report: dict[str, Any] = option(help="hints for plots and the report (x axis, reference table)", factory=dict)
+
+
+@dataclasses.dataclass
+class Cell:
+    axes: dict[str, str]  # axis -> value label
+    seed: int
+    train_overrides: dict[str, Any]
+    attack_overrides: dict[str, Any]
+
+    @property
+    def train_key(self) -> str:
+        blob = json.dumps({"seed": self.seed, "train": self.train_overrides}, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    def attack_key(self, rnd: int, client: int) -> str:
+        blob = json.dumps({"train": self.train_key, "attack": self.attack_overrides, "round": rnd, "client": client}, sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
+    from common.config import load
+
+    return load(StudySpec, [path], overrides or [])
+
+
+def cells(spec: StudySpec) -> list[Cell]:
+    axes = list(spec.grid.items())
+    for name, values in axes:
+        if not values:
+            raise UserError(f"study axis '{name}' has no values")
+        for label, stages in values.items():
+            unknown = set(stages or {}) - {"train", "attack"}
+            if unknown:
+                raise UserError(f"study axis '{name}' value '{label}' has unknown stage(s) {sorted(unknown)} (train, attack)")
+    out = []
+    labels = [list(values.items()) for _, values in axes]
+    for seed in spec.seeds:
+        for combo in itertools.product(*labels) if labels else [()]:
+            train = dict(spec.train.overrides)
+            attack = dict(spec.attack.overrides)
+            for (_, stages) in combo:
+                train.update((stages or {}).get("train", {}) or {})
+                attack.update((stages or {}).get("attack", {}) or {})
+            train["seed"] = seed
+            attack.setdefault("optim.seed", seed)
+            out.append(Cell({name: str(label) for (name, _), (label, _) in zip(axes, combo)}, seed, train, attack))
+    return out
+
+
+def validate(spec: StudySpec) -> None:
+    if not spec.seeds:
+        raise UserError("a study needs at least one seed")
+    build(StudySpec, dataclasses.asdict(spec))

@@ -1,0 +1,64 @@
+"""Summaries of a study table: mean, std and 95% confidence intervals over seeds, as markdown."""
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from scipy import stats
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    with open(path) as fh:
+        return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _num(v: str) -> Any:
+    if v in ("", "None"):
+        return None
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return int(f) if f.is_integer() and "." not in v and "e" not in v.lower() else f
+
+
+def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float, float, int]:
+    """(mean, std, half-width of the t-interval, n) of the finite values."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    n = len(vals)
+    if n == 0:
+        return math.nan, math.nan, math.nan, 0
+    mean = sum(vals) / n
+    if n == 1:
+        return mean, 0.0, math.nan, 1
+    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * std / math.sqrt(n)
+    return mean, std, half, n
+
+
+def group(rows: list[dict[str, Any]], keys: list[str]) -> dict[tuple, list[dict[str, Any]]]:
+    out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        out[tuple(row.get(k) for k in keys)].append(row)
+    return out
+
+
+def pivot_markdown(rows: list[dict[str, Any]], row_key: str, col_key: str | None, metric: str, digits: int = 3,
+                   row_order: list[Any] | None = None, col_order: list[Any] | None = None) -> str:
+    """A markdown table of ``metric`` as 'mean ± std (n)' with rows = row_key values, columns = col_key values."""
+    cols = col_order or sorted({r.get(col_key) for r in rows}, key=str) if col_key else [None]
+    rws = row_order or sorted({r.get(row_key) for r in rows}, key=str)
+    header = f"| {row_key} | " + " | ".join(f"{col_key} = {c}" if col_key else metric for c in cols) + " |"
+    lines = [header, "|" + "---|" * (len(cols) + 1)]
+    cells = group(rows, [row_key] + ([col_key] if col_key else []))
+    for r in rws:
+        out = []
+        for c in cols:
+            sel = cells.get((r, c) if col_key else (r,), [])
+            mean, std, _, n = mean_ci(x.get(metric) for x in sel)
+            out.append("n/a" if n == 0 else f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})")
+        lines.append(f"| {r} | " + " | ".join(out) + " |")
+    return "\n".join(lines)

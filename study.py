@@ -1,0 +1,45 @@
+"""Run a study (a resumable grid of train.py + attack.py cells) and summarise it.
+
+    python study.py --config configs/studies/bn_ablation.yaml
+    python study.py --config configs/studies/sigma0.yaml seeds=[0] out=runs/studies/sigma0_quick
+
+Re-running the same command skips finished cells. Outputs: OUT/results.csv (one row per attacked
+update), OUT/per_image.csv, OUT/summary.md and the PNGs the spec's `report` section asks for.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+os.environ.setdefault("WANDB_MODE", "offline")
+
+from common.cli import parser  # noqa: E402
+from common.config import load  # noqa: E402
+from common.errors import UserError, run_cli  # noqa: E402
+from studies.spec import StudySpec  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = parser("study.py", "Run a grid of train.py + attack.py cells and summarise the leakage.", StudySpec, None)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--wandb", action="store_true", help="log every training run and attack to W&B (offline by default)")
+    args = p.parse_intermixed_args(argv)
+    if not args.config:
+        raise UserError("study.py needs --config configs/studies/<name>.yaml")
+    spec = load(StudySpec, args.config, list(args.overrides))
+
+    from studies.analyze import analyze
+    from studies.runner import StudyRunner
+
+    started = time.time()
+    runner = StudyRunner(spec, progress=not args.no_progress, wandb=args.wandb)
+    results = runner.run()
+    summary = analyze(results.parent, spec)
+    print(f"{spec.name}: {len(runner.cells)} cells ({runner.trainings_run} trainings and {runner.attacks_run} attacks run now, "
+          f"the rest reused) in {time.time() - started:.0f}s -> {results.parent}")
+    for table in summary["tables"]:
+        print("\n" + table)
+
+
+if __name__ == "__main__":
+    run_cli(main)
