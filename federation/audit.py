@@ -56,11 +56,14 @@ class LeakageAudit:
         bad = [c for c in cfg.clients if not 0 <= c < num_clients]
         if bad:
             raise UserError(f"audit.clients {bad} out of range: there are {num_clients} clients")
+        from common.cli import config_files
+
         path = Path(cfg.attack_config)
         if not path.is_absolute() and not path.exists():
             path = ROOT / path
         over = overrides_list(cfg.attack) + ["logging.wandb=false", "logging.progress=false", "scoring.lpips=false"]
-        self.attack_cfg: AttackConfig = load(AttackConfig, [path], over) if cfg.every else AttackConfig()
+        files = config_files(ROOT / "configs" / "attack" / "default.yaml", [path])
+        self.attack_cfg: AttackConfig = load(AttackConfig, files, over) if cfg.every else AttackConfig()
         self.records: list[AuditRecord] = []
 
     @property

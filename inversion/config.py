@@ -27,14 +27,15 @@ class OptimConfig:
     init: str = option("prior", "start from the prior image (plus init_noise) or from uniform noise")
     init_noise: float = option(0.05, "std of the Gaussian noise added to the prior start (identical starts never separate)")
     langevin: float = option(0.0, "std of Gaussian noise added to the images after each step, decaying with the lr")
-    max_seconds: float = option(0.0, "stop after this much attack time (0 = no limit)")
+    max_seconds: float = option(0.0, "attack time budget: the cosine decay follows whichever of iterations and time runs out first, and the attack stops there (0 = no limit; results then depend on machine speed)")
     vectorize: bool = option(True, "evaluate restarts with torch.func.vmap (False: a Python loop)")
+    compile: bool = option(False, "torch.compile the per-restart objective: ~2x faster steps after tens of seconds of compiling")
     seed: int = option(0, "seed of the initialisation, the Langevin noise and the later-epoch batch split")
 
 
 @dataclasses.dataclass
 class LabelConfig:
-    strategy: str = option("auto", "auto (analytic, joint if the classifier update is withheld), analytic, joint, oracle")
+    strategy: str = option("auto", "auto (analytic, joint if the classifier update is withheld), analytic, joint (soft labels optimised with the images, starting at the analytic guess), oracle")
     refine_every: int = option(0, "analytic batches: every this many steps, re-estimate the class counts with the dummies' mean prediction and reassign labels to dummies (0 = never)")
 
 

@@ -32,31 +32,20 @@ class BNStat:
         return self.var * (self.count / max(1, self.count - 1))
 
 
-class ReLUWithSmoothGrad(torch.autograd.Function):
+def relu_with_smooth_grad(x: torch.Tensor, beta: float) -> torch.Tensor:
     """ReLU whose value *and* first derivative are exact, but whose derivative has a smooth slope.
 
-    The derivative is ``1[x>0] + s - stop_grad(s)`` with ``s = sigmoid(beta x)``: numerically the exact
-    step, so the replayed update is exact, while differentiating it once more (as update matching
-    does) sees sigmoid' instead of zero. Exact-ReLU replays converge badly (paper.md section 8).
+    ``relu(x) + c/2 (x - x0)^2`` with ``x0 = stop_grad(x)`` and ``c = stop_grad(beta sigmoid'(beta x))``:
+    the added term and its first derivative are exactly zero where they are evaluated, so the
+    replayed update is exact; differentiating the replay once more (as update matching does) sees the
+    slope ``c`` of a sigmoid instead of the zero of a step. Exact-ReLU replays converge badly
+    (paper.md section 8). Plain tensor ops, so torch.func and torch.compile see through it.
     """
-
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor, beta: float) -> torch.Tensor:
-        return x.clamp_min(0)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        x, beta = inputs
-        ctx.save_for_backward(x)
-        ctx.beta = beta
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        s = torch.sigmoid(ctx.beta * x)
-        return grad * ((x > 0).to(grad.dtype) + s - s.detach()), None
+    x0 = x.detach()
+    s = torch.sigmoid(beta * x0)
+    c = beta * s * (1 - s)
+    d = x - x0
+    return torch.relu(x) + 0.5 * c * d * d
 
 
 class FunctionalModel:
@@ -108,13 +97,16 @@ class FunctionalModel:
 def _recording_bn_forward(owner: FunctionalModel):
     def forward(self: nn.modules.batchnorm._BatchNorm, x: torch.Tensor) -> torch.Tensor:
         dims = [0] + list(range(2, x.dim()))
-        mean = x.mean(dims)
-        centred = x - _expand(mean, x)
-        var = (centred * centred).mean(dims)
+        var, mean = torch.var_mean(x, dims, correction=0)
         owner.record(mean, var, x.numel() // x.shape[1])
-        y = centred * _expand(torch.rsqrt(var + self.eps), x)
+        # normalise with exactly the statistics recorded (biased variance, as BN does), in one fused affine
+        scale = torch.rsqrt(var + self.eps)
         if self.affine:
-            y = y * _expand(self.weight, x) + _expand(self.bias, x)
+            scale = scale * self.weight
+            shift = self.bias - mean * scale
+        else:
+            shift = -mean * scale
+        y = torch.addcmul(_expand(shift, x), x, _expand(scale, x))
         # timm's BatchNormAct2d applies dropout and an activation after the normalisation
         drop = getattr(self, "drop", None)
         act = getattr(self, "act", None)
@@ -133,6 +125,6 @@ def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 def _smooth_relu_forward(beta: float):
     def forward(self: nn.ReLU, x: torch.Tensor) -> torch.Tensor:
-        return ReLUWithSmoothGrad.apply(x, beta)
+        return relu_with_smooth_grad(x, beta)
 
     return forward

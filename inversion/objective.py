@@ -21,7 +21,8 @@ class Objective:
     only forward passes of each step's dummy batch are made (BN statistics), which is far cheaper.
     """
 
-    def __init__(self, knowledge: AttackerKnowledge, spec: dict[str, dict[str, Any]], batch_seed: int = 0, vectorize: bool = True):
+    def __init__(self, knowledge: AttackerKnowledge, spec: dict[str, dict[str, Any]], batch_seed: int = 0, vectorize: bool = True,
+                 compile: bool = False):
         model = knowledge.global_model()
         um = (spec or {}).get("update_matching") or {}
         self.fmodel = FunctionalModel(model, um.get("relu_grad", "smooth"), float(um.get("relu_beta", 10.0)))
@@ -50,6 +51,10 @@ class Objective:
         mode = bn_terms[0].params.weights_per_step if bn_terms else "global"
         self.step_params = self._params_per_step(observed, mode)
         self.vectorize = vectorize
+        # torch.compile sees through the replay (torch.func.grad inside) and the smooth ReLU; it pays
+        # off for long attacks (compiling takes tens of seconds), see BENCHMARKS.md
+        self.per_restart = torch.compile(self.restart_values, dynamic=False) if compile else self.restart_values
+        self.weights = torch.tensor([t.weight for t in self.terms])
         self.model = model
         self.bn_source = bn_terms[0].source.name if bn_terms else "none"
 
@@ -74,15 +79,14 @@ class Objective:
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.vectorize and images.shape[0] > 1:
-            parts = vmap(self.restart_values)(images, labels)
+            parts = vmap(self.per_restart)(images, labels)
         else:
-            parts = torch.stack([self.restart_values(x, y) for x, y in zip(images, labels)])
+            parts = torch.stack([self.per_restart(x, y) for x, y in zip(images, labels)])
         for i, term in enumerate(self.terms):
             if term.across_restarts:
                 parts = parts.clone()
                 parts[:, i] = term.all_restarts(images)
-        weights = torch.tensor([t.weight for t in self.terms], dtype=parts.dtype)
-        return (parts * weights).sum(1), parts
+        return (parts * self.weights.to(parts.dtype)).sum(1), parts
 
     @property
     def update_matching(self) -> UpdateMatching | None:

@@ -142,9 +142,16 @@ class UpdateMatching(ObjectiveTerm):
             for p, o, o2, w in zip(preds, self.observed, self.observed_sq, self.weights):
                 total = total + w * self._distance(p, o, o2)
             return total / self.total_weight
-        flat_p = torch.cat([p.flatten() * w**0.5 for p, w in zip(preds, self.weights)])
-        flat_o = torch.cat([o.flatten() * w**0.5 for o, w in zip(self.observed, self.weights)])
-        return self._distance(flat_p, flat_o, float(flat_o.pow(2).sum()))
+        # one flat vector over all tensors, layer-weighted: accumulated tensor by tensor, never concatenated
+        dot = preds[0].new_zeros(())
+        p2 = preds[0].new_zeros(())
+        for p, o, w in zip(preds, self.observed, self.weights):
+            dot = dot + w * (p * o).sum()
+            p2 = p2 + w * (p * p).sum()
+        o2 = sum(w * o2 for w, o2 in zip(self.weights, self.observed_sq))
+        if self.params.metric == "cosine":
+            return 1 - dot / (torch.sqrt(p2) * o2**0.5 + 1e-20)
+        return (p2 - 2 * dot + o2) / (o2 + 1e-20)
 
     def _distance(self, p: torch.Tensor, o: torch.Tensor, o2: float) -> torch.Tensor:
         if self.params.metric == "cosine":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
@@ -54,13 +54,19 @@ class AttackResult:
     trace: list[dict[str, Any]]
 
 
-def warmup_cosine(warmup: int, total: int, schedule: str):
+LABEL_LOGIT_START = 2.0  # joint labels start at softmax([2, 0]) ~ [0.88, 0.12] on the analytic guess
+
+
+def warmup_cosine(warmup: int, total: int, schedule: str, time_progress: Callable[[], float] | None = None):
+    """Linear warm-up, then cosine decay over the iterations, or over the time budget if that ends first."""
     def factor(step: int) -> float:
         if warmup > 0 and step < warmup:
             return (step + 1) / warmup
         if schedule == "constant":
             return 1.0
         progress = (step - warmup) / max(1, total - warmup)
+        if time_progress is not None:
+            progress = max(progress, time_progress())
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return factor
 
@@ -84,7 +90,7 @@ class GradientInversionAttack(pl.LightningModule):
             raise UserError(f"optim.schedule must be cosine or constant, got {optim.schedule}")
         self.knowledge = knowledge
         self.optim_cfg = optim
-        self.objective = Objective(knowledge, objective, batch_seed=optim.seed, vectorize=optim.vectorize)
+        self.objective = Objective(knowledge, objective, batch_seed=optim.seed, vectorize=optim.vectorize, compile=optim.compile)
         self.restart_ids = list(restart_ids) if restart_ids is not None else list(range(optim.restarts))
         spec = knowledge.spec
         n = self.objective.proc.num_images
@@ -92,13 +98,16 @@ class GradientInversionAttack(pl.LightningModule):
         init = torch.stack([self._initial(r) for r in self.restart_ids])
         self.images = nn.Parameter(init)
         self.label_cfg = labels
-        self.label_strategy, fixed = self._labels(labels.strategy)
+        self.label_strategy, fixed, start = self._labels(labels.strategy)
         if fixed is not None:
             self.register_buffer("fixed_labels", fixed.expand(len(self.restart_ids), n).clone())
             self.label_logits = None
         else:
             self.fixed_labels = None
-            self.label_logits = nn.Parameter(torch.zeros(len(self.restart_ids), n, spec.num_classes))
+            logits = torch.zeros(len(self.restart_ids), n, spec.num_classes)
+            if start is not None:  # soft labels start at the analytic guess and may move away from it
+                logits += LABEL_LOGIT_START * torch.nn.functional.one_hot(start, spec.num_classes).float()
+            self.label_logits = nn.Parameter(logits)
         self.register_buffer("best_images", init.clone())
         self.register_buffer("best_values", torch.full((len(self.restart_ids),), math.inf))
         self.register_buffer("best_labels", self.current_labels().detach().clone())
@@ -119,22 +128,23 @@ class GradientInversionAttack(pl.LightningModule):
         prior = self.knowledge.prior.expand(self.shape)
         return (prior + self.optim_cfg.init_noise * torch.randn(self.shape, generator=gen)).clamp(0, 1)
 
-    def _labels(self, strategy: str) -> tuple[str, torch.Tensor | None]:
+    def _labels(self, strategy: str) -> tuple[str, torch.Tensor | None, torch.Tensor | None]:
+        """(strategy used, fixed labels or None, starting guess for joint soft labels or None)."""
         if strategy not in ("auto", "analytic", "joint", "oracle"):
             raise UserError(f"labels.strategy must be auto, analytic, joint or oracle, got {strategy}")
         if strategy == "oracle":
             if self.knowledge.oracle.labels is None:
                 raise UserError("labels.strategy=oracle needs the oracle labels (threat.oracle_labels=true)")
-            return "oracle", self.knowledge.oracle.labels.long()
-        if strategy == "joint":
-            return "joint", None
+            return "oracle", self.knowledge.oracle.labels.long(), None
         labels = recover_labels(self.knowledge.update, self.knowledge.global_state, self.objective.model,
                                 self.knowledge.spec.num_classes, self.objective.proc, self._mean_probs())
+        if strategy == "joint":
+            return "joint", None, labels
         if labels is None:
             if strategy == "analytic":
                 raise UserError("analytic label recovery needs the classifier's update, which this update withholds")
-            return "joint", None
-        return "analytic", labels
+            return "joint", None, None
+        return "analytic", labels, None
 
     @torch.no_grad()
     def _mean_probs(self) -> torch.Tensor:
@@ -162,7 +172,9 @@ class GradientInversionAttack(pl.LightningModule):
         params = [self.images] + ([self.label_logits] if self.label_logits is not None else [])
         opt = torch.optim.Adam(params, lr=self.optim_cfg.lr, betas=tuple(self.optim_cfg.betas))
         total = self.optim_cfg.iterations
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.optim_cfg.warmup, total, self.optim_cfg.schedule))
+        budget = self.optim_cfg.max_seconds
+        clock = (lambda: (time.perf_counter() - self._started) / budget if self._started else 0.0) if budget > 0 else None
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.optim_cfg.warmup, total, self.optim_cfg.schedule, clock))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_train_start(self) -> None:

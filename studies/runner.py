@@ -33,10 +33,15 @@ IMAGE_FIELDS = ["cell", "seed", "round", "client", "image", "label", "ssim", "ps
 
 
 def _config_file(stage_config: str, default: Path) -> list[str]:
-    path = Path(stage_config) if stage_config else default
+    """The stage's config on top of the script's default config, as the CLI does."""
+    from common.cli import config_files
+
+    if not stage_config:
+        return config_files(default, [])
+    path = Path(stage_config)
     if not path.is_absolute() and not path.exists():
         path = ROOT / path
-    return [str(path)]
+    return config_files(default, [path])
 
 
 class StudyRunner:

@@ -1,0 +1,68 @@
+"""Shared benchmark plumbing: the target update, timing, peak memory and result files."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+
+def ensure_run(run: Path, overrides: list[str] | None = None) -> Path:
+    """A training run to attack: reuse RUN if complete, else train it with configs/default.yaml."""
+    if (run / "run.json").is_file():
+        return run
+    from common.config import load
+    from common.files import StagedDir, write_json
+    from federation.config import TrainConfig
+    from federation.simulation import FederatedSimulation
+
+    cfg = load(TrainConfig, [ROOT / "configs" / "default.yaml"], [f"out={run}", "logging.wandb=false", "logging.progress=false"] + (overrides or []))
+    sim = FederatedSimulation(cfg)
+    staged = StagedDir(run)
+    records = sim.run(staged.open())
+    write_json(staged.partial / "run.json", {"state": "complete", "rounds": len(records)})
+    return staged.commit()
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def device_name(accelerator: str) -> str:
+    if accelerator in ("gpu", "cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def save(name: str, result: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result = {"benchmark": name, "command": "python -m bench." + name + " " + " ".join(sys.argv[1:]), "torch": torch.__version__,
+              "peak_rss_mb": round(peak_rss_mb(), 1), **result}
+    if torch.cuda.is_available():
+        result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return path

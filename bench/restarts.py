@@ -1,0 +1,58 @@
+"""(c) R restarts batched in one tensor (torch.func.vmap) against R sequential restarts, R = 1, 4, 8.
+
+    python -m bench.restarts                          # default attack on the default high-risk client
+    python -m bench.restarts --config configs/attack/multistep.yaml --run runs/convnet --client 2
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.common import ROOT, device_name, ensure_run, save
+
+
+def per_iteration(knowledge, cfg, restarts: int, vectorize: bool) -> float:
+    from common.config import build, to_dict
+    from inversion.config import AttackConfig
+    from pipelines.attack_job import run_attack
+
+    tree = to_dict(cfg)
+    tree["optim"].update({"restarts": restarts, "vectorize": vectorize})
+    c = build(AttackConfig, tree)
+    result, attack = run_attack(knowledge, c)
+    return attack.seconds / result.iterations
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default=str(ROOT / "bench" / "runs" / "default"))
+    p.add_argument("--client", type=int, default=3)
+    p.add_argument("--config", default=str(ROOT / "configs" / "attack" / "default.yaml"))
+    p.add_argument("--iterations", type=int, default=60)
+    p.add_argument("--restarts", type=int, nargs="+", default=[1, 4, 8])
+    p.add_argument("overrides", nargs="*")
+    args = p.parse_args()
+    from common.config import load
+    from federation.update_store import list_updates
+    from inversion.config import AttackConfig
+    from pipelines.attack_job import attacker_knowledge
+
+    run = ensure_run(Path(args.run))
+    last = max(r for r, _, _ in list_updates(run))
+    update = run / "updates" / f"round_{last}" / f"client_{args.client}"
+    cfg = load(AttackConfig, [args.config], [f"optim.iterations={args.iterations}", "logging.progress=false", "logging.wandb=false"] + args.overrides)
+    knowledge = attacker_knowledge(cfg, update)
+    per_iteration(knowledge, cfg, 1, True)  # warm-up
+    one = per_iteration(knowledge, cfg, 1, True)
+    rows = []
+    for r in args.restarts:
+        batched = per_iteration(knowledge, cfg, r, True)
+        sequential = per_iteration(knowledge, cfg, r, False)  # the same R restarts, one after another (Python loop)
+        rows.append({"restarts": r, "batched_s_per_iter": round(batched, 5), "sequential_s_per_iter": round(sequential, 5),
+                     "batched_over_one": round(batched / one, 3), "sequential_over_batched": round(sequential / batched, 3)})
+    save("restarts", {"device": device_name(cfg.accelerator), "update": str(update), "iterations": args.iterations,
+                      "one_restart_s_per_iter": round(one, 5), "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
