@@ -27,13 +27,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--update", default=None, metavar="DIR", help="update folder (same as update=DIR)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (same as out=DIR)")
     p.add_argument("--run", default=None, metavar="RUN", help="run directory (same as run=RUN)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted attack from OUT.partial/checkpoints/last.ckpt "
+                   "(written every optim.checkpoint_every steps)")
     args = p.parse_intermixed_args(argv)
     cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run})
 
     from pipelines.attack_job import run_attack_job
 
-    summary = run_attack_job(cfg)
+    summary = run_attack_job(cfg, resume=args.resume)
     m = summary["metrics"]
+    if not m:  # a DDP worker process: rank 0 reports
+        return
     if m.get("ssim") is not None:
         print(f"SSIM {m['ssim']:.3f}  PSNR {m['psnr']:.1f} dB  RDLV {m['rdlv']:.2f}  label accuracy {m['label_accuracy']:.2f}  "
               f"({m['iterations']} iterations, {m['seconds']:.0f}s) -> {summary['out']}")

@@ -23,6 +23,7 @@ DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.yaml
 def main(argv: list[str] | None = None) -> None:
     p = parser("train.py", "FedAvg simulation of Lightning clients; saves the updates that leave the chosen clients.", TrainConfig, "configs/default.yaml")
     p.add_argument("--out", default=None, metavar="RUN", help="run directory (default: runs/default; same as out=RUN)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN.partial at the first unfinished round")
     args = p.parse_intermixed_args(argv)
     cfg = load_config(TrainConfig, args, DEFAULT_CONFIG, {"out": args.out})
 
@@ -31,20 +32,31 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.time()
     simulation = FederatedSimulation(cfg)  # validates data, split, model and filters before writing anything
-    staged = StagedDir(cfg.out)
+    staged = StagedDir(cfg.out, resume=args.resume)
     run_dir = staged.open()
     try:
-        records = simulation.run(run_dir)
+        records = simulation.run(run_dir, resume=args.resume)
+        accuracy = records[-1].test_accuracy if records else last_accuracy(run_dir)  # killed after the last round
         write_json(run_dir / "run.json", {
-            "state": "complete", "seconds": round(time.time() - started, 2), "rounds": len(records),
-            "final_test_accuracy": records[-1].test_accuracy, "argv": sys.argv[1:], "versions": versions(),
+            "state": "complete", "seconds": round(time.time() - started, 2), "rounds": cfg.fl.rounds,
+            "resumed_at_round": (records[0].round if records else cfg.fl.rounds) if args.resume else None,
+            "final_test_accuracy": accuracy, "argv": sys.argv[1:], "versions": versions(),
         })
     except BaseException as err:
         staged.fail(f"{type(err).__name__}: {err}")
         raise
     final = staged.commit()
-    last = records[-1]
-    print(f"done in {time.time() - started:.0f}s: {len(records)} rounds, test accuracy {last.test_accuracy:.3f} -> {final}")
+    print(f"done in {time.time() - started:.0f}s: {cfg.fl.rounds} rounds, test accuracy {accuracy:.3f} -> {final}")
+
+
+def last_accuracy(run_dir: Path) -> float:
+    import csv
+
+    with open(run_dir / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows:
+        raise UserError(f"nothing to resume in {run_dir}")
+    return float(rows[-1]["test_accuracy"])
 
 
 def versions() -> dict[str, str]:

@@ -20,7 +20,7 @@ from callbacks.batch_statistics import BatchStatisticsRecorder
 from callbacks.update_capture import ClientResult, ClientRound, UpdateCapture
 from common.config import dump_yaml, to_dict
 from common.errors import UserError
-from common.files import save_tensors, write_json
+from common.files import load_tensors, save_tensors, write_json
 from common.tracking import start_run
 from datamodules.client import ClientDataModule, test_loader
 from datamodules.federated import FederatedSplit, local_steps, make_split
@@ -31,7 +31,7 @@ from federation.fedavg import apply_update, average_updates, client_weights
 from federation.update_store import global_model_path
 from lightning_modules.fl_client import FLClient, evaluate
 from lightning_modules.models import ClientModel, ModelSpec, build_model, check_batch_norm_viable
-from privacy.base import FilterChain
+from privacy.base import FilterChain, FilterContext
 
 METRIC_FIELDS = ["round", "lr", "clients", "withheld", "test_accuracy", "test_loss", "train_loss", "seconds"]
 
@@ -42,6 +42,7 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*is deprecated.*", module="pytorch_lightning")
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
 
 
 def client_seed(seed: int, rnd: int, client: int) -> int:
@@ -191,9 +192,36 @@ class FederatedSimulation:
 
     # ------------------------------------------------------------------ the loop
 
-    def run(self, run_dir: Path | None, on_round: Callable[[RoundRecord], None] | None = None) -> list[RoundRecord]:
+    def resume_point(self, run_dir: Path) -> tuple[int, dict[str, torch.Tensor]] | None:
+        """(first round to run, global model) of an interrupted run in ``run_dir``; None if nothing to resume.
+
+        Rounds are the unit of resumption: a round counts as done once its metrics row is written, which
+        happens after the aggregated model is saved. Everything a round does is seeded from (seed, round,
+        client), so the resumed run ends exactly where an uninterrupted one would; stateful filters
+        (the DP accountants) replay the applications of the finished rounds.
+        """
+        metrics = run_dir / "metrics.csv"
+        if not metrics.is_file():
+            return None
+        with open(metrics) as fh:
+            done = [int(r["round"]) for r in csv.DictReader(fh)]
+        nxt = max(done) + 1 if done else 0
+        path = global_model_path(run_dir, nxt)
+        if not path.is_file():
+            raise UserError(f"cannot resume {run_dir}: round {nxt - 1} finished but {path.name} is missing")
+        _truncate_csv(run_dir / "audit.csv", nxt)
+        for rnd in range(nxt):
+            for client in self.sample_clients(rnd):
+                idx = self.split.client_indices[client]
+                self.filters.replay(FilterContext(torch.Generator(), rnd, client, int(idx.numel()), self.expected_steps(client)))
+        return nxt, load_tensors(path, "global model")
+
+    def run(self, run_dir: Path | None, on_round: Callable[[RoundRecord], None] | None = None, resume: bool = False) -> list[RoundRecord]:
+        """Run the remaining rounds; returns the records of the rounds run now."""
         cfg = self.cfg
         wandb_run = None
+        point = self.resume_point(run_dir) if resume and run_dir is not None else None
+        first = point[0] if point else 0
         if run_dir is not None:
             (run_dir / "config.yaml").write_text(dump_yaml(cfg))
             self.write_prior(run_dir)
@@ -203,16 +231,16 @@ class FederatedSimulation:
                 "test_indices": self.split.test_indices.tolist(), "class_names": self.pool.class_names,
             })
             wandb_run = start_run(cfg.logging.wandb, cfg.logging.project, f"train-{Path(cfg.out).name}", to_dict(cfg), run_dir, "train")
-        global_state = {k: v.detach().clone() for k, v in self.global_model.state_dict().items()}
+        global_state = point[1] if point else {k: v.detach().clone() for k, v in self.global_model.state_dict().items()}
         records: list[RoundRecord] = []
-        total = sum(len(self.sample_clients(r)) for r in range(cfg.fl.rounds))
+        total = sum(len(self.sample_clients(r)) for r in range(first, cfg.fl.rounds))
         bar = tqdm(total=total, desc="FL", unit="client", disable=not cfg.logging.progress, dynamic_ncols=True)
         metrics_file = run_dir / "metrics.csv" if run_dir is not None else None
         try:
-            for rnd in range(cfg.fl.rounds):
+            if run_dir is not None and first == 0:
+                save_tensors(global_model_path(run_dir, 0), global_state)
+            for rnd in range(first, cfg.fl.rounds):
                 start = time.perf_counter()
-                if run_dir is not None:
-                    save_tensors(global_model_path(run_dir, rnd), global_state)
                 lr = self.round_lr(rnd)
                 results: dict[int, ClientResult] = {}
                 audits: list[AuditRecord] = []
@@ -226,6 +254,8 @@ class FederatedSimulation:
                 withheld = [a.client for a in audits if a.withheld]
                 received = {c: r for c, r in results.items() if c not in withheld}
                 global_state = self.aggregate(received, global_state)
+                if run_dir is not None:  # the model sent out in the next round (after the last: the final model)
+                    save_tensors(global_model_path(run_dir, rnd + 1), global_state)
                 self.global_model.load_state_dict(global_state)
                 acc, loss = evaluate(self.global_model, self.test_loader)
                 train_loss = float(np.mean([r.train_loss for r in results.values()]))
@@ -238,8 +268,6 @@ class FederatedSimulation:
                     wandb_run.log({"round": rnd, "test/accuracy": acc, "test/loss": loss, "train/loss": train_loss, "lr": lr}, step=rnd)
                 if on_round is not None:
                     on_round(record)
-            if run_dir is not None:
-                save_tensors(global_model_path(run_dir, cfg.fl.rounds), global_state)
         finally:
             bar.close()
             if wandb_run is not None:
@@ -257,3 +285,18 @@ def _append_csv(path: Path, record: RoundRecord) -> None:
         row["clients"] = " ".join(map(str, record.clients))
         row["withheld"] = " ".join(map(str, record.withheld))
         writer.writerow(row)
+
+
+def _truncate_csv(path: Path, before_round: int) -> None:
+    """Drop rows of rounds >= before_round (left by an interrupted round)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+        fields = list(rows[0].keys()) if rows else []
+    if not fields:
+        return
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(r for r in rows if int(r["round"]) < before_round)

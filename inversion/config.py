@@ -31,6 +31,7 @@ class OptimConfig:
     vectorize: bool = option(True, "evaluate restarts with torch.func.vmap (False: a Python loop)")
     compile: bool = option(False, "torch.compile the per-restart objective: ~2x faster steps after tens of seconds of compiling")
     seed: int = option(0, "seed of the initialisation, the Langevin noise and the later-epoch batch split")
+    checkpoint_every: int = option(0, "save a resumable checkpoint every this many steps (0 = never); attack.py --resume continues from it")
 
 
 @dataclasses.dataclass
@@ -67,6 +68,7 @@ class AttackConfig:
     global_model: str = option("", "global model file ('' = the one named in the update's metadata)")
     out: str = option("", "output folder ('' = RUN/attacks/round_<r>_client_<c>)")
     accelerator: str = option("cpu", "cpu, gpu or auto")
+    devices: int = option(1, "processes (GPUs, or CPU processes with gloo) for Lightning DDP: restarts are spread over them and the best is gathered")
     threat: ThreatConfig = option(help="oracle knowledge for ablations", factory=ThreatConfig)
     objective: dict[str, dict[str, Any]] = option(help="objective terms and their parameters (see docs/attack.md)", factory=default_objective)
     optim: OptimConfig = option(help="optimisation", factory=OptimConfig)

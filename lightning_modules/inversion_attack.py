@@ -111,6 +111,8 @@ class GradientInversionAttack(pl.LightningModule):
         self.register_buffer("best_images", init.clone())
         self.register_buffer("best_values", torch.full((len(self.restart_ids),), math.inf))
         self.register_buffer("best_labels", self.current_labels().detach().clone())
+        self.local = torch.arange(len(self.restart_ids))  # the restarts this process optimises (all, unless DDP)
+        self.world_size = 1
         self.trace_every = trace_every
         self.trace: list[dict[str, Any]] = []
         self.objective_trace: list[tuple[int, float, float]] = []
@@ -177,25 +179,39 @@ class GradientInversionAttack(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(self.optim_cfg.warmup, total, self.optim_cfg.schedule, clock))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def setup(self, stage: str) -> None:
+        """Under DDP each rank optimises every world_size-th restart; all ranks hold all images."""
+        self.world_size = int(self.trainer.world_size) if self._trainer is not None else 1
+        rank = int(self.trainer.global_rank) if self._trainer is not None else 0
+        self.local = torch.arange(rank, len(self.restart_ids), self.world_size)
+        if len(self.local) == 0:
+            raise UserError(f"{len(self.restart_ids)} restart(s) cannot be spread over {self.world_size} processes: use optim.restarts >= devices")
+
     def on_train_start(self) -> None:
         self._started = time.perf_counter() - self.seconds
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        total, parts = self.objective(self.images, self.label_input())
+        local = self.local
+        total, parts = self.objective(self.images[local], self.label_input()[local])
         values = total.detach()
         finite = torch.isfinite(values)
         with torch.no_grad():
-            better = finite & (values < self.best_values)
+            better = finite & (values < self.best_values[local])
             if better.any():
-                self.best_values[better] = values[better]
-                self.best_images[better] = self.images.detach()[better].clamp(0, 1)
-                self.best_labels[better] = self.current_labels()[better]
-        loss = torch.where(finite, total, torch.zeros_like(total)).sum()
-        if batch_idx % self.log_every == 0 or batch_idx == self.optim_cfg.iterations - 1:
-            best = float(self.best_values.min())
-            self.log("objective", best, prog_bar=True, on_step=True, on_epoch=False, batch_size=1)
+                idx = local[better]
+                self.best_values[idx] = values[better]
+                self.best_images[idx] = self.images.detach()[idx].clamp(0, 1)
+                self.best_labels[idx] = self.current_labels()[idx]
+        # DDP averages gradients over ranks and each restart lives on one rank: scale back to its own gradient
+        loss = torch.where(finite, total, torch.zeros_like(total)).sum() * self.world_size
+        step = self.steps_done
+        if step % self.log_every == 0 or step == self.optim_cfg.iterations - 1:
+            sync = self.world_size > 1
+            self.log("objective", self.best_values[local].min(), prog_bar=True, on_step=True, on_epoch=False, batch_size=1,
+                     sync_dist=sync, reduce_fx="min")
             for i, name in enumerate(self.objective.names):
-                self.log(f"terms/{name}", float(parts[:, i].detach().min()), on_step=True, on_epoch=False, batch_size=1)
+                self.log(f"terms/{name}", parts[:, i].detach().min(), on_step=True, on_epoch=False, batch_size=1,
+                         sync_dist=sync, reduce_fx="min")
         return loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -204,7 +220,13 @@ class GradientInversionAttack(pl.LightningModule):
             if p is not None and p.grad is not None:
                 torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        optimizer.step(closure=optimizer_closure)
+        self.after_step()
+
+    def after_step(self) -> None:
+        """Projection, Langevin noise and bookkeeping, inside the optimiser step so that a checkpoint
+        written at the end of the batch holds the finished step."""
         with torch.no_grad():
             if self.optim_cfg.langevin > 0:
                 opt = self.optimizers()
@@ -212,12 +234,12 @@ class GradientInversionAttack(pl.LightningModule):
                 noise = torch.stack([torch.randn(self.shape, generator=self._noise_gen(r)) for r in range(len(self.restart_ids))])
                 self.images.add_(noise.to(self.images) * (self.optim_cfg.langevin * scale))
             self.images.clamp_(0, 1)
-        self.steps_done = batch_idx + 1
+        self.steps_done += 1
         every = self.label_cfg.refine_every
         if every and self.label_strategy == "analytic" and self.shape[0] > 1 and self.steps_done % every == 0:
             self.refine_labels()
         self.seconds = time.perf_counter() - self._started
-        if batch_idx % self.log_every == 0 or self.steps_done == self.optim_cfg.iterations:
+        if (self.steps_done - 1) % self.log_every == 0 or self.steps_done == self.optim_cfg.iterations:
             self.objective_trace.append((self.steps_done, round(self.seconds, 3), float(self.best_values.min())))
         if self.trace_every and (self.steps_done % self.trace_every == 0 or self.steps_done == self.optim_cfg.iterations):
             k = int(self.best_values.argmin())
@@ -229,7 +251,7 @@ class GradientInversionAttack(pl.LightningModule):
         """Re-estimate class counts with the dummies' own mean prediction (the client's p is unknown to the
         attacker; the dummies are its best guess of the client's images) and reassign labels to dummies."""
         obj = self.objective
-        for r in range(len(self.restart_ids)):
+        for r in self.local.tolist():
             x = self.images[r].detach()
             probs = torch.cat([obj.fmodel(obj.step_params[t], x[idx])[0].softmax(-1) for t, idx in enumerate(obj.steps)])
             order = torch.cat(obj.steps)
@@ -245,14 +267,29 @@ class GradientInversionAttack(pl.LightningModule):
             self._noise_gens = [restart_generator(self.optim_cfg.seed + 1, r) for r in self.restart_ids]
         return self._noise_gens[local]
 
+    def on_train_end(self) -> None:
+        """Gather every restart's best iterate from the rank that optimised it."""
+        if self.world_size <= 1:
+            return
+        values = self.all_gather(self.best_values)  # [W, R]
+        images = self.all_gather(self.best_images)
+        labels = self.all_gather(self.best_labels)
+        owner = torch.arange(len(self.restart_ids)) % self.world_size
+        r = torch.arange(len(self.restart_ids))
+        with torch.no_grad():
+            self.best_values.copy_(values[owner, r])
+            self.best_images.copy_(images[owner, r])
+            self.best_labels.copy_(labels[owner, r])
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["attack_state"] = {"seconds": self.seconds, "steps_done": self.steps_done,
+        checkpoint["attack_state"] = {"seconds": self.seconds, "steps_done": self.steps_done, "objective_trace": self.objective_trace,
                                       "noise_gens": [g.get_state() for g in getattr(self, "_noise_gens", [])]}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("attack_state", {})
         self.seconds = float(state.get("seconds", 0.0))
         self.steps_done = int(state.get("steps_done", 0))
+        self.objective_trace = [tuple(t) for t in state.get("objective_trace", [])]
         gens = state.get("noise_gens", [])
         if gens:
             self._noise_gens = [restart_generator(0, 0) for _ in gens]

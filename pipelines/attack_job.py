@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -64,10 +65,20 @@ def make_trainer(cfg: AttackConfig, logger: Any = False, callbacks: list[pl.Call
     accelerator = cfg.accelerator
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("accelerator gpu requested but no CUDA device is available")
+    if cfg.devices < 1:
+        raise UserError(f"devices must be at least 1, got {cfg.devices}")
+    strategy: Any = "auto"
+    if cfg.devices > 1:
+        from pytorch_lightning.strategies import DDPStrategy
+
+        # every rank keeps its own best iterates: buffers must not be overwritten by rank 0's
+        strategy = DDPStrategy(broadcast_buffers=False, process_group_backend="nccl" if accelerator in ("gpu", "cuda") else "gloo")
+    callbacks = list(callbacks or [])
     options: dict[str, Any] = dict(
-        accelerator=accelerator, devices=1, max_epochs=1, max_steps=cfg.optim.iterations, logger=logger,
-        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=cfg.logging.progress,
-        num_sanity_val_steps=0, callbacks=callbacks or [], log_every_n_steps=max(1, cfg.logging.log_every),
+        accelerator=accelerator, devices=cfg.devices, strategy=strategy, max_epochs=1, max_steps=cfg.optim.iterations, logger=logger,
+        enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks), enable_model_summary=False,
+        enable_progress_bar=cfg.logging.progress, num_sanity_val_steps=0, callbacks=callbacks, log_every_n_steps=max(1, cfg.logging.log_every),
+        use_distributed_sampler=False,  # the "data" are step numbers: every rank takes every step
     )
     if cfg.optim.max_seconds > 0:
         options["max_time"] = datetime.timedelta(seconds=cfg.optim.max_seconds)
@@ -90,8 +101,22 @@ def run_attack(knowledge: AttackerKnowledge, cfg: AttackConfig, logger: Any = Fa
     if attack is None:
         attack = build_attack(knowledge, cfg, restart_ids, trace_every)
     trainer = make_trainer(cfg, logger, callbacks, **trainer_kwargs)
-    trainer.fit(attack, train_dataloaders=iteration_loader(cfg.optim.iterations), ckpt_path=ckpt_path)
+    # checkpoints hold tensors and plain containers only: load them without unpickling arbitrary objects
+    trainer.fit(attack, train_dataloaders=iteration_loader(cfg.optim.iterations), ckpt_path=ckpt_path,
+                weights_only=True if ckpt_path else None)
     return attack.result(), attack
+
+
+def process_rank() -> int:
+    """Rank of this process in a Lightning DDP launch (children get LOCAL_RANK; the launcher is rank 0)."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def checkpoint_callback(work: Path, every: int) -> pl.callbacks.ModelCheckpoint:
+    return pl.callbacks.ModelCheckpoint(dirpath=str(work / "checkpoints"), filename="last", every_n_train_steps=every,
+                                        save_top_k=0, save_last=True, enable_version_counter=False)
 
 
 def score_result(result: AttackResult, knowledge: AttackerKnowledge, gt: GroundTruth | None, cfg: AttackConfig,
@@ -151,24 +176,32 @@ def default_out(cfg: AttackConfig, update_dir: Path) -> Path:
     return run / "attacks" / f"round_{rnd}_client_{client}"
 
 
-def run_attack_job(cfg: AttackConfig) -> dict[str, Any]:
+def run_attack_job(cfg: AttackConfig, resume: bool = False) -> dict[str, Any]:
     started = time.time()
     update_dir = resolve_update(cfg)
     knowledge = attacker_knowledge(cfg, update_dir)
     attack = build_attack(knowledge, cfg)  # validates everything before a file is written
     out = default_out(cfg, update_dir)
-    staged = StagedDir(out)
+    if process_rank() > 0:  # a DDP worker launched by rank 0: optimise its restarts, write nothing
+        run_attack(knowledge, cfg, attack=attack)
+        return {"out": out, "metrics": {}, "result": None}
+    staged = StagedDir(out, resume=resume)
     work = staged.open()
+    ckpt = work / "checkpoints" / "last.ckpt"
+    ckpt_path = str(ckpt) if resume and ckpt.is_file() else None
+    callbacks = [checkpoint_callback(work, cfg.optim.checkpoint_every)] if cfg.optim.checkpoint_every > 0 else []
     wandb_logger = None
     try:
         if cfg.logging.wandb and wandb_mode() != "disabled":
             wandb_logger = _wandb_logger(cfg, work, update_dir, knowledge)
-        result, attack = run_attack(knowledge, cfg, logger=wandb_logger or False, attack=attack)
+        result, attack = run_attack(knowledge, cfg, logger=wandb_logger or False, attack=attack, callbacks=callbacks, ckpt_path=ckpt_path)
         gt = ground_truth_for_update(update_dir)
         metrics = score_result(result, knowledge, gt, cfg, update_dir)
         metrics["threat_model"] = knowledge.describe()
         metrics["bn_source"] = attack.objective.bn_source
         metrics["update"] = str(update_dir)
+        metrics["resumed"] = ckpt_path is not None
+        metrics["devices"] = cfg.devices
         metrics["wall_seconds"] = round(time.time() - started, 2)
         save_tensors(work / "reconstruction.safetensors", {"images": result.images, "labels": result.labels,
                                                            "restart_images": result.restart_images})
@@ -183,6 +216,7 @@ def run_attack_job(cfg: AttackConfig) -> dict[str, Any]:
         write_json(work / "metrics.json", metrics)
         if wandb_logger is not None:
             _wandb_finish(wandb_logger, work, metrics)
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished attack
     except BaseException as err:
         staged.fail(f"{type(err).__name__}: {err}")
         if wandb_logger is not None:

@@ -43,6 +43,9 @@ class PrivacyFilter(abc.ABC):
     def apply(self, update: Update, ctx: FilterContext) -> tuple[Update, dict[str, float]]:
         """Return the filtered update and a few numbers describing the effect (logged)."""
 
+    def replay(self, ctx: FilterContext) -> None:
+        """Redo the state change of an application made before a resumed run (e.g. an accountant's step)."""
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **to_dict(self.params)}
 
@@ -100,6 +103,10 @@ class FilterChain:
             update, effect = f.apply(dict(update), ctx)
             effects.append({"filter": f.name, **effect})
         return update, effects
+
+    def replay(self, ctx: FilterContext) -> None:
+        for f in self.filters:
+            f.replay(ctx)
 
     def describe(self) -> list[dict[str, Any]]:
         return [f.describe() for f in self.filters]

@@ -101,6 +101,12 @@ class DPGaussian(PrivacyFilter):
             return float("inf")
         return _epsilon(accountant, self.params.delta)
 
+    def replay(self, ctx: FilterContext) -> None:
+        """One accountant step for this client (also used to rebuild the accountants of a resumed run)."""
+        if ctx.client not in self.accountants:
+            self.accountants[ctx.client] = _new_accountant()
+        self.accountants[ctx.client].step(noise_multiplier=self.params.noise_multiplier, sample_rate=self.params.sample_rate)
+
     def apply(self, update: Update, ctx: FilterContext) -> tuple[Update, dict[str, float]]:
         p = self.params
         keys = float_keys(update)
@@ -115,9 +121,7 @@ class DPGaussian(PrivacyFilter):
                 v = v + (std * noise).to(device=v.device, dtype=v.dtype)
             update[k] = v
         norm_clipped = norm_before * factor
-        if ctx.client not in self.accountants:
-            self.accountants[ctx.client] = _new_accountant()
-        self.accountants[ctx.client].step(noise_multiplier=p.noise_multiplier, sample_rate=p.sample_rate)
+        self.replay(ctx)
         return update, {
             "norm_before": norm_before,
             "norm_clipped": norm_clipped,

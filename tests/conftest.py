@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from common.config import build  # noqa: E402
 from federation.config import TrainConfig  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 ROOT = Path(__file__).resolve().parent.parent
 
