@@ -1,7 +1,8 @@
 """Run a study (a resumable grid of train.py + attack.py cells) and summarise it.
 
     python study.py --config configs/studies/bn_ablation.yaml
-    python study.py --config configs/studies/sigma0.yaml seeds=[0] out=runs/studies/sigma0_quick
+    python study.py --config configs/studies/sigma0.yaml --quick     # reduced: 1 seed, 3 grid points, 2 rounds
+    python study.py --config configs/studies/sigma0.yaml seeds=[0] out=runs/studies/sigma0_s0
 
 Re-running the same command skips finished cells. Outputs: OUT/results.csv (one row per attacked
 update), OUT/per_image.csv, OUT/summary.md and the PNGs the spec's `report` section asks for.
@@ -22,11 +23,18 @@ from studies.spec import StudySpec  # noqa: E402
 def main(argv: list[str] | None = None) -> None:
     p = parser("study.py", "Run a grid of train.py + attack.py cells and summarise the leakage.", StudySpec, None)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quick", action="store_true",
+                   help="reduced version into OUT_quick: first seed, 3 grid points per axis (ends and middle), at most 2 FL rounds, "
+                        "at most 60 attack iterations, no time budget, no compile (minutes instead of an hour)")
     p.add_argument("--wandb", action="store_true", help="log every training run and attack to W&B (offline by default)")
     args = p.parse_intermixed_args(argv)
     if not args.config:
         raise UserError("study.py needs --config configs/studies/<name>.yaml")
     spec = load(StudySpec, args.config, list(args.overrides))
+    if args.quick:
+        from studies.quick import reduce
+
+        spec = reduce(spec)
 
     from studies.analyze import analyze
     from studies.runner import StudyRunner

@@ -59,7 +59,9 @@ def grouped_bars(rows: list[dict[str, Any]], x: str, hue: str | None, metric: st
 def privacy_utility(rows: list[dict[str, Any]], x: str, path: Path, metric: str = "rdlv", x_label: str | None = None,
                     reference: dict[str, list[float]] | None = None, log_x: bool = False) -> Path:
     """Leakage and test accuracy against defence strength, on twin y axes."""
-    xs = _order(list(dict.fromkeys(r.get(x) for r in rows if r.get(x) is not None)))
+    present = _order(list(dict.fromkeys(r.get(x) for r in rows if r.get(x) is not None)))
+    xs = [v for v in present if math.isfinite(float(v))]  # epsilon = inf (no noise) has no place on the axis
+    skipped = [v for v in present if v not in xs]
     groups = group(rows, [x])
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     leak = [mean_ci(r.get(metric) for r in groups[(v,)]) for v in xs]
@@ -82,7 +84,8 @@ def privacy_utility(rows: list[dict[str, Any]], x: str, path: Path, metric: str 
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="best")
-    ax.set_title(f"privacy-utility: {metric} and accuracy vs {x_label or x}", fontsize=9)
+    note = f" ({x_label or x} = {', '.join(map(str, skipped))} not drawn)" if skipped else ""
+    ax.set_title(f"privacy-utility: {metric} and accuracy vs {x_label or x}{note}", fontsize=9)
     return _save(fig, path)
 
 
