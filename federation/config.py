@@ -25,6 +25,8 @@ class FLConfig:
     weighting: str = option("steps", "FedAvg weights: steps (the paper), samples, or uniform")
     lr_decay_every: int = option(0, "multiply the client lr by lr_decay every this many rounds (0 = never)")
     lr_decay: float = option(0.1, "lr decay factor")
+    workers: int = option(0, "train each round's clients in this many worker processes (accelerator gpu: worker i on GPU i; "
+                             "cpu: the cores shared out); client c always goes to worker c % workers; 0 = in this process")
     split: SplitConfig = option(help="client layout", factory=SplitConfig)
 
 

@@ -66,9 +66,12 @@ class RoundRecord:
 class FederatedSimulation:
     """Everything is validated in the constructor, before any file is written."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, cfg: TrainConfig, device_index: int = 0):
         quiet_lightning()
         self.cfg = cfg
+        self.device_index = device_index
+        if cfg.fl.workers < 0:
+            raise UserError(f"fl.workers must be >= 0, got {cfg.fl.workers}")
         if cfg.fl.rounds < 1:
             raise UserError(f"fl.rounds must be at least 1, got {cfg.fl.rounds}")
         if not 0 < cfg.fl.client_fraction <= 1:
@@ -126,7 +129,7 @@ class FederatedSimulation:
     def make_trainer(self, callbacks: list[pl.Callback]) -> pl.Trainer:
         steps = self.cfg.local.steps
         return pl.Trainer(
-            accelerator=self.accelerator, devices=1, max_epochs=-1 if steps else self.cfg.local.epochs,
+            accelerator=self.accelerator, devices=[self.device_index] if self.accelerator in ("gpu", "cuda") else 1, max_epochs=-1 if steps else self.cfg.local.epochs,
             max_steps=steps if steps else -1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
             enable_model_summary=False, num_sanity_val_steps=0, callbacks=callbacks,
         )
@@ -210,11 +213,15 @@ class FederatedSimulation:
         if not path.is_file():
             raise UserError(f"cannot resume {run_dir}: round {nxt - 1} finished but {path.name} is missing")
         _truncate_csv(run_dir / "audit.csv", nxt)
-        for rnd in range(nxt):
+        self.replay_filters(nxt)
+        return nxt, load_tensors(path, "global model")
+
+    def replay_filters(self, first_round: int) -> None:
+        """Bring stateful filters (DP accountants) to where they stand after rounds < first_round."""
+        for rnd in range(first_round):
             for client in self.sample_clients(rnd):
                 idx = self.split.client_indices[client]
                 self.filters.replay(FilterContext(torch.Generator(), rnd, client, int(idx.numel()), self.expected_steps(client)))
-        return nxt, load_tensors(path, "global model")
 
     def run(self, run_dir: Path | None, on_round: Callable[[RoundRecord], None] | None = None, resume: bool = False) -> list[RoundRecord]:
         """Run the remaining rounds; returns the records of the rounds run now."""
@@ -236,7 +243,13 @@ class FederatedSimulation:
         total = sum(len(self.sample_clients(r)) for r in range(first, cfg.fl.rounds))
         bar = tqdm(total=total, desc="FL", unit="client", disable=not cfg.logging.progress, dynamic_ncols=True)
         metrics_file = run_dir / "metrics.csv" if run_dir is not None else None
+        pool = None
         try:
+            if cfg.fl.workers > 0:
+                from federation.workers import ClientWorkers
+
+                bar.set_description(f"starting {cfg.fl.workers} FL workers")
+                pool = ClientWorkers(to_dict(cfg), cfg.fl.workers, self.accelerator in ("gpu", "cuda"), first)
             if run_dir is not None and first == 0:
                 save_tensors(global_model_path(run_dir, 0), global_state)
             for rnd in range(first, cfg.fl.rounds):
@@ -244,13 +257,17 @@ class FederatedSimulation:
                 lr = self.round_lr(rnd)
                 results: dict[int, ClientResult] = {}
                 audits: list[AuditRecord] = []
+                if pool is not None:
+                    bar.set_description(f"round {rnd + 1}/{cfg.fl.rounds} ({cfg.fl.workers} workers)")
+                    results = pool.train(rnd, self.sample_clients(rnd), global_state, lr, run_dir, on_client=lambda _c: bar.update(1))
                 for client in self.sample_clients(rnd):
-                    bar.set_description(f"round {rnd + 1}/{cfg.fl.rounds} client {client}")
-                    results[client] = self.train_client(rnd, client, global_state, lr, run_dir)
+                    if pool is None:
+                        bar.set_description(f"round {rnd + 1}/{cfg.fl.rounds} client {client}")
+                        results[client] = self.train_client(rnd, client, global_state, lr, run_dir)
+                        bar.update(1)
                     if self.audit.due(rnd, client):
                         bar.set_description(f"round {rnd + 1}/{cfg.fl.rounds} client {client} (audit)")
                         audits.append(self.run_audit(rnd, client, global_state, results[client], run_dir, wandb_run))
-                    bar.update(1)
                 withheld = [a.client for a in audits if a.withheld]
                 received = {c: r for c, r in results.items() if c not in withheld}
                 global_state = self.aggregate(received, global_state)
@@ -270,6 +287,8 @@ class FederatedSimulation:
                     on_round(record)
         finally:
             bar.close()
+            if pool is not None:
+                pool.close()
             if wandb_run is not None:
                 wandb_run.finish()
         return records

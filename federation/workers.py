@@ -1,0 +1,132 @@
+"""A round's local training spread over worker processes: one per GPU, or a share of the CPU cores.
+
+Worker i owns the clients c with c % workers == i for the whole run, so the per-client state that
+lives in a client's filters (the DP accountants) stays in one process, and every client round is
+seeded from (seed, round, client) exactly as in the single-process loop: the federation ends where a
+sequential run would (up to float summation order across thread counts).
+
+Tensors cross process boundaries as safetensors bytes, never pickled; metadata is plain JSON-able data.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from callbacks.update_capture import ClientResult
+from common.errors import UserError
+
+
+def _pack(tensors: dict[str, torch.Tensor]) -> bytes:
+    return st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def _pack_result(result: ClientResult) -> dict[str, Any]:
+    fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}  # shallow: tensors are packed below
+    fields["outgoing"] = _pack(result.outgoing)
+    fields["raw"] = _pack(result.raw)
+    return fields
+
+
+def _unpack_result(fields: dict[str, Any]) -> ClientResult:
+    fields = dict(fields)
+    fields["outgoing"] = st_load(fields["outgoing"])
+    fields["raw"] = st_load(fields["raw"])
+    return ClientResult(**fields)
+
+
+def _worker(cfg_tree: dict[str, Any], index: int, threads: int, first_round: int, inbox: Any, outbox: Any) -> None:
+    torch.set_num_threads(threads)
+    try:
+        from common.config import build
+        from federation.config import TrainConfig
+        from federation.simulation import FederatedSimulation
+
+        sim = FederatedSimulation(build(TrainConfig, cfg_tree), device_index=index)
+        sim.replay_filters(first_round)
+        outbox.put((index, "ready", None))
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it
+        outbox.put((index, "error", f"{type(err).__name__}: {err}"))
+        return
+    while True:
+        job = inbox.get()
+        if job is None:
+            return
+        rnd, clients, state, lr, run_dir = job
+        try:
+            global_state = st_load(state)
+            out = {c: _pack_result(sim.train_client(rnd, c, global_state, lr, Path(run_dir) if run_dir else None)) for c in clients}
+            outbox.put((index, "done", out))
+        except BaseException as err:  # noqa: BLE001
+            outbox.put((index, "error", f"{type(err).__name__}: {err}"))
+
+
+class ClientWorkers:
+    """``workers`` processes; with a GPU accelerator worker i trains on GPU i."""
+
+    def __init__(self, cfg_tree: dict[str, Any], workers: int, gpu: bool, first_round: int = 0, timeout_s: float = 3600.0):
+        if gpu and workers > torch.cuda.device_count():
+            raise UserError(f"fl.workers={workers} but only {torch.cuda.device_count()} GPU(s) are visible")
+        self.workers = workers
+        self.timeout_s = timeout_s
+        threads = 1 if gpu else max(1, (os.cpu_count() or 1) // workers, torch.get_num_threads() // workers)
+        ctx = mp.get_context("spawn")
+        self.outbox = ctx.Queue()
+        self.inboxes = [ctx.Queue() for _ in range(workers)]
+        self.procs = [ctx.Process(target=_worker, args=(cfg_tree, i, threads, first_round, self.inboxes[i], self.outbox), daemon=True)
+                      for i in range(workers)]
+        for p in self.procs:
+            p.start()
+        for _ in range(workers):
+            self._receive()
+
+    def owner(self, client: int) -> int:
+        return client % self.workers
+
+    def _receive(self) -> tuple[int, str, Any]:
+        while True:
+            try:
+                index, kind, payload = self.outbox.get(timeout=5.0)
+                break
+            except queue.Empty:
+                dead = [i for i, p in enumerate(self.procs) if not p.is_alive()]
+                if dead:
+                    self.close()
+                    raise RuntimeError(f"FL worker process(es) {dead} died (exit codes {[self.procs[i].exitcode for i in dead]})")
+        if kind == "error":
+            self.close()
+            raise UserError(f"FL worker {index}: {payload}")
+        return index, kind, payload
+
+    def train(self, rnd: int, clients: list[int], global_state: dict[str, torch.Tensor], lr: float,
+              run_dir: Path | None, on_client: Any = None) -> dict[int, ClientResult]:
+        state = _pack(global_state)
+        jobs: dict[int, list[int]] = {}
+        for c in clients:
+            jobs.setdefault(self.owner(c), []).append(c)
+        for w, cs in jobs.items():
+            self.inboxes[w].put((rnd, cs, state, lr, str(run_dir) if run_dir is not None else None))
+        results: dict[int, ClientResult] = {}
+        for _ in jobs:
+            _, _, out = self._receive()
+            for c, fields in out.items():
+                results[c] = _unpack_result(fields)
+                if on_client is not None:
+                    on_client(c)
+        return {c: results[c] for c in clients}
+
+    def close(self) -> None:
+        for inbox, p in zip(self.inboxes, self.procs):
+            if p.is_alive():
+                inbox.put(None)
+        for p in self.procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()

@@ -1,0 +1,46 @@
+"""FL clients spread over worker processes end where the single-process federation ends."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.errors import UserError
+from common.files import load_tensors
+from federation.simulation import FederatedSimulation
+from federation.update_store import global_model_path
+from tests.conftest import tiny_train_config
+
+
+def _run(out: Path, **extra) -> list:
+    out.mkdir()
+    cfg = tiny_train_config(out, **extra)
+    return FederatedSimulation(cfg).run(out)
+
+
+def test_two_cpu_workers_give_the_single_process_federation(tmp_path):
+    filters = [{"name": "dp_gaussian", "clip_norm": 1.0, "noise_multiplier": 0.01, "delta": 1e-5}]
+    one = _run(tmp_path / "one", **{"privacy.filters": filters})
+    two = _run(tmp_path / "two", **{"fl.workers": 2, "privacy.filters": filters})
+    assert [r.test_accuracy for r in one] == pytest.approx([r.test_accuracy for r in two])
+    for rnd in range(len(one) + 1):
+        a = load_tensors(global_model_path(tmp_path / "one", rnd))
+        b = load_tensors(global_model_path(tmp_path / "two", rnd))
+        assert a.keys() == b.keys()
+        for k in a:  # threads differ (2 here, 1 per worker): float summation order only
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)
+    # the DP accountants lived in the workers: the same epsilon per client, round after round
+    for rec_one, rec_two in zip(one, two):
+        for c in rec_one.results:
+            eff_one = [e["epsilon"] for e in rec_one.results[c].filter_effects if "epsilon" in e]
+            eff_two = [e["epsilon"] for e in rec_two.results[c].filter_effects if "epsilon" in e]
+            assert eff_one == pytest.approx(eff_two) and eff_one
+    # every update was captured by the worker that trained it
+    assert sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one" / "updates").rglob("update.safetensors")) == \
+        sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two" / "updates").rglob("update.safetensors"))
+
+
+def test_negative_workers_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="fl.workers"):
+        FederatedSimulation(tiny_train_config(tmp_path, **{"fl.workers": -1}))
