@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true",
                    help="reduced version into OUT_quick: first seed, 3 grid points per axis (ends and middle), at most 2 FL rounds, "
                         "at most 60 attack iterations, no time budget, no compile (minutes instead of an hour)")
-    p.add_argument("--wandb", action="store_true", help="log every training run and attack to W&B (offline by default)")
+    p.add_argument("--wandb", action="store_true", help="log every training run and attack run now, and one study run with the results table and figures, "
+                        "to W&B (offline by default; upload with wandb sync)")
     args = p.parse_intermixed_args(argv)
     if not args.config:
         raise UserError("study.py needs --config configs/studies/<name>.yaml")
@@ -43,10 +44,32 @@ def main(argv: list[str] | None = None) -> None:
     runner = StudyRunner(spec, progress=not args.no_progress, wandb=args.wandb)
     results = runner.run()
     summary = analyze(results.parent, spec)
+    if args.wandb:
+        log_study_run(results.parent, spec, summary["figures"])
     print(f"{spec.name}: {len(runner.cells)} cells ({runner.trainings_run} trainings and {runner.attacks_run} attacks run now, "
           f"the rest reused) in {time.time() - started:.0f}s -> {results.parent}")
     for table in summary["tables"]:
         print("\n" + table)
+
+
+def log_study_run(study_dir, spec: StudySpec, figures: list) -> None:
+    """One more W&B run with the study's own products: the results table (axis columns included) and its figures."""
+    import csv
+
+    from common.config import to_dict
+    from common.tracking import start_run
+
+    run = start_run(True, "fl-leakage", f"study-{spec.name}", to_dict(spec), study_dir, "study")
+    if run is None:
+        return
+    import wandb
+
+    with open(study_dir / "results.csv") as fh:
+        rows = list(csv.reader(fh))
+    run.log({"results": wandb.Table(columns=rows[0], data=rows[1:])})
+    for png in figures:
+        run.log({png.stem: wandb.Image(str(png))})
+    run.finish()
 
 
 if __name__ == "__main__":

@@ -53,6 +53,12 @@ class Objective:
         self.vectorize = vectorize
         # torch.compile sees through the replay (torch.func.grad inside) and the smooth ReLU; it pays
         # off for long attacks (compiling takes tens of seconds), see BENCHMARKS.md
+        if compile:
+            # a new attack in the same process (a study runs many) would add guards to the previous attacks'
+            # compiled code until dynamo's recompile limit sends it back to eager (measured: half the
+            # iterations per second from the third attack on); start from a clean cache instead, the
+            # on-disk inductor cache still makes the recompile quick
+            torch._dynamo.reset()
         self.per_restart = torch.compile(self.restart_values, dynamic=False) if compile else self.restart_values
         self.weights = torch.tensor([t.weight for t in self.terms])
         self.model = model

@@ -41,7 +41,7 @@ def test_quick_keeps_ends_and_middle_of_every_axis_and_one_seed():
     assert quick.out == spec.out + "_quick" and quick.name == "sigma0_quick"
     assert quick.train.overrides["fl.rounds"] == 2 and quick.attack.overrides["optim.iterations"] == 60
     assert len(cells(quick)) == 3 and len(cells(spec)) == len(spec.seeds) * len(spec.grid["sigma0"])
-    assert spec.out.endswith("sigma0") and len(spec.seeds) == 3  # the original is untouched
+    assert spec.out.endswith("sigma0") and len(spec.seeds) > 1  # the original is untouched
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
