@@ -18,7 +18,7 @@ def default_objective() -> dict[str, dict[str, Any]]:
 
 @dataclasses.dataclass
 class OptimConfig:
-    iterations: int = option(400, "optimisation steps")
+    iterations: int = option(600, "optimisation steps")
     lr: float = option(0.1, "Adam learning rate on the [0, 1] images")
     betas: list[float] = option(help="Adam betas", factory=lambda: [0.9, 0.999])
     warmup: int = option(50, "linear warm-up steps")

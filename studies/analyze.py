@@ -47,7 +47,7 @@ def analyze(study_dir: Path, spec: StudySpec) -> dict[str, Any]:
         for value, sel in _split_by(rows, t.get("by")).items():
             heading = f"{t['metric']} by {t['row']}" + (f" x {t['col']}" if t.get("col") else "") + (f", {t['by']} {value}" if t.get("by") else "")
             table = pivot_markdown(sel, t["row"], t.get("col"), t["metric"], row_order=t.get("row_order"), col_order=t.get("col_order"))
-            tables.append(f"### {heading} (mean ± std over seeds)\n\n{table}")
+            tables.append(f"### {heading} (mean ± std over seeds)\n\n{table}\n")
     md += tables
     if report.get("gallery", True):
         path = gallery(study_dir, study_dir / "gallery.png", limit=int(report.get("gallery_limit", 24)))
