@@ -39,6 +39,11 @@ def mean_ci(values: Iterable[float], level: float = 0.95) -> tuple[float, float,
     return mean, std, half, n
 
 
+def _natural(v: Any) -> tuple:
+    """Numbers in numeric order (5 before 10), then everything else as text."""
+    return (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v))
+
+
 def group(rows: list[dict[str, Any]], keys: list[str]) -> dict[tuple, list[dict[str, Any]]]:
     out: dict[tuple, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -49,8 +54,8 @@ def group(rows: list[dict[str, Any]], keys: list[str]) -> dict[tuple, list[dict[
 def pivot_markdown(rows: list[dict[str, Any]], row_key: str, col_key: str | None, metric: str, digits: int = 3,
                    row_order: list[Any] | None = None, col_order: list[Any] | None = None) -> str:
     """A markdown table of ``metric`` as 'mean ± std (n)' with rows = row_key values, columns = col_key values."""
-    cols = col_order or sorted({r.get(col_key) for r in rows}, key=str) if col_key else [None]
-    rws = row_order or sorted({r.get(row_key) for r in rows}, key=str)
+    cols = col_order or sorted({r.get(col_key) for r in rows}, key=_natural) if col_key else [None]
+    rws = row_order or sorted({r.get(row_key) for r in rows}, key=_natural)
     header = f"| {row_key} | " + " | ".join(f"{col_key} = {c}" if col_key else metric for c in cols) + " |"
     lines = [header, "|" + "---|" * (len(cols) + 1)]
     cells = group(rows, [row_key] + ([col_key] if col_key else []))
