@@ -6,14 +6,12 @@ same objective on the same update: Lightning's overhead. Interleaved repeats, me
 """
 from __future__ import annotations
 
-import argparse
 import math
 import time
-from pathlib import Path
 
 import torch
 
-from bench.common import ROOT, device_name, ensure_run, save
+from bench.common import device_name, load_target, save, target_parser
 
 
 def plain_loop(attack, iterations: int) -> float:
@@ -53,24 +51,14 @@ def lightning_loop(knowledge, cfg) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", default=str(ROOT / "bench" / "runs" / "default"), help="training run (trained with configs/default.yaml if missing)")
-    p.add_argument("--client", type=int, default=3)
-    p.add_argument("--config", default=str(ROOT / "configs" / "attack" / "default.yaml"))
+    p = target_parser(__doc__)
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("overrides", nargs="*", help="attack config overrides")
     args = p.parse_args()
-    from common.config import load
-    from federation.update_store import list_updates
-    from inversion.config import AttackConfig
-    from pipelines.attack_job import attacker_knowledge, build_attack
+    from pipelines.attack_job import build_attack
 
-    run = ensure_run(Path(args.run))
-    last = max(r for r, _, _ in list_updates(run))
-    update = run / "updates" / f"round_{last}" / f"client_{args.client}"
-    cfg = load(AttackConfig, [args.config], [f"optim.iterations={args.iterations}", "logging.progress=false", "logging.wandb=false"] + args.overrides)
-    knowledge = attacker_knowledge(cfg, update)
+    update, cfg, knowledge = load_target(args, [f"optim.iterations={args.iterations}"])
     lightning_loop(knowledge, cfg)  # warm-up (allocator, compile caches)
     plain, light = [], []
     for _ in range(args.repeats):

@@ -36,6 +36,31 @@ def ensure_run(run: Path, overrides: list[str] | None = None) -> Path:
     return staged.commit()
 
 
+def target_parser(doc: str) -> "argparse.ArgumentParser":
+    """--run/--client/--config and attack overrides: the arguments every attack benchmark shares."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", default=str(ROOT / "bench" / "runs" / "default"), help="training run (trained with configs/default.yaml if missing)")
+    p.add_argument("--client", type=int, default=3)
+    p.add_argument("--config", default=str(ROOT / "configs" / "attack" / "default.yaml"))
+    return p
+
+
+def load_target(args: Any, overrides: list[str]):
+    """(update folder of ``args.client`` in the last round of ``args.run``, attack config, attacker knowledge)."""
+    from common.config import load
+    from federation.update_store import list_updates, update_dir
+    from inversion.config import AttackConfig
+    from pipelines.attack_job import attacker_knowledge
+
+    run = ensure_run(Path(args.run))
+    last = max(r for r, _, _ in list_updates(run))
+    update = update_dir(run, last, args.client)
+    cfg = load(AttackConfig, [args.config], overrides + ["logging.progress=false", "logging.wandb=false"] + list(args.overrides))
+    return update, cfg, attacker_knowledge(cfg, update)
+
+
 def median_time(fn: Callable[[], Any], repeats: int) -> float:
     times = []
     for _ in range(repeats):

@@ -10,15 +10,13 @@ the attack's own noise (Adam normalises step sizes, so relative errors up to ~1e
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from bench.common import ROOT, device_name, ensure_run, save
+from bench.common import device_name, load_target, save, target_parser
 
 
 def _channels_last(objective) -> None:
@@ -37,24 +35,13 @@ def _evaluate(objective, images: torch.Tensor, labels: torch.Tensor, autocast: t
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", default=str(ROOT / "bench" / "runs" / "default"))
-    p.add_argument("--client", type=int, default=3)
-    p.add_argument("--config", default=str(ROOT / "configs" / "attack" / "default.yaml"))
+    p = target_parser(__doc__)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("overrides", nargs="*", help="attack config overrides (default adds update matching, weight 1)")
     args = p.parse_args()
-    from common.config import load
-    from federation.update_store import list_updates
-    from inversion.config import AttackConfig
-    from pipelines.attack_job import attacker_knowledge, build_attack
+    from pipelines.attack_job import build_attack
 
-    run = ensure_run(Path(args.run))
-    last = max(r for r, _, _ in list_updates(run))
-    update = run / "updates" / f"round_{last}" / f"client_{args.client}"
-    cfg = load(AttackConfig, [args.config], ["objective.update_matching.weight=1.0", "logging.progress=false",
-                                             "logging.wandb=false"] + args.overrides)
-    knowledge = attacker_knowledge(cfg, update)
+    update, cfg, knowledge = load_target(args, ["objective.update_matching.weight=1.0"])
     device = "cuda" if cfg.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
     variants = [("float32", None, False), ("channels_last", None, True), ("bfloat16 autocast", torch.bfloat16, False)]
     if device == "cuda":

@@ -5,10 +5,7 @@
 """
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from bench.common import ROOT, device_name, ensure_run, save
+from bench.common import device_name, load_target, save, target_parser
 
 
 def per_iteration(knowledge, cfg, restarts: int, vectorize: bool) -> float:
@@ -24,24 +21,12 @@ def per_iteration(knowledge, cfg, restarts: int, vectorize: bool) -> float:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", default=str(ROOT / "bench" / "runs" / "default"))
-    p.add_argument("--client", type=int, default=3)
-    p.add_argument("--config", default=str(ROOT / "configs" / "attack" / "default.yaml"))
+    p = target_parser(__doc__)
     p.add_argument("--iterations", type=int, default=60)
     p.add_argument("--restarts", type=int, nargs="+", default=[1, 4, 8])
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    from common.config import load
-    from federation.update_store import list_updates
-    from inversion.config import AttackConfig
-    from pipelines.attack_job import attacker_knowledge
-
-    run = ensure_run(Path(args.run))
-    last = max(r for r, _, _ in list_updates(run))
-    update = run / "updates" / f"round_{last}" / f"client_{args.client}"
-    cfg = load(AttackConfig, [args.config], [f"optim.iterations={args.iterations}", "logging.progress=false", "logging.wandb=false"] + args.overrides)
-    knowledge = attacker_knowledge(cfg, update)
+    update, cfg, knowledge = load_target(args, [f"optim.iterations={args.iterations}"])
     per_iteration(knowledge, cfg, 1, True)  # warm-up
     one = per_iteration(knowledge, cfg, 1, True)
     rows = []
