@@ -12,6 +12,7 @@ from inversion.functional import FunctionalModel
 from inversion.replay import ClientProcedure, LocalTrainingReplay, ReplayOutput, forward_steps
 from inversion.terms import AttackSetting, BNStatistics, ObjectiveTerm, TermInput, UpdateMatching, make_terms
 from inversion.threat_model import AttackerKnowledge
+from lightning_modules.models import batch_norm_layers
 
 
 class Objective:
@@ -24,8 +25,6 @@ class Objective:
     def __init__(self, knowledge: AttackerKnowledge, spec: dict[str, dict[str, Any]], batch_seed: int = 0, vectorize: bool = True,
                  compile: bool = False):
         model = knowledge.global_model()
-        um = (spec or {}).get("update_matching") or {}
-        self.fmodel = FunctionalModel(model, um.get("relu_grad", "smooth"), float(um.get("relu_beta", 10.0)))
         self.proc = ClientProcedure.from_meta(knowledge.meta)
         oracle_order = knowledge.oracle.batch_positions
         self.steps = oracle_order if oracle_order is not None else self.proc.batches(batch_seed)
@@ -37,7 +36,7 @@ class Objective:
             observed_delta=observed,
             param_names=list(self.params0),
             params0=self.params0,
-            bn_source_factory=lambda name: make_bn_source(name, self.fmodel.bn_names, knowledge.global_state, knowledge.update,
+            bn_source_factory=lambda name: make_bn_source(name, [n for n, _ in batch_norm_layers(model)], knowledge.global_state, knowledge.update,
                                                           self.proc.bn_momentum, self.proc.local_steps, knowledge.oracle.bn_statistics),
             prior=knowledge.prior,
             norm_mean=model.input_path.mean[0],
@@ -45,6 +44,10 @@ class Objective:
         )
         self.terms: list[ObjectiveTerm] = make_terms(spec, self.setting)
         self.names = [t.name for t in self.terms]
+        um = self.update_matching
+        # the smooth ReLU only changes second derivatives, which only update matching takes; without it the
+        # smooth ReLU would be pure cost (identical values and image gradients, bench.restarts)
+        self.fmodel = FunctionalModel(model, um.params.relu_grad if um else "exact", um.params.relu_beta if um else 10.0)
         self.needs_replay = any(t.needs_replay for t in self.terms)
         self.replay = LocalTrainingReplay(self.fmodel, self.params0, self.proc)
         bn_terms = [t for t in self.terms if isinstance(t, BNStatistics)]
