@@ -19,7 +19,7 @@ from common.files import StagedDir, read_json, write_json
 from federation.config import TrainConfig
 from federation.update_store import update_dir
 from inversion.config import AttackConfig
-from studies.spec import Cell, StudySpec, cells, overrides_list
+from studies.spec import Cell, StudySpec, cells, config_fingerprint, overrides_list
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_DEFAULT = ROOT / "configs" / "default.yaml"
@@ -50,7 +50,8 @@ class StudyRunner:
         self.out = Path(spec.out)
         self.progress = progress
         self.wandb = wandb
-        self.cells = cells(spec)
+        self.cells = cells(spec, {"train": config_fingerprint(_config_file(spec.train.config, TRAIN_DEFAULT)),
+                                  "attack": config_fingerprint(_config_file(spec.attack.config, ATTACK_DEFAULT))})
         self.attacks_run = 0
         self.trainings_run = 0
 

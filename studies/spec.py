@@ -58,14 +58,17 @@ class Cell:
     seed: int
     train_overrides: dict[str, Any]
     attack_overrides: dict[str, Any]
+    # fingerprints of the stages' config files: editing configs/default.yaml must not reuse runs made before
+    base: dict[str, str] = dataclasses.field(default_factory=dict)
 
     @property
     def train_key(self) -> str:
-        blob = json.dumps({"seed": self.seed, "train": self.train_overrides}, sort_keys=True, default=str)
+        blob = json.dumps({"seed": self.seed, "train": self.train_overrides, **_base(self.base, "train")}, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
     def attack_key(self, rnd: int, client: int) -> str:
-        blob = json.dumps({"train": self.train_key, "attack": self.attack_overrides, "round": rnd, "client": client}, sort_keys=True, default=str)
+        blob = json.dumps({"train": self.train_key, "attack": self.attack_overrides, "round": rnd, "client": client,
+                           **_base(self.base, "attack")}, sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
@@ -75,7 +78,22 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec
     return load(StudySpec, [path], overrides or [])
 
 
-def cells(spec: StudySpec) -> list[Cell]:
+def _base(base: dict[str, str], stage: str) -> dict[str, str]:
+    return {"base": base[stage]} if stage in base else {}
+
+
+def config_fingerprint(files: list[str | Path]) -> str:
+    """Hash of the contents of the config files a stage layers, in order."""
+    digest = hashlib.sha1()
+    for f in files:
+        if not Path(f).is_file():
+            raise UserError(f"config file not found: {f}")
+        digest.update(Path(f).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def cells(spec: StudySpec, base: dict[str, str] | None = None) -> list[Cell]:
+    """``base``: stage -> config fingerprint (``config_fingerprint``), part of every cell's cache keys."""
     axes = list(spec.grid.items())
     for name, values in axes:
         if not values:
@@ -95,7 +113,7 @@ def cells(spec: StudySpec) -> list[Cell]:
                 attack.update((stages or {}).get("attack", {}) or {})
             train["seed"] = seed
             attack.setdefault("optim.seed", seed)
-            out.append(Cell({name: str(label) for (name, _), (label, _) in zip(axes, combo)}, seed, train, attack))
+            out.append(Cell({name: str(label) for (name, _), (label, _) in zip(axes, combo)}, seed, train, attack, dict(base or {})))
     return out
 
 

@@ -90,3 +90,17 @@ def test_rerun_after_an_interruption_completes_only_the_missing_cells(tmp_path: 
 
     third = StudyRunner(spec, progress=False)
     assert len(_rows(third.run())) == 6 and third.attacks_run == 0 and third.trainings_run == 0
+
+
+def test_editing_a_stage_config_file_gives_new_cache_keys(tmp_path: Path):
+    """A study must not reuse training runs or attacks made with an older version of its config files."""
+    train_cfg = tmp_path / "train.yaml"
+    train_cfg.write_text("fl:\n  rounds: 2\n")
+    spec = load(StudySpec, [ROOT / "configs" / "studies" / "sigma0.yaml"], [])
+    spec.out, spec.train.config = str(tmp_path / "study"), str(train_cfg)
+    before = StudyRunner(spec, progress=False).cells[0]
+    assert before.train_key == StudyRunner(spec, progress=False).cells[0].train_key  # stable while nothing changes
+    train_cfg.write_text("fl:\n  rounds: 3\n")
+    after = StudyRunner(spec, progress=False).cells[0]
+    assert after.train_key != before.train_key and after.attack_key(-1, 3) != before.attack_key(-1, 3)
+    assert after.train_overrides == before.train_overrides  # only the file changed
