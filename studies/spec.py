@@ -83,12 +83,14 @@ def _base(base: dict[str, str], stage: str) -> dict[str, str]:
 
 
 def config_fingerprint(files: list[str | Path]) -> str:
-    """Hash of the contents of the config files a stage layers, in order."""
+    """Hash of the parsed contents of the config files a stage layers, in order (comments do not count)."""
+    import yaml
+
     digest = hashlib.sha1()
     for f in files:
         if not Path(f).is_file():
             raise UserError(f"config file not found: {f}")
-        digest.update(Path(f).read_bytes())
+        digest.update(json.dumps(yaml.safe_load(Path(f).read_text()), sort_keys=True, default=str).encode())
     return digest.hexdigest()[:12]
 
 

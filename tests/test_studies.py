@@ -100,7 +100,14 @@ def test_editing_a_stage_config_file_gives_new_cache_keys(tmp_path: Path):
     spec.out, spec.train.config = str(tmp_path / "study"), str(train_cfg)
     before = StudyRunner(spec, progress=False).cells[0]
     assert before.train_key == StudyRunner(spec, progress=False).cells[0].train_key  # stable while nothing changes
+    train_cfg.write_text("fl:\n  rounds: 2  # a comment changes nothing\n")
+    assert StudyRunner(spec, progress=False).cells[0].train_key == before.train_key
     train_cfg.write_text("fl:\n  rounds: 3\n")
     after = StudyRunner(spec, progress=False).cells[0]
-    assert after.train_key != before.train_key and after.attack_key(-1, 3) != before.attack_key(-1, 3)
+    assert after.train_key != before.train_key
     assert after.train_overrides == before.train_overrides  # only the file changed
+    attack_cfg = tmp_path / "attack.yaml"
+    attack_cfg.write_text("optim:\n  lr: 0.05\n")
+    spec.attack.config = str(attack_cfg)
+    other = StudyRunner(spec, progress=False).cells[0]
+    assert other.train_key == after.train_key and other.attack_key(-1, 3) != after.attack_key(-1, 3)
