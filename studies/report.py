@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -584,36 +584,38 @@ def configs_section(study_dir: Path, spec_text: str | None, rows: list[dict[str,
     train_keys = list(dict.fromkeys(r.get("train_key") for r in rows if r.get("train_key")))
     seeds = {r.get("train_key"): r.get("seed", "") for r in rows}
     train = [(f"train/{k}", study_dir / "train" / str(k) / "config.yaml") for k in train_keys]
-    groups = group_configs(train, TRAIN_PER_RUN_KEYS)
-    out.append(f"<h3>Training runs ({len(train_keys)} runs, {len(groups)} distinct config{'s' if len(groups) != 1 else ''})</h3>")
-    out.append(f'<p class="note">Runs whose <code>config.yaml</code> agree apart from '
-               f"{', '.join(f'<code>{k}</code>' for k in TRAIN_PER_RUN_KEYS)} share one block; the block is the exact "
-               "file of the first run named.</p>")
-    for label, text, members in groups:
+
+    def train_members(members: list[str], label: str) -> list[str]:
         run_json = _read_json(study_dir / label / "run.json")
-        extra = []
-        if run_json.get("overrides"):
-            extra.append("study overrides: " + json.dumps(run_json["overrides"], default=str))
+        notes = ["study overrides: " + json.dumps(run_json["overrides"], default=str)] if run_json.get("overrides") else []
         listed = ", ".join(f"{m} (seed {seeds.get(m.split('/', 1)[1], '')})" for m in members)
-        out.append(f"<h4>{e(label)}/config.yaml</h4>")
-        out.append(f'<p class="note">Runs: {e(listed)}</p>' + "".join(f'<p class="note">{e(x)}</p>' for x in extra))
-        out.append(f"<pre>{e(text)}</pre>")
+        return [f"Runs: {listed}"] + notes
+
+    out += _config_groups("Training runs", "runs", "run", train, TRAIN_PER_RUN_KEYS, train_members)
     missing = [k for k in train_keys if not (study_dir / "train" / str(k) / "config.yaml").is_file()]
     if missing:
         out.append(f'<p class="note">No config.yaml for training run(s): {e(", ".join(str(k) for k in missing))}</p>')
 
     cells = list(dict.fromkeys(r.get("cell") for r in rows if r.get("cell")))
     attack = [(f"cells/{c}", study_dir / "cells" / str(c) / "config.yaml") for c in cells]
-    groups = group_configs(attack, ATTACK_PER_CELL_KEYS)
-    out.append(f"<h3>Attacks ({len(cells)} cells, {len(groups)} distinct config{'s' if len(groups) != 1 else ''})</h3>")
-    out.append(f'<p class="note">Cells whose <code>config.yaml</code> agree apart from '
-               f"{', '.join(f'<code>{k}</code>' for k in ATTACK_PER_CELL_KEYS)} share one block; the block is the exact "
-               "file of the first cell named.</p>")
+    out += _config_groups("Attacks", "cells", "cell", attack, ATTACK_PER_CELL_KEYS,
+                          lambda members, label: ["Cells: " + ", ".join(m.split("/", 1)[1] for m in members)])
+    return "\n".join(out)
+
+
+def _config_groups(title: str, plural: str, singular: str, entries: list[tuple[str, Path]], per_keys: list[str],
+                   notes: Callable[[list[str], str], list[str]]) -> list[str]:
+    """One block per distinct config (apart from ``per_keys``), with the members and notes under its name."""
+    groups = group_configs(entries, per_keys)
+    out = [f"<h3>{title} ({len(entries)} {plural}, {len(groups)} distinct config{'s' if len(groups) != 1 else ''})</h3>",
+           f'<p class="note">{plural.capitalize()} whose <code>config.yaml</code> agree apart from '
+           f"{', '.join(f'<code>{k}</code>' for k in per_keys)} share one block; the block is the exact "
+           f"file of the first {singular} named.</p>"]
     for label, text, members in groups:
         out.append(f"<h4>{e(label)}/config.yaml</h4>")
-        out.append(f'<p class="note">Cells: {e(", ".join(m.split("/", 1)[1] for m in members))}</p>')
+        out.append("".join(f'<p class="note">{e(x)}</p>' for x in notes(members, label)))
         out.append(f"<pre>{e(text)}</pre>")
-    return "\n".join(out)
+    return out
 
 
 def environment_section(study_dir: Path, generated: dt.datetime, results_time: dt.datetime) -> str:
