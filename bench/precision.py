@@ -11,18 +11,13 @@ the attack's own noise (Adam normalises step sizes, so relative errors up to ~1e
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import statistics
 import time
 
 import torch
 
 from bench.common import device_name, load_target, save, target_parser
-
-
-def _channels_last(objective) -> None:
-    for name, p in list(objective.params0.items()):
-        if p.dim() == 4:
-            objective.params0[name] = p.contiguous(memory_format=torch.channels_last)
 
 
 def _evaluate(objective, images: torch.Tensor, labels: torch.Tensor, autocast: torch.dtype | None, device: str):
@@ -48,14 +43,10 @@ def main() -> None:
         variants += [("float16 autocast", torch.float16, False), ("bfloat16 autocast + channels_last", torch.bfloat16, True)]
     rows, reference = [], None
     for name, dtype, cl in variants:
-        attack = build_attack(knowledge, cfg)
+        attack = build_attack(knowledge, dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, channels_last=cl)))
         attack.to(device)
-        objective = attack.objective
-        if cl:
-            _channels_last(objective)
+        objective = attack.objective.to(device)
         images = attack.images.detach().to(device)
-        if cl:
-            images = images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
         labels = attack.label_input().detach().to(device)
         value, grad = _evaluate(objective, images, labels, dtype, device)  # warm-up, and the numbers compared
         times = []

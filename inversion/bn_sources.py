@@ -84,29 +84,50 @@ class MultiStepSource(BNSource):
 
     r_T = (1-m)^T r_0 + sum_k m (1-m)^(T-1-k) s_k. Residuals are divided by 1 - (1-m)^T, the total
     weight of the batch statistics in r_T, so the loss is on the scale of a per-step statistic.
+
+    The constant part of the prediction is moved to the target once, in float64:
+    ``r_T - r_obs = c_T (s_T + sum_k c_k / c_T s_k - t / c_T)`` with ``t = r_obs - (1-m)^T r_0``.
+    That is the same value with fewer operations per step (the BN prior is most of the attack's
+    tensor operations at batch 1), and it avoids subtracting two nearly equal float32 buffers.
     """
 
     name = "multi_step"
 
     def __init__(self, initial: Targets, observed: Targets, momentum: float):
-        self.initial = initial
-        self.observed = observed
         self.m = momentum
+        self.initial = [(mean.double(), var.double()) for mean, var in initial]
+        self.observed = [(mean.double(), var.double()) for mean, var in observed]
+        self._plans: dict[tuple[tuple[int, ...], ...], tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[list[float], list[float]]], torch.Tensor]] = {}
+
+    def _plan(self, counts: tuple[tuple[int, ...], ...]):
+        """Per layer: the scaled targets, the step coefficients relative to the last step's, and the norms' weights."""
+        if counts not in self._plans:
+            steps, m = len(counts), self.m
+            scale = 1.0 / (1 - (1 - m) ** steps)
+            w = [m * (1 - m) ** (steps - 1 - k) for k in range(steps)]
+            targets, coefs, weights = [], [], []
+            for layer, ((mean0, var0), (mean_obs, var_obs)) in enumerate(zip(self.initial, self.observed)):
+                unbiased = [counts[k][layer] / max(1, counts[k][layer] - 1) for k in range(steps)]
+                wm, wv = w, [w[k] * unbiased[k] for k in range(steps)]
+                decay = (1 - m) ** steps
+                targets.append((((mean_obs - decay * mean0) / wm[-1]).float(), ((var_obs - decay * var0) / wv[-1]).float()))
+                coefs.append(([c / wm[-1] for c in wm[:-1]], [c / wv[-1] for c in wv[:-1]]))
+                weights += [scale * wm[-1], scale * wv[-1]]
+            self._plans[counts] = (targets, coefs, torch.tensor(weights))
+        return self._plans[counts]
 
     def loss(self, stats: list[list[BNStat]]) -> torch.Tensor:
-        steps = len(stats)
-        m = self.m
-        scale = 1.0 / (1 - (1 - m) ** steps)
-        total = stats[0][0].mean.new_zeros(())
-        for layer, ((mean0, var0), (mean_obs, var_obs)) in enumerate(zip(self.initial, self.observed)):
-            pred_mean = (1 - m) ** steps * mean0
-            pred_var = (1 - m) ** steps * var0
-            for k in range(steps):
-                w = m * (1 - m) ** (steps - 1 - k)
-                pred_mean = pred_mean + w * stats[k][layer].mean
-                pred_var = pred_var + w * stats[k][layer].var_unbiased
-            total = total + scale * (torch.linalg.vector_norm(pred_mean - mean_obs) + torch.linalg.vector_norm(pred_var - var_obs))
-        return total
+        targets, coefs, weights = self._plan(tuple(tuple(s.count for s in step) for step in stats))
+        norms = []
+        for layer, ((target_mean, target_var), (coef_mean, coef_var)) in enumerate(zip(targets, coefs)):
+            last = stats[-1][layer]
+            diff_mean, diff_var = last.mean - target_mean, last.var - target_var
+            for k, (cm, cv) in enumerate(zip(coef_mean, coef_var)):
+                diff_mean = diff_mean + cm * stats[k][layer].mean
+                diff_var = diff_var + cv * stats[k][layer].var
+            norms += [torch.linalg.vector_norm(diff_mean), torch.linalg.vector_norm(diff_var)]
+        norms = torch.stack(norms)
+        return (norms * weights.to(norms)).sum()
 
 
 class NoSource(BNSource):
@@ -143,7 +164,7 @@ def make_bn_source(name: str, bn_names: list[str], global_state: dict[str, torch
         raise UserError(f"bn.source={name} infers statistics from the running-statistics update, which this update withholds")
     observed = [(initial[i][0] + update[km].double(), initial[i][1] + update[kv].double()) for i, (km, kv) in enumerate(keys)]
     if name == "multi_step":
-        return MultiStepSource(_f32(initial), _f32(observed), momentum)
+        return MultiStepSource(initial, observed, momentum)
     if name == "one_step":
         target = [(one_step_inference(r0m, rm, momentum), one_step_inference(r0v, rv, momentum)) for (r0m, r0v), (rm, rv) in zip(initial, observed)]
         return OneStepSource([_f32(target)] * steps)

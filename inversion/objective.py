@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from torch.func import vmap
 
+from common.devices import move_to
 from common.errors import UserError
 from inversion.bn_sources import make_bn_source
 from inversion.functional import FunctionalModel
@@ -23,14 +24,17 @@ class Objective:
     """
 
     def __init__(self, knowledge: AttackerKnowledge, spec: dict[str, dict[str, Any]], batch_seed: int = 0, vectorize: bool = True,
-                 compile: bool = False):
+                 compile: bool = False, channels_last: bool = False):
         model = knowledge.global_model()
         self.proc = ClientProcedure.from_meta(knowledge.meta)
         oracle_order = knowledge.oracle.batch_positions
         self.steps = oracle_order if oracle_order is not None else self.proc.batches(batch_seed)
         if len(self.steps) != self.proc.local_steps:
             raise UserError(f"batch order has {len(self.steps)} steps, the update {self.proc.local_steps}")
-        self.params0 = {n: p.detach() for n, p in model.named_parameters()}
+        # channels-last conv weights make the convolutions' outputs channels-last too: faster batch-1 CPU
+        # convolutions than the default im2col path, same values to float rounding (BENCHMARKS.md, precision)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        self.params0 = {n: p.detach().contiguous(memory_format=layout) if p.dim() == 4 else p.detach() for n, p in model.named_parameters()}
         observed = {k: v for k, v in knowledge.update.items() if k in self.params0}
         self.setting = AttackSetting(
             observed_delta=observed,
@@ -96,6 +100,11 @@ class Objective:
                 parts = parts.clone()
                 parts[:, i] = term.all_restarts(images)
         return (parts * self.weights.to(parts.dtype)).sum(1), parts
+
+    def to(self, device: torch.device | str) -> "Objective":
+        """Everything the objective holds (weights, targets, masks, batch indices) on ``device``."""
+        move_to(self, torch.device(device))
+        return self
 
     @property
     def update_matching(self) -> UpdateMatching | None:

@@ -90,7 +90,8 @@ class GradientInversionAttack(pl.LightningModule):
             raise UserError(f"optim.schedule must be cosine or constant, got {optim.schedule}")
         self.knowledge = knowledge
         self.optim_cfg = optim
-        self.objective = Objective(knowledge, objective, batch_seed=optim.seed, vectorize=optim.vectorize, compile=optim.compile)
+        self.objective = Objective(knowledge, objective, batch_seed=optim.seed, vectorize=optim.vectorize, compile=optim.compile,
+                                   channels_last=optim.channels_last)
         self.restart_ids = list(restart_ids) if restart_ids is not None else list(range(optim.restarts))
         spec = knowledge.spec
         n = self.objective.proc.num_images
@@ -187,6 +188,10 @@ class GradientInversionAttack(pl.LightningModule):
         if len(self.local) == 0:
             raise UserError(f"{len(self.restart_ids)} restart(s) cannot be spread over {self.world_size} processes: use optim.restarts >= devices")
 
+    def on_fit_start(self) -> None:
+        # Lightning moves the module's own tensors; the objective's (weights, targets) follow here
+        self.objective.to(self.device)
+
     def on_train_start(self) -> None:
         self._started = time.perf_counter() - self.seconds
 
@@ -195,13 +200,12 @@ class GradientInversionAttack(pl.LightningModule):
         total, parts = self.objective(self.images[local], self.label_input()[local])
         values = total.detach()
         finite = torch.isfinite(values)
-        with torch.no_grad():
+        with torch.no_grad():  # masked updates: no host-device sync on a GPU
             better = finite & (values < self.best_values[local])
-            if better.any():
-                idx = local[better]
-                self.best_values[idx] = values[better]
-                self.best_images[idx] = self.images.detach()[idx].clamp(0, 1)
-                self.best_labels[idx] = self.current_labels()[idx]
+            self.best_values[local] = torch.where(better, values, self.best_values[local])
+            mask = better.view(-1, *([1] * (self.images.dim() - 1)))
+            self.best_images[local] = torch.where(mask, self.images.detach()[local].clamp(0, 1), self.best_images[local])
+            self.best_labels[local] = torch.where(better[:, None], self.current_labels()[local], self.best_labels[local])
         # DDP averages gradients over ranks and each restart lives on one rank: scale back to its own gradient
         loss = torch.where(finite, total, torch.zeros_like(total)).sum() * self.world_size
         step = self.steps_done
@@ -244,7 +248,7 @@ class GradientInversionAttack(pl.LightningModule):
         if self.trace_every and (self.steps_done % self.trace_every == 0 or self.steps_done == self.optim_cfg.iterations):
             k = int(self.best_values.argmin())
             self.trace.append({"step": self.steps_done, "seconds": self.seconds, "objective": float(self.best_values[k]),
-                               "images": self.best_images[k].detach().clone()})
+                               "images": self.best_images[k].detach().to("cpu", copy=True)})
 
     @torch.no_grad()
     def refine_labels(self) -> None:
@@ -257,10 +261,11 @@ class GradientInversionAttack(pl.LightningModule):
             order = torch.cat(obj.steps)
             per_dummy = torch.empty_like(probs)
             per_dummy[order] = probs  # a dummy seen in several epochs keeps its last prediction
+            per_dummy = per_dummy.cpu()  # the update the counts come from stays on the CPU
             counts = recover_labels(self.knowledge.update, self.knowledge.global_state, obj.model, self.knowledge.spec.num_classes,
                                     obj.proc, per_dummy.mean(0))
             if counts is not None:
-                self.fixed_labels[r] = assign_labels(per_dummy, counts)
+                self.fixed_labels[r] = assign_labels(per_dummy, counts).to(self.fixed_labels.device)
 
     def _noise_gen(self, local: int) -> torch.Generator:
         if not hasattr(self, "_noise_gens"):
@@ -305,9 +310,9 @@ class GradientInversionAttack(pl.LightningModule):
             raise UserError("every restart diverged (non-finite objective): lower optim.lr or change the objective weights")
         masked = torch.where(finite, values, torch.full_like(values, math.inf))
         k = int(masked.argmin())
-        return AttackResult(
-            images=self.best_images[k].detach().clone(), labels=self.best_labels[k].detach().clone(), objective=float(values[k]),
+        return AttackResult(  # on the CPU, where scoring and saving happen
+            images=self.best_images[k].detach().to("cpu", copy=True), labels=self.best_labels[k].detach().to("cpu", copy=True), objective=float(values[k]),
             restart=self.restart_ids[k], restart_objectives={r: float(v) for r, v in zip(self.restart_ids, values)},
-            restart_images=self.best_images.detach().clone(), label_strategy=self.label_strategy, iterations=self.steps_done,
+            restart_images=self.best_images.detach().to("cpu", copy=True), label_strategy=self.label_strategy, iterations=self.steps_done,
             seconds=self.seconds, trace=self.trace,
         )

@@ -11,7 +11,7 @@ from common.config import build
 from federation.update_store import update_dir
 from inversion.bn_sources import MultiStepSource, make_bn_source, one_step_inference
 from inversion.config import AttackConfig
-from inversion.functional import FunctionalModel
+from inversion.functional import BNStat, FunctionalModel
 from inversion.labels import recover_labels
 from inversion.objective import Objective
 from inversion.replay import ClientProcedure, LocalTrainingReplay
@@ -166,6 +166,45 @@ def test_multi_step_source_is_zero_at_the_truth_and_one_step_formula_is_not(tiny
     assert float(multi.loss(out.stats)) < 1e-4
     assert float(one.loss(out.stats)) > 100 * float(multi.loss(out.stats))
     assert float(weighted.loss(out.stats)) > 100 * float(multi.loss(out.stats))
+
+
+def test_multi_step_source_equals_the_predicted_buffer_residuals(tiny_run):
+    """The source folds the constant part of the prediction into its targets: same value as
+    sum_l scale (|r_T(mean) - r_obs| + |r_T(var) - r_obs|) computed directly, in float64."""
+    kn = _knowledge(tiny_run, 1, 0)  # 2 local steps
+    gt = load_ground_truth(tiny_run, 1, 0)
+    out, fm, _ = _replay_true(kn, gt)
+    torch.manual_seed(0)
+    stats = [[BNStat(s.mean + 0.1 * torch.randn_like(s.mean), s.var * (1 + 0.2 * torch.rand_like(s.var)), s.count) for s in step]
+             for step in out.stats]  # dummy statistics away from the truth
+    m, steps = 0.1, len(stats)
+    expected = 0.0
+    for layer, name in enumerate(fm.bn_names):
+        r0m, r0v = kn.global_state[f"{name}.running_mean"].double(), kn.global_state[f"{name}.running_var"].double()
+        obs_m, obs_v = r0m + kn.update[f"{name}.running_mean"].double(), r0v + kn.update[f"{name}.running_var"].double()
+        pred_m, pred_v = (1 - m) ** steps * r0m, (1 - m) ** steps * r0v
+        for k in range(steps):
+            w = m * (1 - m) ** (steps - 1 - k)
+            pred_m = pred_m + w * stats[k][layer].mean.double()
+            pred_v = pred_v + w * stats[k][layer].var_unbiased.double()
+        expected += (float((pred_m - obs_m).norm()) + float((pred_v - obs_v).norm())) / (1 - (1 - m) ** steps)
+    multi = make_bn_source("multi_step", fm.bn_names, kn.global_state, kn.update, m, steps)
+    assert float(multi.loss(stats)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_objective_follows_the_module_to_another_device(tiny_run):
+    """Every tensor the objective holds moves with it (a GPU attack would otherwise mix devices); the
+    meta device stands in for a GPU on this CPU-only machine: any CPU tensor left behind raises."""
+    kn = _knowledge(tiny_run, 1, 0)
+    for objective in ({"bn_statistics": {"weight": 1.0}, "update_matching": {"weight": 1.0}, "total_variation": {"weight": 0.1}},
+                      {"bn_statistics": {"weight": 1.0}, "prior_distance": {"weight": 1.0}, "image_l2": {"weight": 1.0}}):
+        cfg = build(AttackConfig, {"objective": objective, "optim": {"restarts": 2}})
+        attack = GradientInversionAttack(kn, cfg.objective, cfg.optim, cfg.labels)
+        attack.objective.to("meta")
+        images = attack.images.detach().to("meta").requires_grad_(True)
+        total, parts = attack.objective(images, attack.label_input().detach().to("meta"))
+        total.sum().backward()
+        assert total.device.type == "meta" and images.grad.device.type == "meta" and parts.shape == (2, len(objective))
 
 
 def test_auto_source_falls_back_to_none_when_running_statistics_are_withheld(tiny_run):

@@ -1,0 +1,54 @@
+"""Moving an object graph of plain Python objects, containers and tensors to a device.
+
+The attack objective is built on the CPU from the update (weights, targets, masks, index tensors)
+and held in small plain objects (terms, BN sources, the replay); Lightning only moves a
+LightningModule's own parameters and buffers. Walking the graph once keeps a new term or source
+from having to implement its own ``to``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+# the packages whose objects are walked into; anything else (functions, compiled wrappers, generators) is left as is
+WALKED_PACKAGES = ("inversion", "leakage", "lightning_modules", "privacy", "federation", "common")
+
+
+def move_to(obj: Any, device: torch.device | str, _memo: dict[int, Any] | None = None) -> Any:
+    """``obj`` with every reachable tensor on ``device``; lists, dicts and objects are updated in place,
+    so references shared between them stay shared."""
+    memo = {} if _memo is None else _memo
+    key = id(obj)
+    if key in memo:
+        return memo[key]
+    if isinstance(obj, torch.Tensor):
+        out = obj.to(device)
+    elif isinstance(obj, nn.Module):
+        out = obj.to(device)
+    elif isinstance(obj, list):
+        memo[key] = obj
+        obj[:] = [move_to(v, device, memo) for v in obj]
+        return obj
+    elif isinstance(obj, dict):
+        memo[key] = obj
+        for k in list(obj):
+            obj[k] = move_to(obj[k], device, memo)
+        return obj
+    elif isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        out = tuple(move_to(v, device, memo) for v in obj)
+    elif _walked(obj):
+        memo[key] = obj
+        for name, value in list(vars(obj).items()):
+            setattr(obj, name, move_to(value, device, memo))
+        return obj
+    else:
+        out = obj
+    memo[key] = out
+    return out
+
+
+def _walked(obj: Any) -> bool:
+    package = (type(obj).__module__ or "").split(".")[0]
+    return package in WALKED_PACKAGES and hasattr(obj, "__dict__") and not isinstance(obj, type)
