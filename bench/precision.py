@@ -6,7 +6,7 @@ float32. A variant is worth keeping only where it is faster *and* its gradient e
 the attack's own noise (Adam normalises step sizes, so relative errors up to ~1e-2 hardly move it).
 
     python -m bench.precision                                      # update matching (double backward) on the high-risk client
-    python -m bench.precision objective.update_matching.weight=0   # BN statistics only
+    python -m bench.precision --tag bn_only objective.update_matching.weight=0   # BN statistics only
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ def _evaluate(objective, images: torch.Tensor, labels: torch.Tensor, autocast: t
 def main() -> None:
     p = target_parser(__doc__)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--tag", default="", help="results go to bench/results/precision_TAG.json")
     p.add_argument("overrides", nargs="*", help="attack config overrides (default adds update matching, weight 1)")
     args = p.parse_args()
     from pipelines.attack_job import build_attack
@@ -43,7 +44,7 @@ def main() -> None:
         variants += [("float16 autocast", torch.float16, False), ("bfloat16 autocast + channels_last", torch.bfloat16, True)]
     rows, reference = [], None
     for name, dtype, cl in variants:
-        attack = build_attack(knowledge, dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, channels_last=cl)))
+        attack = build_attack(knowledge, dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, memory_format="channels_last" if cl else "contiguous")))
         attack.to(device)
         objective = attack.objective.to(device)
         images = attack.images.detach().to(device)
@@ -71,7 +72,7 @@ def main() -> None:
     base = rows[0]["s_per_step"]
     for r in rows:
         r["speedup_vs_float32"] = round(base / r["s_per_step"], 3)
-    save("precision", {"device": device_name(cfg.accelerator), "update": str(update), "objective": {k: v.get("weight") for k, v in cfg.objective.items()},
+    save("precision" + (f"_{args.tag}" if args.tag else ""), {"device": device_name(cfg.accelerator), "update": str(update), "objective": {k: v.get("weight") for k, v in cfg.objective.items()},
                        "repeats": args.repeats, "rows": rows})
 
 

@@ -16,6 +16,23 @@ from inversion.threat_model import AttackerKnowledge
 from lightning_modules.models import batch_norm_layers
 
 
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+
+
+def conv_layout(memory_format: str, conv_batch: int) -> torch.memory_format:
+    """Layout of the convolution weights (activations follow them).
+
+    On CPU, PyTorch convolves a batch of one image with its im2col kernels, which run ~10% faster
+    channels-last; batches go to oneDNN, which was ~15% slower channels-last here (8 restarts).
+    Values agree to float rounding either way (BENCHMARKS.md, precision).
+    """
+    if memory_format not in MEMORY_FORMATS:
+        raise UserError(f"optim.memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format}")
+    if memory_format == "auto":
+        memory_format = "channels_last" if conv_batch == 1 else "contiguous"
+    return torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
+
+
 class Objective:
     """``objective(images [R,N,C,H,W], labels) -> (total [R], parts [R, terms])``.
 
@@ -24,16 +41,14 @@ class Objective:
     """
 
     def __init__(self, knowledge: AttackerKnowledge, spec: dict[str, dict[str, Any]], batch_seed: int = 0, vectorize: bool = True,
-                 compile: bool = False, channels_last: bool = False):
+                 compile: bool = False, memory_format: str = "contiguous", restarts: int = 1):
         model = knowledge.global_model()
         self.proc = ClientProcedure.from_meta(knowledge.meta)
         oracle_order = knowledge.oracle.batch_positions
         self.steps = oracle_order if oracle_order is not None else self.proc.batches(batch_seed)
         if len(self.steps) != self.proc.local_steps:
             raise UserError(f"batch order has {len(self.steps)} steps, the update {self.proc.local_steps}")
-        # channels-last conv weights make the convolutions' outputs channels-last too: faster batch-1 CPU
-        # convolutions than the default im2col path, same values to float rounding (BENCHMARKS.md, precision)
-        layout = torch.channels_last if channels_last else torch.contiguous_format
+        layout = conv_layout(memory_format, (restarts if vectorize else 1) * self.proc.batch_size)
         self.params0 = {n: p.detach().contiguous(memory_format=layout) if p.dim() == 4 else p.detach() for n, p in model.named_parameters()}
         observed = {k: v for k, v in knowledge.update.items() if k in self.params0}
         self.setting = AttackSetting(

@@ -90,9 +90,9 @@ class GradientInversionAttack(pl.LightningModule):
             raise UserError(f"optim.schedule must be cosine or constant, got {optim.schedule}")
         self.knowledge = knowledge
         self.optim_cfg = optim
-        self.objective = Objective(knowledge, objective, batch_seed=optim.seed, vectorize=optim.vectorize, compile=optim.compile,
-                                   channels_last=optim.channels_last)
         self.restart_ids = list(restart_ids) if restart_ids is not None else list(range(optim.restarts))
+        self.objective = Objective(knowledge, objective, batch_seed=optim.seed, vectorize=optim.vectorize, compile=optim.compile,
+                                   memory_format=optim.memory_format, restarts=len(self.restart_ids))
         spec = knowledge.spec
         n = self.objective.proc.num_images
         self.shape = (n, spec.in_chans, spec.image_size, spec.image_size)

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from common.config import build
+from common.errors import UserError
 from federation.update_store import update_dir
 from inversion.bn_sources import MultiStepSource, make_bn_source, one_step_inference
 from inversion.config import AttackConfig
 from inversion.functional import BNStat, FunctionalModel
 from inversion.labels import recover_labels
-from inversion.objective import Objective
+from inversion.objective import Objective, conv_layout
 from inversion.replay import ClientProcedure, LocalTrainingReplay
 from inversion.threat_model import ThreatConfig, load_knowledge
 from leakage.ground_truth import load_ground_truth
@@ -205,6 +206,22 @@ def test_objective_follows_the_module_to_another_device(tiny_run):
         total, parts = attack.objective(images, attack.label_input().detach().to("meta"))
         total.sum().backward()
         assert total.device.type == "meta" and images.grad.device.type == "meta" and parts.shape == (2, len(objective))
+
+
+def test_conv_layout_is_channels_last_for_batch_one_convolutions_only(tiny_run):
+    assert conv_layout("auto", 1) == torch.channels_last and conv_layout("auto", 8) == torch.contiguous_format
+    assert conv_layout("contiguous", 1) == torch.contiguous_format and conv_layout("channels_last", 8) == torch.channels_last
+    with pytest.raises(UserError, match="memory_format"):
+        conv_layout("nhwc", 1)
+    kn = _knowledge(tiny_run, 1, 2)  # 1 image, batch 1
+    for restarts, expected in ((1, True), (2, False)):
+        cfg = build(AttackConfig, {"optim": {"restarts": restarts}})
+        objective = GradientInversionAttack(kn, cfg.objective, cfg.optim, cfg.labels).objective
+        convs = [p for p in objective.params0.values() if p.dim() == 4]
+        # 1x1 and single-channel 3x3 kernels are both layouts at once: only the others tell them apart
+        layout, other = (torch.channels_last, torch.contiguous_format) if expected else (torch.contiguous_format, torch.channels_last)
+        assert all(p.is_contiguous(memory_format=layout) for p in convs)
+        assert not all(p.is_contiguous(memory_format=other) for p in convs)
 
 
 def test_auto_source_falls_back_to_none_when_running_statistics_are_withheld(tiny_run):
