@@ -83,7 +83,9 @@ def device_name(accelerator: str) -> str:
 
 def save(name: str, result: dict[str, Any]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {"benchmark": name, "command": "python -m bench." + name + " " + " ".join(sys.argv[1:]), "torch": torch.__version__,
+    main = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = main.name if main is not None else "bench." + name
+    result = {"benchmark": name, "command": " ".join(["python -m", module, *sys.argv[1:]]), "torch": torch.__version__,
               "peak_rss_mb": round(peak_rss_mb(), 1), **result}
     if torch.cuda.is_available():
         result["peak_cuda_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
