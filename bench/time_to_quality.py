@@ -67,5 +67,6 @@ def main() -> None:
         "within_30s": sum(h <= 30 for h in hits), "ssim_settings": settings.describe(), "runs": runs,
     })
 
+
 if __name__ == "__main__":
     main()

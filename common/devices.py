@@ -23,9 +23,7 @@ def move_to(obj: Any, device: torch.device | str, _memo: dict[int, Any] | None =
     key = id(obj)
     if key in memo:
         return memo[key]
-    if isinstance(obj, torch.Tensor):
-        out = obj.to(device)
-    elif isinstance(obj, nn.Module):
+    if isinstance(obj, (torch.Tensor, nn.Module)):
         out = obj.to(device)
     elif isinstance(obj, list):
         memo[key] = obj

@@ -97,19 +97,19 @@ class MultiStepSource(BNSource):
         self.m = momentum
         self.initial = [(mean.double(), var.double()) for mean, var in initial]
         self.observed = [(mean.double(), var.double()) for mean, var in observed]
-        self._plans: dict[tuple[tuple[int, ...], ...], tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[list[float], list[float]]], torch.Tensor]] = {}
+        self._plans: dict[tuple, tuple] = {}  # values per channel of every (step, layer) -> _plan's result
 
     def _plan(self, counts: tuple[tuple[int, ...], ...]):
         """Per layer: the scaled targets, the step coefficients relative to the last step's, and the norms' weights."""
         if counts not in self._plans:
             steps, m = len(counts), self.m
-            scale = 1.0 / (1 - (1 - m) ** steps)
+            decay = (1 - m) ** steps
+            scale = 1.0 / (1 - decay)
             w = [m * (1 - m) ** (steps - 1 - k) for k in range(steps)]
             targets, coefs, weights = [], [], []
             for layer, ((mean0, var0), (mean_obs, var_obs)) in enumerate(zip(self.initial, self.observed)):
                 unbiased = [counts[k][layer] / max(1, counts[k][layer] - 1) for k in range(steps)]
                 wm, wv = w, [w[k] * unbiased[k] for k in range(steps)]
-                decay = (1 - m) ** steps
                 targets.append((((mean_obs - decay * mean0) / wm[-1]).float(), ((var_obs - decay * var0) / wv[-1]).float()))
                 coefs.append(([c / wm[-1] for c in wm[:-1]], [c / wv[-1] for c in wv[:-1]]))
                 weights += [scale * wm[-1], scale * wv[-1]]

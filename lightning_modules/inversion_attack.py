@@ -204,7 +204,8 @@ class GradientInversionAttack(pl.LightningModule):
             better = finite & (values < self.best_values[local])
             self.best_values[local] = torch.where(better, values, self.best_values[local])
             mask = better.view(-1, *([1] * (self.images.dim() - 1)))
-            self.best_images[local] = torch.where(mask, self.images.detach()[local].clamp(0, 1), self.best_images[local])
+            # the images are already in [0, 1]: they start there and every optimiser step ends with a clamp
+            self.best_images[local] = torch.where(mask, self.images.detach()[local], self.best_images[local])
             self.best_labels[local] = torch.where(better[:, None], self.current_labels()[local], self.best_labels[local])
         # DDP averages gradients over ranks and each restart lives on one rank: scale back to its own gradient
         loss = torch.where(finite, total, torch.zeros_like(total)).sum() * self.world_size
