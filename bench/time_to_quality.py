@@ -1,5 +1,6 @@
-"""(b) Time and iterations until the default high-risk client (1 image, batch 1, last round of the
-default run) is reconstructed with SSIM >= 0.8 and RDLV >= 0.5, on this machine.
+"""(b) Time and iterations until the default high-risk client (1 image, batch 1, in the first and the
+last round of the default run: an early and a trained model) is reconstructed with SSIM >= 0.8
+and RDLV >= 0.5, on this machine.
 
 The attack snapshots its current best-by-objective image every few steps (cheap clones); snapshots
 are scored after the attack, so scoring never counts as attack time.
@@ -7,7 +8,7 @@ are scored after the attack, so scoring never counts as attack time.
 The attack's outcome varies with its seed (the initial noise), so the benchmark runs several
 seeds and reports each, how many reached the targets, and the median time of those that did.
 
-    python -m bench.time_to_quality --run runs/default --tag default_run
+    python -m bench.time_to_quality --run runs/default --rounds 0 -1 --seeds 0 1 2 3 4 5 --tag default_run
 """
 from __future__ import annotations
 
@@ -26,11 +27,12 @@ def main() -> None:
     p.add_argument("--ssim", type=float, default=0.8)
     p.add_argument("--rdlv", type=float, default=0.5)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="attack seeds (optim.seed), one attack each")
+    p.add_argument("--rounds", type=int, nargs="+", default=[-1], help="rounds whose high-risk update is attacked (-1 = the last)")
     p.add_argument("--tag", default="", help="results go to bench/results/time_to_quality_TAG.json")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     from common.config import load
-    from federation.update_store import high_risk_update
+    from federation.update_store import high_risk_update, list_updates
     from inversion.config import AttackConfig
     from leakage.ground_truth import ground_truth_for_update
     from leakage.metrics import SSIMSettings
@@ -38,16 +40,19 @@ def main() -> None:
     from pipelines.attack_job import attacker_knowledge, run_attack
 
     run = ensure_run(Path(args.run))
-    update = high_risk_update(run)
-    gt = None
+    last_update = high_risk_update(run)
+    client = int(last_update.name.split("_")[-1])
+    saved = sorted({r for r, c, _ in list_updates(run) if c == client})
     runs = []
-    for seed in args.seeds:
+    for rnd, seed in ((rnd, seed) for rnd in args.rounds for seed in args.seeds):
+        rnd = saved[rnd] if rnd < 0 else rnd
+        if rnd not in saved:
+            raise SystemExit(f"error: round {rnd} of client {client} was not saved in {run} (saved: {saved})")
+        update = last_update.parent.parent / f"round_{rnd}" / last_update.name
         cfg = load(AttackConfig, [args.config], ["logging.progress=false", "logging.wandb=false"] + args.overrides + [f"optim.seed={seed}"])
         knowledge = attacker_knowledge(cfg, update)
         result, attack = run_attack(knowledge, cfg, trace_every=args.every)
-        # ground truth only after the attack, for scoring its snapshots
-        if gt is None:
-            gt = ground_truth_for_update(update)
+        gt = ground_truth_for_update(update)  # only after the attack, for scoring its snapshots
         settings = SSIMSettings.for_size(knowledge.spec.image_size)
         curve, reached = [], None
         for snap in result.trace:
@@ -56,15 +61,21 @@ def main() -> None:
                           "ssim": round(s["ssim"], 4), "rdlv": round(s["rdlv"], 4)})
             if reached is None and s["ssim"] >= args.ssim and s["rdlv"] >= args.rdlv:
                 reached = curve[-1]
-        runs.append({"seed": seed, "reached": reached, "final": curve[-1] if curve else None, "attack_seconds_total": round(result.seconds, 2),
+        runs.append({"round": rnd, "seed": seed, "reached": reached, "final": curve[-1] if curve else None, "attack_seconds_total": round(result.seconds, 2),
                      "iterations_total": result.iterations, "seconds_per_iteration": round(result.seconds / max(1, result.iterations), 4),
                      "curve": curve[:: max(1, len(curve) // 40)]})
-        print(f"seed {seed}: reached {reached}, final {runs[-1]['final']}", flush=True)
-    hits = [r["reached"]["seconds"] for r in runs if r["reached"]]
+        print(f"round {rnd} seed {seed}: reached {reached}, final {runs[-1]['final']} ({result.seconds:.0f}s)", flush=True)
+    per_round = {}
+    for rnd in sorted({r["round"] for r in runs}):
+        mine = [r for r in runs if r["round"] == rnd]
+        hits = [r["reached"]["seconds"] for r in mine if r["reached"]]
+        per_round[str(rnd)] = {"reached": f"{len(hits)}/{len(mine)}", "median_seconds_of_reached": statistics.median(hits) if hits else None,
+                               "within_30s": sum(h <= 30 for h in hits), "max_attack_seconds": max(r["attack_seconds_total"] for r in mine),
+                               "final_ssim": [r["final"]["ssim"] for r in mine], "final_rdlv": [r["final"]["rdlv"] for r in mine]}
+        print(f"round {rnd}: {per_round[str(rnd)]}", flush=True)
     save("time_to_quality" + (f"_{args.tag}" if args.tag else ""), {
-        "device": device_name(cfg.accelerator), "update": str(update), "targets": {"ssim": args.ssim, "rdlv": args.rdlv},
-        "reached": f"{len(hits)}/{len(runs)}", "median_seconds_of_reached": statistics.median(hits) if hits else None,
-        "within_30s": sum(h <= 30 for h in hits), "ssim_settings": settings.describe(), "runs": runs,
+        "device": device_name(cfg.accelerator), "run": str(run), "client": client, "targets": {"ssim": args.ssim, "rdlv": args.rdlv},
+        "per_round": per_round, "ssim_settings": settings.describe(), "runs": runs,
     })
 
 

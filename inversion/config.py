@@ -24,6 +24,12 @@ class OptimConfig:
     warmup: int = option(50, "linear warm-up steps")
     schedule: str = option("cosine", "lr schedule after warm-up: cosine or constant")
     restarts: int = option(1, "independent restarts (an extra batch dimension); the best by objective is kept")
+    grid: dict[str, list[float]] = option(help="term weights tried side by side as restarts, e.g. {total_variation: [0.003, 0.03, 0.3]}: "
+                                               "restart r takes combination r mod the grid size ({} = every restart uses the objective's weights)",
+                                          factory=dict)
+    select: str = option("auto", "which restart is returned: objective (lowest objective; compares restarts of one setting only), "
+                                 "holdout (lowest mismatch of the BN layers held out of the prior, objective.bn_statistics.holdout), "
+                                 "auto (holdout when layers are held out, else objective)")
     init: str = option("prior", "start from the prior image (plus init_noise) or from uniform noise")
     init_noise: float = option(0.05, "std of the Gaussian noise added to the prior start (identical starts never separate)")
     langevin: float = option(0.0, "std of Gaussian noise added to the images after each step, decaying with the lr")

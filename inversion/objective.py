@@ -1,6 +1,7 @@
 """The attack objective: the configured terms, evaluated per restart (vectorised with vmap)."""
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -33,6 +34,42 @@ def conv_layout(memory_format: str, conv_batch: int) -> torch.memory_format:
     return torch.channels_last if memory_format == "channels_last" else torch.contiguous_format
 
 
+class WeightGrid:
+    """Term weights tried side by side as restarts: restart r takes combination r mod the grid size.
+
+    ``{total_variation: [0.01, 0.1]}`` and 4 restarts -> TV 0.01, 0.1, 0.01, 0.1. Which restart is
+    returned is then decided by a criterion that does not depend on the weights (optim.select).
+    """
+
+    def __init__(self, axes: dict[str, list[float]], spec: dict[str, dict[str, Any]]):
+        self.axes = {str(k): [float(v) for v in vs] for k, vs in axes.items()}
+        for name, values in self.axes.items():
+            if name not in (spec or {}):
+                raise UserError(f"optim.grid names '{name}', which is not a term of the objective ({', '.join(spec or {})})")
+            if not values or min(values) < 0:
+                raise UserError(f"optim.grid.{name} needs one or more weights >= 0, got {values}")
+        self.combos = list(itertools.product(*self.axes.values())) if self.axes else [()]
+
+    def __bool__(self) -> bool:
+        return bool(self.axes)
+
+    def __len__(self) -> int:
+        return len(self.combos)
+
+    def spec_with_terms(self, spec: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The objective spec with every grid term built (weight > 0) even if its configured weight is 0."""
+        out = {k: dict(v or {}) for k, v in (spec or {}).items()}
+        for name, values in self.axes.items():
+            if max(values) > 0:
+                out[name]["weight"] = max(values)
+        return out
+
+    def weight(self, restart: int, term: str, default: float) -> float:
+        if term not in self.axes:
+            return default
+        return self.combos[restart % len(self.combos)][list(self.axes).index(term)]
+
+
 class Objective:
     """``objective(images [R,N,C,H,W], labels) -> (total [R], parts [R, terms])``.
 
@@ -41,8 +78,11 @@ class Objective:
     """
 
     def __init__(self, knowledge: AttackerKnowledge, spec: dict[str, dict[str, Any]], batch_seed: int = 0, vectorize: bool = True,
-                 compile: bool = False, memory_format: str = "contiguous", restarts: int = 1):
+                 compile: bool = False, memory_format: str = "contiguous", restarts: int = 1,
+                 grid: dict[str, list[float]] | None = None, restart_ids: list[int] | None = None):
         model = knowledge.global_model()
+        self.grid = WeightGrid(grid or {}, spec)
+        spec = self.grid.spec_with_terms(spec)
         self.proc = ClientProcedure.from_meta(knowledge.meta)
         oracle_order = knowledge.oracle.batch_positions
         self.steps = oracle_order if oracle_order is not None else self.proc.batches(batch_seed)
@@ -55,14 +95,16 @@ class Objective:
             observed_delta=observed,
             param_names=list(self.params0),
             params0=self.params0,
-            bn_source_factory=lambda name: make_bn_source(name, [n for n, _ in batch_norm_layers(model)], knowledge.global_state, knowledge.update,
-                                                          self.proc.bn_momentum, self.proc.local_steps, knowledge.oracle.bn_statistics),
+            bn_source_factory=lambda name, normalize, update_scale: make_bn_source(
+                name, [n for n, _ in batch_norm_layers(model)], knowledge.global_state, knowledge.update, self.proc.bn_momentum,
+                self.proc.local_steps, knowledge.oracle.bn_statistics, normalize, update_scale),
             prior=knowledge.prior,
             norm_mean=model.input_path.mean[0],
             norm_std=model.input_path.std[0],
         )
         self.terms: list[ObjectiveTerm] = make_terms(spec, self.setting)
-        self.names = [t.name for t in self.terms]
+        self.diagnostics = [d for t in self.terms for d in t.diagnostics]
+        self.names = [t.name for t in self.terms] + self.diagnostics
         um = self.update_matching
         # the smooth ReLU only changes second derivatives, which only update matching takes; without it the
         # smooth ReLU would be pure cost (identical values and image gradients, bench.restarts)
@@ -82,7 +124,10 @@ class Objective:
             # on-disk inductor cache still makes the recompile quick
             torch._dynamo.reset()
         self.per_restart = torch.compile(self.restart_values, dynamic=False) if compile else self.restart_values
-        self.weights = torch.tensor([t.weight for t in self.terms])
+        ids = restart_ids if restart_ids is not None else list(range(restarts))
+        # [R, terms + diagnostics]: restart r's weights (its grid setting); diagnostics weigh 0
+        self.weights = torch.tensor([[self.grid.weight(r, t.name, t.weight) for t in self.terms] + [0.0] * len(self.diagnostics)
+                                     for r in ids])
         self.model = model
         self.bn_source = bn_terms[0].source.name if bn_terms else "none"
 
@@ -102,10 +147,20 @@ class Objective:
         """Per-restart term values [T]; vmappable."""
         out = self.run_client(x, y)
         inp = TermInput(x, out)
-        values = [t.per_restart(inp) if not t.across_restarts else x.new_zeros(()) for t in self.terms]
+        values = [t.values(inp)[0] if not t.across_restarts else x.new_zeros(()) for t in self.terms]
+        values += [v for t in self.terms if t.diagnostics for v in t.values(inp)[1:]]
         return torch.stack(values)
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor, restarts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weighted total [R], per-term values and diagnostics [R, len(names)]) of restarts ``restarts``
+        (positions in this objective's restart list; default: all of them, or any number when every
+        restart has the same weights)."""
+        if restarts is not None:
+            weights = self.weights[restarts]
+        elif images.shape[0] == self.weights.shape[0] or not self.grid:
+            weights = self.weights[:1].expand(images.shape[0], -1) if images.shape[0] != self.weights.shape[0] else self.weights
+        else:
+            raise ValueError(f"{images.shape[0]} restarts given for an objective with a grid of {self.weights.shape[0]}: pass restarts")
         if self.vectorize and images.shape[0] > 1:
             parts = vmap(self.per_restart)(images, labels)
         else:
@@ -114,12 +169,16 @@ class Objective:
             if term.across_restarts:
                 parts = parts.clone()
                 parts[:, i] = term.all_restarts(images)
-        return (parts * self.weights.to(parts.dtype)).sum(1), parts
+        return (parts * weights.to(parts)).sum(1), parts
 
     def to(self, device: torch.device | str) -> "Objective":
         """Everything the objective holds (weights, targets, masks, batch indices) on ``device``."""
         move_to(self, torch.device(device))
         return self
+
+    def grid_setting(self, restart: int) -> dict[str, float]:
+        """The grid setting of the restart at position ``restart`` ({} without a grid)."""
+        return {name: round(float(self.weights[restart, i]), 6) for i, name in enumerate(t.name for t in self.terms) if name in self.grid.axes}
 
     @property
     def update_matching(self) -> UpdateMatching | None:

@@ -32,7 +32,7 @@ class AttackSetting:
     observed_delta: dict[str, torch.Tensor]  # parameter entries of the update
     param_names: list[str]
     params0: dict[str, torch.Tensor]  # global model parameters
-    bn_source_factory: Any  # callable(name) -> BNSource
+    bn_source_factory: Any  # callable(name, normalize, update_scale) -> BNSource
     prior: torch.Tensor  # [C, H, W]
     norm_mean: torch.Tensor
     norm_std: torch.Tensor
@@ -48,8 +48,17 @@ class ObjectiveTerm(abc.ABC):
         self.params = params
         self.weight = float(params.weight)
 
+    @property
+    def diagnostics(self) -> list[str]:
+        """Names of values this term computes beside its own but never adds to the objective."""
+        return []
+
     def per_restart(self, inp: TermInput) -> torch.Tensor:
         raise NotImplementedError
+
+    def values(self, inp: TermInput) -> list[torch.Tensor]:
+        """The term's value followed by its diagnostics (one pass for both)."""
+        return [self.per_restart(inp)]
 
     def all_restarts(self, images: torch.Tensor) -> torch.Tensor:
         """[R] values from all restarts' images [R, N, C, H, W] (for terms that couple restarts)."""
@@ -168,6 +177,12 @@ class BNStatisticsParams:
     weight: float = option(1.0, "weight")
     source: str = option("auto", f"where targets come from: {', '.join(SOURCES)} (auto = multi_step if running stats were sent, else none)")
     weights_per_step: str = option("interpolate", "without update matching, the weights each dummy step uses: interpolate (theta0 + k/T delta) or global")
+    normalize: str = option("layer", "layer: each BN layer's distances divided by its target scale (RMS relative errors; "
+                                     "BN is blind to its input's scale, so the prior is too), or none: raw DeepInversion distances")
+    update_scale: str = option("known", "known, or fit: the update was clipped (scaled by an unknown factor, e.g. dp_gaussian's "
+                                        "clip_norm / ||update||); multi_step fits the factor jointly with the images")
+    holdout: int = option(0, "hold every k-th BN layer (k >= 2) out of the prior: their mismatch is computed but never optimised, "
+                             "and scores the restarts (optim.select); 0 = use every layer")
 
 
 @register
@@ -181,10 +196,29 @@ class BNStatistics(ObjectiveTerm):
         super().__init__(params, setting)
         if params.weights_per_step not in ("interpolate", "global"):
             raise UserError(f"objective.bn_statistics.weights_per_step must be interpolate or global, got {params.weights_per_step}")
-        self.source: BNSource = setting.bn_source_factory(params.source)
+        if params.holdout == 1 or params.holdout < 0:
+            raise UserError(f"objective.bn_statistics.holdout must be 0 or at least 2, got {params.holdout}")
+        self.source: BNSource = setting.bn_source_factory(params.source, params.normalize, params.update_scale)
+
+    @property
+    def diagnostics(self) -> list[str]:
+        return ["bn_holdout"] if self.params.holdout else []
+
+    def held_out(self, layers: int) -> torch.Tensor:
+        """Mask [L] of the layers kept out of the prior: every k-th, counted from the input."""
+        k = self.params.holdout
+        index = torch.arange(layers)
+        return (index % k == k - 1) if k else torch.zeros(layers, dtype=torch.bool)
 
     def per_restart(self, inp: TermInput) -> torch.Tensor:
-        return self.source.loss(inp.replay.stats)
+        return self.values(inp)[0]
+
+    def values(self, inp: TermInput) -> list[torch.Tensor]:
+        losses = self.source.layer_losses(inp.replay.stats)
+        if not self.params.holdout:
+            return [losses.sum()]
+        out = self.held_out(losses.shape[0]).to(losses.device)
+        return [torch.where(out, torch.zeros_like(losses), losses).sum(), torch.where(out, losses, torch.zeros_like(losses)).sum()]
 
 
 # ----------------------------------------------------------------------------- image priors

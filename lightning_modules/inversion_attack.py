@@ -47,11 +47,32 @@ class AttackResult:
     objective: float
     restart: int  # global restart id
     restart_objectives: dict[int, float]
+    selection: str  # objective or holdout: what chose the restart
+    restart_scores: dict[int, float]  # the selection criterion of every restart's best iterate
+    restart_settings: dict[int, dict[str, float]]  # each restart's grid setting ({} without a grid)
     restart_images: torch.Tensor  # [R, N, C, H, W] best iterate of every local restart
     label_strategy: str
     iterations: int
     seconds: float
     trace: list[dict[str, Any]]
+
+
+SELECTIONS = ("auto", "objective", "holdout")
+
+
+def selection(requested: str, objective: Objective) -> str:
+    """The criterion that chooses among restarts. Weighted objectives of different grid settings are
+    not comparable (a larger TV weight inflates the objective), so a grid needs a score all settings
+    share: the mismatch of BN layers no restart optimised, which the attacker computes from the update alone."""
+    held_out = "bn_holdout" in objective.names
+    if requested == "auto":
+        requested = "holdout" if held_out else "objective"
+    if requested == "holdout" and not held_out:
+        raise UserError("optim.select=holdout needs BN layers held out of the prior (objective.bn_statistics.holdout >= 2)")
+    if requested == "objective" and len(objective.grid) > 1:
+        raise UserError("optim.grid compares settings whose objectives are not comparable: use optim.select=holdout "
+                        "with objective.bn_statistics.holdout >= 2")
+    return requested
 
 
 LABEL_LOGIT_START = 2.0  # joint labels start at softmax([2, 0]) ~ [0.88, 0.12] on the analytic guess
@@ -88,11 +109,15 @@ class GradientInversionAttack(pl.LightningModule):
             raise UserError(f"optim.init must be prior or noise, got {optim.init}")
         if optim.schedule not in ("cosine", "constant"):
             raise UserError(f"optim.schedule must be cosine or constant, got {optim.schedule}")
+        if optim.select not in SELECTIONS:
+            raise UserError(f"optim.select must be one of {', '.join(SELECTIONS)}, got {optim.select}")
         self.knowledge = knowledge
         self.optim_cfg = optim
         self.restart_ids = list(restart_ids) if restart_ids is not None else list(range(optim.restarts))
         self.objective = Objective(knowledge, objective, batch_seed=optim.seed, vectorize=optim.vectorize, compile=optim.compile,
-                                   memory_format=optim.memory_format, restarts=len(self.restart_ids))
+                                   memory_format=optim.memory_format, restarts=len(self.restart_ids), grid=optim.grid,
+                                   restart_ids=self.restart_ids)
+        self.select = selection(optim.select, self.objective)
         spec = knowledge.spec
         n = self.objective.proc.num_images
         self.shape = (n, spec.in_chans, spec.image_size, spec.image_size)
@@ -111,6 +136,8 @@ class GradientInversionAttack(pl.LightningModule):
             self.label_logits = nn.Parameter(logits)
         self.register_buffer("best_images", init.clone())
         self.register_buffer("best_values", torch.full((len(self.restart_ids),), math.inf))
+        # the selection score (held-out BN mismatch) of each restart's best iterate
+        self.register_buffer("best_scores", torch.full((len(self.restart_ids),), math.inf))
         self.register_buffer("best_labels", self.current_labels().detach().clone())
         self.local = torch.arange(len(self.restart_ids))  # the restarts this process optimises (all, unless DDP)
         self.world_size = 1
@@ -197,12 +224,14 @@ class GradientInversionAttack(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         local = self.local
-        total, parts = self.objective(self.images[local], self.label_input()[local])
+        total, parts = self.objective(self.images[local], self.label_input()[local], local)
         values = total.detach()
         finite = torch.isfinite(values)
         with torch.no_grad():  # masked updates: no host-device sync on a GPU
             better = finite & (values < self.best_values[local])
             self.best_values[local] = torch.where(better, values, self.best_values[local])
+            score = values if self.select == "objective" else parts[:, self.objective.names.index("bn_holdout")].detach()
+            self.best_scores[local] = torch.where(better, score, self.best_scores[local])
             mask = better.view(-1, *([1] * (self.images.dim() - 1)))
             # the images are already in [0, 1]: they start there and every optimiser step ends with a clamp
             self.best_images[local] = torch.where(mask, self.images.detach()[local], self.best_images[local])
@@ -247,7 +276,7 @@ class GradientInversionAttack(pl.LightningModule):
         if (self.steps_done - 1) % self.log_every == 0 or self.steps_done == self.optim_cfg.iterations:
             self.objective_trace.append((self.steps_done, round(self.seconds, 3), float(self.best_values.min())))
         if self.trace_every and (self.steps_done % self.trace_every == 0 or self.steps_done == self.optim_cfg.iterations):
-            k = int(self.best_values.argmin())
+            k = self.chosen()
             self.trace.append({"step": self.steps_done, "seconds": self.seconds, "objective": float(self.best_values[k]),
                                "images": self.best_images[k].detach().to("cpu", copy=True)})
 
@@ -278,12 +307,14 @@ class GradientInversionAttack(pl.LightningModule):
         if self.world_size <= 1:
             return
         values = self.all_gather(self.best_values)  # [W, R]
+        scores = self.all_gather(self.best_scores)
         images = self.all_gather(self.best_images)
         labels = self.all_gather(self.best_labels)
         owner = torch.arange(len(self.restart_ids)) % self.world_size
         r = torch.arange(len(self.restart_ids))
         with torch.no_grad():
             self.best_values.copy_(values[owner, r])
+            self.best_scores.copy_(scores[owner, r])
             self.best_images.copy_(images[owner, r])
             self.best_labels.copy_(labels[owner, r])
 
@@ -304,16 +335,21 @@ class GradientInversionAttack(pl.LightningModule):
 
     # ------------------------------------------------------------------ result
 
+    def chosen(self) -> int:
+        """Position of the restart the attack returns: the lowest selection score among finite restarts."""
+        finite = torch.isfinite(self.best_values) & torch.isfinite(self.best_scores)
+        return int(torch.where(finite, self.best_scores, torch.full_like(self.best_scores, math.inf)).argmin())
+
     def result(self) -> AttackResult:
         values = self.best_values
-        finite = torch.isfinite(values)
-        if not finite.any():
+        if not (torch.isfinite(values) & torch.isfinite(self.best_scores)).any():
             raise UserError("every restart diverged (non-finite objective): lower optim.lr or change the objective weights")
-        masked = torch.where(finite, values, torch.full_like(values, math.inf))
-        k = int(masked.argmin())
+        k = self.chosen()
         return AttackResult(  # on the CPU, where scoring and saving happen
             images=self.best_images[k].detach().to("cpu", copy=True), labels=self.best_labels[k].detach().to("cpu", copy=True), objective=float(values[k]),
             restart=self.restart_ids[k], restart_objectives={r: float(v) for r, v in zip(self.restart_ids, values)},
+            selection=self.select, restart_scores={r: float(v) for r, v in zip(self.restart_ids, self.best_scores)},
+            restart_settings={r: self.objective.grid_setting(i) for i, r in enumerate(self.restart_ids)},
             restart_images=self.best_images.detach().to("cpu", copy=True), label_strategy=self.label_strategy, iterations=self.steps_done,
             seconds=self.seconds, trace=self.trace,
         )

@@ -26,6 +26,9 @@ class ModelConfig:
     bn_momentum: float = option(0.1, "BatchNorm momentum of every BN layer (PyTorch convention)")
     width: int = option(32, "bn_convnet: channels of the first conv")
     depth: int = option(4, "bn_convnet: number of conv-BN-ReLU blocks (each after the first halves the size)")
+    kwargs: dict[str, Any] = option(help="extra keyword arguments of the timm model, e.g. {output_stride: 16}", factory=dict)
+    zero_init_last: bool = option(False, "timm ResNets: zero-initialise the last BN of each residual block (timm's default; "
+                                         "with a short federation the residual branches then stay dead, docs/federation.md)")
 
 
 @dataclasses.dataclass
@@ -42,10 +45,13 @@ class ModelSpec:
     bn_momentum: float
     width: int = 32
     depth: int = 4
+    zero_init_last: bool = False  # initialisation only: an attacker loads the global weights over it
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, in_chans: int, num_classes: int, image_size: int) -> "ModelSpec":
-        return cls(cfg.name, in_chans, num_classes, image_size, cfg.resize_to, list(cfg.norm_mean), list(cfg.norm_std), cfg.bn_momentum, cfg.width, cfg.depth)
+        return cls(cfg.name, in_chans, num_classes, image_size, cfg.resize_to, list(cfg.norm_mean), list(cfg.norm_std), cfg.bn_momentum,
+                   cfg.width, cfg.depth, cfg.zero_init_last, dict(cfg.kwargs))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
@@ -136,7 +142,13 @@ def _make_backbone(spec: ModelSpec) -> nn.Module:
     if not timm.is_model(spec.name):
         raise UserError(f"unknown model '{spec.name}' (bn_convnet or a timm model name, e.g. resnet18)")
     try:
-        return timm.create_model(spec.name, pretrained=False, in_chans=spec.in_chans, num_classes=spec.num_classes)
+        try:  # ResNet-family models take zero_init_last; the others refuse the keyword
+            return timm.create_model(spec.name, pretrained=False, in_chans=spec.in_chans, num_classes=spec.num_classes,
+                                     zero_init_last=spec.zero_init_last, **spec.kwargs)
+        except TypeError as err:
+            if "zero_init_last" not in str(err):
+                raise
+        return timm.create_model(spec.name, pretrained=False, in_chans=spec.in_chans, num_classes=spec.num_classes, **spec.kwargs)
     except Exception as err:  # timm raises many types for unsupported arguments
         raise UserError(f"timm could not create '{spec.name}' with {spec.in_chans} channels and {spec.num_classes} classes ({err})") from err
 

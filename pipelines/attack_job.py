@@ -123,7 +123,10 @@ def score_result(result: AttackResult, knowledge: AttackerKnowledge, gt: GroundT
                  update_dir: Path, population: bool = True) -> dict[str, Any]:
     """Leakage numbers; without ground truth only the attack's own facts are reported."""
     base: dict[str, Any] = {"iterations": result.iterations, "seconds": round(result.seconds, 3), "objective": result.objective,
-                            "restart": result.restart, "label_strategy": result.label_strategy}
+                            "restart": result.restart, "label_strategy": result.label_strategy, "selection": result.selection,
+                            "setting": result.restart_settings.get(result.restart, {}),
+                            "restarts": [{"restart": r, "objective": result.restart_objectives[r], "score": result.restart_scores[r],
+                                          "setting": result.restart_settings[r]} for r in result.restart_objectives]}
     size = knowledge.spec.image_size
     settings = SSIMSettings.for_size(size, cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
     if gt is None:

@@ -11,15 +11,25 @@ from common.errors import UserError
 from privacy.base import FilterContext, PrivacyFilter, Update, flat_abs, float_keys, global_norm, register
 
 
+CALIBRATIONS = ("pooled", "per_tensor")
+
+
 @dataclasses.dataclass
 class GaussianParams:
     sigma0: float = option(0.0, "noise std as a multiple of the percentile of the non-zero absolute update")
     percentile: float = option(95.0, "which percentile of the non-zero absolute values sets the scale")
+    calibration: str = option("pooled", "pooled: one percentile over every float entry (the paper's filter); per_tensor: each "
+                                        "tensor's own percentile, so that small tensors (BN running statistics) get noise on their scale")
 
 
 @register
 class GaussianNoise(PrivacyFilter):
-    """The paper's filter: N(0, (sigma0 * P95)^2) on every float entry. Not formal DP (no clipping)."""
+    """The paper's filter: N(0, (sigma0 * P95)^2) on every float entry. Not formal DP (no clipping).
+
+    Pooled over all entries, P95 is set by the millions of conv weights; the few thousand BN running
+    statistics the paper's attack reads (of another scale) may get relatively little noise. The
+    per-tensor calibration gives each tensor noise on its own scale.
+    """
 
     name = "gaussian"
     Params = GaussianParams
@@ -29,22 +39,40 @@ class GaussianNoise(PrivacyFilter):
             raise UserError(f"gaussian filter: sigma0 must be >= 0, got {self.params.sigma0}")
         if not 0 < self.params.percentile <= 100:
             raise UserError(f"gaussian filter: percentile must be in (0, 100], got {self.params.percentile}")
+        if self.params.calibration not in CALIBRATIONS:
+            raise UserError(f"gaussian filter: calibration must be one of {', '.join(CALIBRATIONS)}, got {self.params.calibration}")
 
-    def noise_std(self, update: Update) -> float:
-        values = flat_abs(update, float_keys(update))
+    def scale(self, values: torch.Tensor) -> float:
+        """The percentile of the non-zero absolute values (0 if there are none)."""
         nonzero = values[values > 0]
         if nonzero.numel() == 0:
             return 0.0
-        scale = torch.quantile(nonzero, self.params.percentile / 100.0) if nonzero.numel() < 16_000_000 else _big_quantile(nonzero, self.params.percentile)
-        return self.params.sigma0 * float(scale)
+        return float(torch.quantile(nonzero, self.params.percentile / 100.0) if nonzero.numel() < 16_000_000 else _big_quantile(nonzero, self.params.percentile))
+
+    def noise_stds(self, update: Update) -> dict[str, float]:
+        """The noise std of every float entry's tensor."""
+        keys = float_keys(update)
+        if self.params.calibration == "per_tensor":
+            return {k: self.params.sigma0 * self.scale(flat_abs(update, [k])) for k in keys}
+        std = self.params.sigma0 * self.scale(flat_abs(update, keys))
+        return {k: std for k in keys}
+
+    def noise_std(self, update: Update) -> float:
+        """The pooled filter's single std (per_tensor: the largest of the tensors' stds)."""
+        return max(self.noise_stds(update).values(), default=0.0)
 
     def apply(self, update: Update, ctx: FilterContext) -> tuple[Update, dict[str, float]]:
-        std = self.noise_std(update)
-        if std > 0:
-            for k in float_keys(update):
+        stds = self.noise_stds(update)
+        for k, std in stds.items():
+            if std > 0:
                 noise = torch.randn(update[k].shape, generator=ctx.generator, dtype=torch.float32)
                 update[k] = update[k] + (std * noise).to(update[k].dtype)
-        return update, {"noise_std": std}
+        effect = {"noise_std": max(stds.values(), default=0.0)}
+        if self.params.calibration == "per_tensor" and stds:
+            values = torch.tensor(list(stds.values()), dtype=torch.float64)
+            effect["noise_std_median"] = float(values.median())
+            effect["noise_std_min"] = float(values.min())
+        return update, effect
 
 
 def _big_quantile(values: torch.Tensor, percentile: float) -> torch.Tensor:

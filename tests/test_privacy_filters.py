@@ -84,3 +84,37 @@ def test_filtered_update_is_what_is_captured_and_prefilter_goes_to_ground_truth(
     assert any(k.endswith("running_var") for k in raw)
     assert meta["privacy_filters"] == [{"name": "exclude", "names": [], "regex": ["running_var$"]}]
     assert sorted(meta["withheld_keys"]) == sorted(k for k in raw if k.endswith("running_var"))
+
+
+def _two_scales() -> dict[str, torch.Tensor]:
+    return {"a": torch.arange(1, 21, dtype=torch.float32) * 0.01, "b": torch.tensor([0.0, 10.0, 20.0, 30.0, 40.0]),
+            "n": torch.tensor(7)}
+
+
+def test_gaussian_pooled_and_per_tensor_percentiles_by_hand():
+    # torch.quantile interpolates linearly between order statistics: position q * (n - 1)
+    # a: 0.01..0.20, position 0.95 * 19 = 18.05 -> 0.19 + 0.05 * 0.01 = 0.1905
+    # b: non-zero 10, 20, 30, 40, position 2.85 -> 30 + 0.85 * 10 = 38.5
+    # pooled: 24 non-zero values, position 21.85 between 20 (index 21) and 30 -> 28.5
+    update = _two_scales()
+    pooled = FilterChain.from_config([{"name": "gaussian", "sigma0": 2.0}]).filters[0]
+    per_tensor = FilterChain.from_config([{"name": "gaussian", "sigma0": 2.0, "calibration": "per_tensor"}]).filters[0]
+    assert pooled.noise_stds(update) == pytest.approx({"a": 57.0, "b": 57.0})
+    assert per_tensor.noise_stds(update) == pytest.approx({"a": 0.381, "b": 77.0})
+
+
+def test_gaussian_per_tensor_adds_each_tensor_its_own_noise():
+    update = _two_scales()
+    chain = FilterChain.from_config([{"name": "gaussian", "sigma0": 2.0, "calibration": "per_tensor"}])
+    out, effects = chain.apply(dict(update), _ctx(3))
+    gen = torch.Generator().manual_seed(3)  # the filter draws a's noise, then b's, from the round's generator
+    expected_a = update["a"] + 0.381 * torch.randn(20, generator=gen)
+    expected_b = update["b"] + 77.0 * torch.randn(5, generator=gen)
+    assert torch.allclose(out["a"], expected_a, rtol=0, atol=1e-5) and torch.allclose(out["b"], expected_b, rtol=0, atol=1e-4)
+    assert torch.equal(out["n"], update["n"])
+    assert effects[0]["noise_std"] == pytest.approx(77.0) and effects[0]["noise_std_min"] == pytest.approx(0.381)
+
+
+def test_gaussian_calibration_is_validated():
+    with pytest.raises(UserError, match="calibration"):
+        FilterChain.from_config([{"name": "gaussian", "sigma0": 1.0, "calibration": "per_layer"}])
