@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(TrainConfig, args, DEFAULT_CONFIG, {"out": args.out})
 
     from common.files import StagedDir, write_json
+    from federation.curves import accuracy_figure, accuracy_line
     from federation.simulation import FederatedSimulation
 
     started = time.time()
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         records = simulation.run(run_dir, resume=args.resume)
         accuracy = records[-1].test_accuracy if records else last_accuracy(run_dir)  # killed after the last round
+        accuracy_figure(run_dir / "metrics.csv", run_dir / "accuracy.png", f"{Path(cfg.out).name}: {cfg.model.name}, {cfg.fl.rounds} rounds")
         write_json(run_dir / "run.json", {
             "state": "complete", "seconds": round(time.time() - started, 2), "rounds": cfg.fl.rounds,
             "resumed_at_round": (records[0].round if records else cfg.fl.rounds) if args.resume else None,
@@ -46,6 +48,7 @@ def main(argv: list[str] | None = None) -> None:
         staged.fail(f"{type(err).__name__}: {err}")
         raise
     final = staged.commit()
+    print(f"test accuracy per round: {accuracy_line(final / 'metrics.csv')} (curve: {final / 'accuracy.png'})")
     print(f"done in {time.time() - started:.0f}s: {cfg.fl.rounds} rounds, test accuracy {accuracy:.3f} -> {final}")
 
 

@@ -61,7 +61,7 @@ def main() -> None:
                           "ssim": round(s["ssim"], 4), "rdlv": round(s["rdlv"], 4)})
             if reached is None and s["ssim"] >= args.ssim and s["rdlv"] >= args.rdlv:
                 reached = curve[-1]
-        runs.append({"round": rnd, "seed": seed, "reached": reached, "final": curve[-1] if curve else None, "attack_seconds_total": round(result.seconds, 2),
+        runs.append({"round": rnd, "seed": seed, "setting": result.restart_settings.get(result.restart, {}), "reached": reached, "final": curve[-1] if curve else None, "attack_seconds_total": round(result.seconds, 2),
                      "iterations_total": result.iterations, "seconds_per_iteration": round(result.seconds / max(1, result.iterations), 4),
                      "curve": curve[:: max(1, len(curve) // 40)]})
         print(f"round {rnd} seed {seed}: reached {reached}, final {runs[-1]['final']} ({result.seconds:.0f}s)", flush=True)

@@ -11,9 +11,13 @@ T = TypeVar("T")
 
 
 def parser(prog: str, description: str, schema: type, default_config: str | None, epilog_extra: str = "") -> argparse.ArgumentParser:
+    effective = None
+    if default_config and Path(default_config).is_file():
+        effective = config_lib.to_dict(config_lib.load(schema, [default_config], []))
     epilog = (
-        "Options (set in a YAML file or as key=value overrides, e.g. fl.rounds=5 'fl.split.clients.0.batch_size=2'):\n"
-        + config_lib.help_text(schema)
+        "Options (set in a YAML file or as key=value overrides, e.g. fl.rounds=5 'fl.split.clients.0.batch_size=2'; "
+        f"defaults as {Path(default_config).name if default_config else 'built in'} sets them):\n"
+        + config_lib.help_text(schema, effective)
         + ("\n\n" + epilog_extra if epilog_extra else "")
     )
     p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)

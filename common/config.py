@@ -228,6 +228,18 @@ def describe(schema: type, prefix: str = "") -> list[tuple[str, str, str]]:
     return rows
 
 
+_MISSING = object()
+
+
+def _lookup(tree: dict[str, Any] | None, key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
 def _list_item_schema(tp: Any) -> type | None:
     if typing.get_origin(tp) is list:
         (item,) = typing.get_args(tp) or (None,)
@@ -236,11 +248,16 @@ def _list_item_schema(tp: Any) -> type | None:
     return None
 
 
-def help_text(schema: type) -> str:
+def help_text(schema: type, effective: dict[str, Any] | None = None) -> str:
+    """One line per option; ``effective`` (the default config file, loaded) replaces the schema's defaults
+    where it sets a value, so that --help shows what a run without overrides really uses."""
     rows = describe(schema)
     width = min(max(len(k) for k, _, _ in rows), 34)
     lines = []
     for key, default, text in rows:
+        value = _lookup(effective, key)
+        if value is not _MISSING:
+            default = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...")
         default = default.strip()
         if len(default) > 40:
             default = default[:37] + "..."

@@ -63,6 +63,7 @@ def weighted_mean_inference(r_old: torch.Tensor, r_new: torch.Tensor, m: float, 
 
 class BNSource(abc.ABC):
     name: ClassVar[str]
+    layers: int = 0  # BN layers with targets
 
     @abc.abstractmethod
     def layer_losses(self, stats: list[list[BNStat]]) -> torch.Tensor:
@@ -78,6 +79,7 @@ class PerStepTargets(BNSource):
 
     def __init__(self, targets: list[Targets], normalize: str = "none"):
         self.targets = targets  # per step
+        self.layers = len(targets[0])
         self.scales = layer_scales([torch.stack([step[i][1] for step in targets]).mean(0) for i in range(len(targets[0]))], normalize)
 
     def layer_losses(self, stats: list[list[BNStat]]) -> torch.Tensor:
@@ -139,6 +141,7 @@ class MultiStepSource(BNSource):
         self.m = momentum
         self.initial = [(mean.double(), var.double()) for mean, var in initial]
         self.observed = [(mean.double(), var.double()) for mean, var in observed]
+        self.layers = len(initial)
         # the scale of a per-step variance, read off the running buffers (the weighted-mean inference)
         self.scales = layer_scales([weighted_mean_inference(v0, v, momentum, steps) for (_, v0), (_, v) in zip(self.initial, self.observed)],
                                    normalize)

@@ -23,11 +23,11 @@ class OptimConfig:
     betas: list[float] = option(help="Adam betas", factory=lambda: [0.9, 0.999])
     warmup: int = option(50, "linear warm-up steps")
     schedule: str = option("cosine", "lr schedule after warm-up: cosine or constant")
-    restarts: int = option(1, "independent restarts (an extra batch dimension); the best by objective is kept")
+    restarts: int = option(1, "independent restarts (an extra batch dimension); each keeps its best iterate by objective, optim.select picks the one returned")
     grid: dict[str, list[float]] = option(help="term weights tried side by side as restarts, e.g. {total_variation: [0.003, 0.03, 0.3]}: "
                                                "restart r takes combination r mod the grid size ({} = every restart uses the objective's weights)",
                                           factory=dict)
-    select: str = option("auto", "which restart is returned: objective (lowest objective; compares restarts of one setting only), "
+    select: str = option("auto", "which restart is returned: objective (lowest objective with the configured weights, the same for every restart), "
                                  "holdout (lowest mismatch of the BN layers held out of the prior, objective.bn_statistics.holdout), "
                                  "auto (holdout when layers are held out, else objective)")
     init: str = option("prior", "start from the prior image (plus init_noise) or from uniform noise")

@@ -82,6 +82,7 @@ class Objective:
                  grid: dict[str, list[float]] | None = None, restart_ids: list[int] | None = None):
         model = knowledge.global_model()
         self.grid = WeightGrid(grid or {}, spec)
+        configured = {name: float((params or {}).get("weight", 0.0)) for name, params in (spec or {}).items()}
         spec = self.grid.spec_with_terms(spec)
         self.proc = ClientProcedure.from_meta(knowledge.meta)
         oracle_order = knowledge.oracle.batch_positions
@@ -128,6 +129,9 @@ class Objective:
         # [R, terms + diagnostics]: restart r's weights (its grid setting); diagnostics weigh 0
         self.weights = torch.tensor([[self.grid.weight(r, t.name, t.weight) for t in self.terms] + [0.0] * len(self.diagnostics)
                                      for r in ids])
+        # the configured weights, the same for every restart: objectives of different grid settings compared on one scale
+        self.shared_weights = torch.tensor([configured.get(t.name, 0.0) if t.name in self.grid.axes else t.weight for t in self.terms]
+                                           + [0.0] * len(self.diagnostics))
         self.model = model
         self.bn_source = bn_terms[0].source.name if bn_terms else "none"
 

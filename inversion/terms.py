@@ -200,24 +200,29 @@ class BNStatistics(ObjectiveTerm):
             raise UserError(f"objective.bn_statistics.holdout must be 0 or at least 2, got {params.holdout}")
         self.source: BNSource = setting.bn_source_factory(params.source, params.normalize, params.update_scale)
 
+        # the held-out layers: every k-th counted from the input, at least one; none without targets
+        # (source none) or with a single layer, where nothing could be both held out and optimised
+        layers = self.source.layers
+        k = params.holdout
+        self.held_out = torch.tensor([k > 0 and i % k == k - 1 for i in range(layers)], dtype=torch.bool)
+        if k and layers >= 2 and not self.held_out.any():
+            self.held_out[-1] = True
+        if layers < 2:
+            self.held_out = torch.zeros(layers, dtype=torch.bool)
+        self.holding_out = bool(self.held_out.any())
+
     @property
     def diagnostics(self) -> list[str]:
-        return ["bn_holdout"] if self.params.holdout else []
-
-    def held_out(self, layers: int) -> torch.Tensor:
-        """Mask [L] of the layers kept out of the prior: every k-th, counted from the input."""
-        k = self.params.holdout
-        index = torch.arange(layers)
-        return (index % k == k - 1) if k else torch.zeros(layers, dtype=torch.bool)
+        return ["bn_holdout"] if self.holding_out else []
 
     def per_restart(self, inp: TermInput) -> torch.Tensor:
         return self.values(inp)[0]
 
     def values(self, inp: TermInput) -> list[torch.Tensor]:
         losses = self.source.layer_losses(inp.replay.stats)
-        if not self.params.holdout:
+        if not self.diagnostics:
             return [losses.sum()]
-        out = self.held_out(losses.shape[0]).to(losses.device)
+        out = self.held_out.to(losses.device)
         return [torch.where(out, torch.zeros_like(losses), losses).sum(), torch.where(out, losses, torch.zeros_like(losses)).sum()]
 
 

@@ -61,17 +61,16 @@ SELECTIONS = ("auto", "objective", "holdout")
 
 
 def selection(requested: str, objective: Objective) -> str:
-    """The criterion that chooses among restarts. Weighted objectives of different grid settings are
-    not comparable (a larger TV weight inflates the objective), so a grid needs a score all settings
-    share: the mismatch of BN layers no restart optimised, which the attacker computes from the update alone."""
+    """The criterion that chooses among restarts. Each restart's own weighted objective is not comparable
+    across grid settings (a larger TV weight inflates it), so restarts are scored on a scale they share:
+    the mismatch of the BN layers no restart optimised (holdout), which the attacker computes from the
+    update alone, or the objective with the configured weights, the same for every restart (objective)."""
     held_out = "bn_holdout" in objective.names
     if requested == "auto":
         requested = "holdout" if held_out else "objective"
     if requested == "holdout" and not held_out:
-        raise UserError("optim.select=holdout needs BN layers held out of the prior (objective.bn_statistics.holdout >= 2)")
-    if requested == "objective" and len(objective.grid) > 1:
-        raise UserError("optim.grid compares settings whose objectives are not comparable: use optim.select=holdout "
-                        "with objective.bn_statistics.holdout >= 2")
+        raise UserError("optim.select=holdout needs BN layers held out of the prior (objective.bn_statistics.holdout >= 2, "
+                        "a BN source with targets and at least 2 BN layers)")
     return requested
 
 
@@ -230,7 +229,10 @@ class GradientInversionAttack(pl.LightningModule):
         with torch.no_grad():  # masked updates: no host-device sync on a GPU
             better = finite & (values < self.best_values[local])
             self.best_values[local] = torch.where(better, values, self.best_values[local])
-            score = values if self.select == "objective" else parts[:, self.objective.names.index("bn_holdout")].detach()
+            if self.select == "holdout":
+                score = parts[:, self.objective.names.index("bn_holdout")].detach()
+            else:
+                score = (parts.detach() * self.objective.shared_weights.to(parts)).sum(1)
             self.best_scores[local] = torch.where(better, score, self.best_scores[local])
             mask = better.view(-1, *([1] * (self.images.dim() - 1)))
             # the images are already in [0, 1]: they start there and every optimiser step ends with a clamp

@@ -132,7 +132,17 @@ def per_round(rows: list[dict[str, Any]], path: Path, metric: str = "rdlv") -> P
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set_xlabel("FL round")
     ax.set_ylabel(metric)
-    ax.legend(fontsize=7)
+    # leakage means something only next to what the model can do: its test accuracy in the same figure
+    acc_rows = {(r["seed"], r["round"]): r.get("test_accuracy") for r in rows if r.get("test_accuracy") not in (None, "")}
+    if acc_rows:
+        rounds = _order(list({k[1] for k in acc_rows}))
+        acc = [mean_ci(v for (_, rnd), v in acc_rows.items() if rnd == k) for k in rounds]
+        acc_ax = ax.twinx()
+        _line_band(acc_ax, [float(k) for k in rounds], acc, "gray", "test accuracy after the round")
+        acc_ax.set_ylim(0, 1.02)
+        acc_ax.set_ylabel("test accuracy", color="gray")
+        acc_ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper right")
     ax.set_title(f"{metric} per round per client (mean, 95% CI over seeds)", fontsize=9)
     return _save(fig, path)
 

@@ -97,6 +97,7 @@ def test_normalised_prior_does_not_change_when_a_layer_input_is_rescaled():
 class _FixedSource:
     def __init__(self, losses):
         self.losses = torch.tensor(losses)
+        self.layers = len(losses)
 
     def layer_losses(self, stats):
         return self.losses
@@ -110,7 +111,7 @@ def _bn_term(holdout: int, losses) -> BNStatistics:
 def test_holdout_keeps_every_kth_layer_out_of_the_prior_and_scores_it():
     losses = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0]  # 10 layers; k = 4 holds out layers 3 and 7
     term = _bn_term(4, losses)
-    assert term.held_out(10).nonzero().flatten().tolist() == [3, 7]
+    assert term.held_out.nonzero().flatten().tolist() == [3, 7]
     kept, held = term.values(TermInput(torch.zeros(1, 1, 2, 2), ReplayOutput(None, [])))
     assert float(held) == 8.0 + 128.0
     assert float(kept) == sum(losses) - 136.0
@@ -120,6 +121,9 @@ def test_holdout_keeps_every_kth_layer_out_of_the_prior_and_scores_it():
     assert plain.diagnostics == []
     with pytest.raises(UserError, match="holdout"):
         _bn_term(1, losses)
+    # fewer layers than k: the last one is held out; a single layer cannot be held out and optimised
+    assert _bn_term(4, [1.0, 2.0, 3.0]).held_out.tolist() == [False, False, True]
+    assert _bn_term(4, [1.0]).diagnostics == []
 
 
 # ----------------------------------------------------------------------------- the grid and the selection
@@ -147,13 +151,26 @@ def test_grid_gives_each_restart_its_weights_and_the_objective_uses_them(tiny_ru
     assert torch.allclose(total_1, total[[1]])
 
 
-def test_grid_rejects_unknown_terms_and_objective_selection(tiny_run):
+def test_grid_rejects_unknown_terms(tiny_run):
     kn = _knowledge(tiny_run, 1, 2)
     with pytest.raises(UserError, match="not a term"):
         Objective(kn, build(AttackConfig, GRID).objective, grid={"image_l2": [0.1]})
+    with pytest.raises(UserError, match="weights >= 0"):
+        Objective(kn, build(AttackConfig, GRID).objective, grid={"total_variation": [-0.1]})
+
+
+def test_objective_selection_scores_every_restart_with_the_configured_weights(tiny_run):
+    """With select=objective a grid's restarts are compared on the configured weights (TV 0.01 here),
+    not on each restart's own (0 or 0.5), which would favour the restarts without TV."""
+    kn = _knowledge(tiny_run, 1, 2)
     cfg = build(AttackConfig, {**GRID, "optim": {**GRID["optim"], "select": "objective"}})
-    with pytest.raises(UserError, match="not comparable"):
-        run_attack(kn, cfg)
+    result, attack = run_attack(kn, cfg)
+    assert result.selection == "objective"
+    assert attack.objective.shared_weights.tolist() == pytest.approx([1.0, 0.01, 0.0])
+    _, parts = attack.objective(result.restart_images, attack.label_input(), torch.arange(3))
+    expected = parts[:, 0] + 0.01 * parts[:, 1]
+    assert torch.allclose(attack.best_scores, expected, rtol=1e-5)
+    assert result.restart == int(expected.argmin())
 
 
 def test_the_restart_with_the_lowest_heldout_mismatch_is_returned_not_the_lowest_objective(tiny_run):

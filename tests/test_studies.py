@@ -10,7 +10,7 @@ from common.config import load
 from studies.analyze import analyze
 from studies.quick import reduce
 from studies.runner import StudyRunner
-from studies.spec import StudySpec, cells
+from studies.spec import StudySpec, Target, cells
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
@@ -37,7 +37,7 @@ def test_quick_keeps_ends_and_middle_of_every_axis_and_one_seed():
     spec = load(StudySpec, [ROOT / "configs" / "studies" / "sigma0.yaml"], [])
     quick = reduce(spec)
     assert quick.seeds == [spec.seeds[0]]
-    assert list(quick.grid["sigma0"]) == ["0", "10", "50"]  # positions 0, 2 (of 0..5) and 5
+    assert list(quick.grid["sigma0"]) == ["0", "25", "50"]  # positions 0, 5 (of 0..10) and 10
     assert quick.out == spec.out + "_quick" and quick.name == "sigma0_quick"
     assert quick.train.overrides["fl.rounds"] == 2 and quick.attack.overrides["optim.iterations"] == 60
     assert len(cells(quick)) == 3 and len(cells(spec)) == len(spec.seeds) * len(spec.grid["sigma0"])
@@ -69,6 +69,8 @@ class _Interrupted(Exception):
 
 def test_rerun_after_an_interruption_completes_only_the_missing_cells(tmp_path: Path):
     spec = tiny_quick(ROOT / "configs" / "studies" / "sigma0.yaml", tmp_path / "sigma0")
+    spec.targets = [Target(-1, 3), Target(-1, 2)]  # two attacks per training run
+    spec.train.overrides = {**spec.train.overrides, "capture.clients": [2, 3]}
     first = StudyRunner(spec, progress=False)
     done: list[Path] = []
 
