@@ -29,12 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run", default=None, metavar="RUN", help="run directory (same as run=RUN)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted attack from OUT.partial/checkpoints/last.ckpt "
                    "(written every optim.checkpoint_every steps)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier output of attack.py (anything else is never replaced)")
     args = p.parse_intermixed_args(argv)
     cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run})
 
     from pipelines.attack_job import run_attack_job
 
-    summary = run_attack_job(cfg, resume=args.resume)
+    summary = run_attack_job(cfg, resume=args.resume, overwrite=args.overwrite)
     m = summary["metrics"]
     if not m:  # a DDP worker process: rank 0 reports
         return

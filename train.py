@@ -23,17 +23,21 @@ DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.yaml
 def main(argv: list[str] | None = None) -> None:
     p = parser("train.py", "FedAvg simulation of Lightning clients; saves the updates that leave the chosen clients.", TrainConfig, "configs/default.yaml")
     p.add_argument("--out", default=None, metavar="RUN", help="run directory (default: runs/default; same as out=RUN)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN.partial at the first unfinished round")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN.partial at the first unfinished round "
+                   "(refused for a complete run and for a config that differs from the interrupted run's)")
+    p.add_argument("--overwrite", action="store_true", help="replace RUN if it is a complete train.py run (anything else is never replaced)")
     args = p.parse_intermixed_args(argv)
     cfg = load_config(TrainConfig, args, DEFAULT_CONFIG, {"out": args.out})
 
-    from common.files import StagedDir, write_json
+    from common.files import StagedDir, is_complete_run, write_json
     from federation.curves import accuracy_figure, accuracy_line
     from federation.simulation import FederatedSimulation
 
     started = time.time()
     simulation = FederatedSimulation(cfg)  # validates data, split, model and filters before writing anything
-    staged = StagedDir(cfg.out, resume=args.resume)
+    staged = StagedDir(cfg.out, resume=args.resume, overwrite=args.overwrite, own=is_complete_run, what="a complete training run")
+    if args.resume:
+        check_resumable(staged, cfg)
     run_dir = staged.open()
     try:
         records = simulation.run(run_dir, resume=args.resume)
@@ -50,6 +54,26 @@ def main(argv: list[str] | None = None) -> None:
     final = staged.commit()
     print(f"test accuracy per round: {accuracy_line(final / 'metrics.csv')} (curve: {final / 'accuracy.png'})")
     print(f"done in {time.time() - started:.0f}s: {cfg.fl.rounds} rounds, test accuracy {accuracy:.3f} -> {final}")
+
+
+def check_resumable(staged, cfg) -> None:
+    """A resume continues the very run that was interrupted: same resolved config, not a finished run."""
+    import yaml
+
+    from common.config import to_dict
+
+    if not staged.partial.is_dir():
+        if staged.final.exists():
+            raise UserError(f"{staged.final} is complete: nothing to resume (--overwrite replaces it with a new run)")
+        raise UserError(f"nothing to resume: {staged.partial} not found")
+    saved_file = staged.partial / "config.yaml"
+    if saved_file.is_file():
+        saved = yaml.safe_load(saved_file.read_text()) or {}
+        now = to_dict(cfg)
+        keys = sorted(k for k in set(saved) | set(now) if k != "logging" and saved.get(k) != now.get(k))
+        if keys:
+            raise UserError(f"--resume with a config that differs from the interrupted run's ({', '.join(keys)}): "
+                            f"resume with the same settings, or start a new run")
 
 
 def last_accuracy(run_dir: Path) -> float:

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -82,29 +82,68 @@ def load_tensors(path: str | Path, what: str = "tensor file") -> dict[str, torch
         raise UserError(f"{what} {path} is truncated or corrupt ({reason})") from err
 
 
+STAGING_MARK = ".fl-leakage-staging"  # inside every RUN.partial this tool made: the only partial folders it deletes
+
+
 class StagedDir:
     """An output folder built under ``<final>.partial`` and renamed into place only on success.
 
     A failed or interrupted job leaves ``<final>.partial`` (with a ``FAILED`` note) and never a
     folder that looks complete; an earlier complete ``<final>`` survives until the new one is done.
+    Nothing that exists is deleted or replaced unless the caller says ``overwrite`` *and* ``own``
+    recognises the folder as one of this tool's results of the same kind (a complete training run,
+    an attack's output); a ``.partial`` folder is removed only if this tool made it.
     """
 
-    def __init__(self, final: str | Path, resume: bool = False):
+    def __init__(self, final: str | Path, resume: bool = False, overwrite: bool = False,
+                 own: Callable[[Path], bool] | None = None, what: str = "a result"):
         self.final = Path(final)
         self.partial = self.final.with_name(self.final.name + ".partial")
         self.resume = resume
+        self.overwrite = overwrite
+        self.own = own
+        self.what = what
+
+    def check(self) -> None:
+        """Refuse, before any work, to replace what must not be replaced."""
+        if self.final.exists() or self.final.is_symlink():
+            if not self.final.is_dir():
+                raise UserError(f"{self.final} exists and is not a folder: choose another output folder")
+            if not self.overwrite:
+                raise UserError(f"{self.final} already exists: choose another output folder, or pass --overwrite to replace it")
+            if self.own is None or not self.own(self.final):
+                raise UserError(f"{self.final} is not {self.what} of this tool: refusing to replace it, even with --overwrite")
+        if self.partial.exists() and not self.resume and not _ours(self.partial):
+            raise UserError(f"{self.partial} exists and was not made by this tool: move it away first")
+        parent = self.final.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise UserError(f"cannot create {self.final}: {parent} is not a folder")
+        if not os.access(parent, os.W_OK):
+            raise UserError(f"cannot create {self.final}: {parent} is not writable")
 
     def open(self) -> Path:
+        self.check()
         if self.partial.exists() and not self.resume:
             shutil.rmtree(self.partial)
-        self.partial.mkdir(parents=True, exist_ok=True)
+        try:
+            self.partial.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create {self.partial} ({err.strerror or err})") from err
+        (self.partial / STAGING_MARK).touch()
         (self.partial / "FAILED").unlink(missing_ok=True)
         return self.partial
 
     def commit(self) -> Path:
-        if self.final.exists():
-            shutil.rmtree(self.final)
+        (self.partial / STAGING_MARK).unlink(missing_ok=True)
+        old = None
+        if self.final.exists():  # allowed by check(): overwrite, and one of our own results
+            old = self.final.with_name(f"{self.final.name}.replaced-{os.getpid()}")
+            os.replace(self.final, old)
         os.replace(self.partial, self.final)
+        if old is not None:
+            shutil.rmtree(old)  # only once the new result is in place
         return self.final
 
     def fail(self, reason: str) -> None:
@@ -120,3 +159,23 @@ class StagedDir:
             self.fail(f"{type(err).__name__}: {err}")
             raise
         self.commit()
+
+
+def _ours(partial: Path) -> bool:
+    """A staging folder this tool made (it marks every one; a failed one carries FAILED too)."""
+    return (partial / STAGING_MARK).is_file() or (partial / "FAILED").is_file()
+
+
+def is_complete_run(path: Path) -> bool:
+    """A training run train.py finished (run.json written last, state complete)."""
+    try:
+        return json.loads((Path(path) / "run.json").read_text()).get("state") == "complete"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def is_attack_output(path: Path) -> bool:
+    """A folder attack.py wrote: metrics and a reconstruction, and neither an update nor a run inside it."""
+    path = Path(path)
+    return ((path / "metrics.json").is_file() and (path / "reconstruction.safetensors").is_file()
+            and not (path / "update.safetensors").exists() and not (path / "run.json").exists())

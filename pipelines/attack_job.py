@@ -18,7 +18,7 @@ import yaml
 
 from common.config import build, to_dict
 from common.errors import UserError
-from common.files import StagedDir, load_tensors, save_tensors, write_json
+from common.files import StagedDir, is_attack_output, load_tensors, save_tensors, write_json
 from common.tracking import wandb_mode
 from datamodules.sources import DataConfig, load_pool
 from federation.simulation import quiet_lightning
@@ -179,16 +179,26 @@ def default_out(cfg: AttackConfig, update_dir: Path) -> Path:
     return run / "attacks" / f"round_{rnd}_client_{client}"
 
 
-def run_attack_job(cfg: AttackConfig, resume: bool = False) -> dict[str, Any]:
+def check_out(out: Path, update_dir: Path) -> None:
+    """An attack writes its own folder; it never replaces the update it attacks or the run around it."""
+    target, update = out.resolve(), update_dir.resolve()
+    if target == update or target in update.parents:
+        raise UserError(f"--out {out} would replace the attacked update ({update_dir}) or the run that holds it: choose another folder")
+
+
+def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     started = time.time()
     update_dir = resolve_update(cfg)
     knowledge = attacker_knowledge(cfg, update_dir)
     attack = build_attack(knowledge, cfg)  # validates everything before a file is written
     out = default_out(cfg, update_dir)
+    check_out(out, update_dir)
     if process_rank() > 0:  # a DDP worker launched by rank 0: optimise its restarts, write nothing
         run_attack(knowledge, cfg, attack=attack)
         return {"out": out, "metrics": {}, "result": None}
-    staged = StagedDir(out, resume=resume)
+    staged = StagedDir(out, resume=resume, overwrite=overwrite, own=is_attack_output, what="an attack output")
+    if resume and not staged.partial.is_dir() and staged.final.exists():
+        raise UserError(f"{out} is complete: nothing to resume (--overwrite replaces it with a new attack)")
     work = staged.open()
     ckpt = work / "checkpoints" / "last.ckpt"
     ckpt_path = str(ckpt) if resume and ckpt.is_file() else None

@@ -67,7 +67,7 @@ def test_failure_mid_run_leaves_a_marked_partial_folder_and_keeps_the_old_run(tm
 
     monkeypatch.setattr(FederatedSimulation, "aggregate", boom)
     with pytest.raises(RuntimeError):
-        train.main(TINY + ["--out", str(out)])
+        train.main(TINY + ["--out", str(out), "--overwrite"])  # replacing it fails half-way
     assert (out / "run.json").read_text() == '{"state": "complete"}'
     partial = tmp_path / "run.partial"
     assert "disk full" in (partial / "FAILED").read_text()
