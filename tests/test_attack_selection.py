@@ -12,15 +12,15 @@ from common.errors import UserError
 from federation.update_store import update_dir
 from inversion.bn_sources import MultiStepSource, layer_scales, make_bn_source, weighted_mean_inference
 from inversion.config import AttackConfig
-from inversion.functional import BNStat, FunctionalModel
+from inversion.functional import BNStat
 from inversion.objective import Objective
-from inversion.replay import ClientProcedure, LocalTrainingReplay
-from inversion.terms import AttackSetting, BNStatistics, BNStatisticsParams, TermInput
 from inversion.replay import ReplayOutput
+from inversion.terms import AttackSetting, BNStatistics, BNStatisticsParams, TermInput
 from inversion.threat_model import ThreatConfig, load_knowledge
 from leakage.ground_truth import load_ground_truth
 from lightning_modules.models import batch_norm_layers
 from pipelines.attack_job import run_attack
+from tests.test_attack_math import _replay_true
 
 
 def _knowledge(run, rnd, client):
@@ -28,10 +28,7 @@ def _knowledge(run, rnd, client):
 
 
 def _true_stats(kn, gt):
-    model = kn.global_model()
-    fm = FunctionalModel(model, "exact")
-    params0 = {n: p.detach() for n, p in model.named_parameters()}
-    out = LocalTrainingReplay(fm, params0, ClientProcedure.from_meta(kn.meta)).run(gt.images, gt.labels, gt.step_positions)
+    out, fm, _ = _replay_true(kn, gt)
     return out.stats, fm.bn_names
 
 
