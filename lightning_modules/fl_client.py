@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytorch_lightning as pl
 import torch
@@ -26,8 +27,8 @@ class OptimizerConfig:
     def validate(self) -> None:
         if self.name not in ("sgd", "adam"):
             raise UserError(f"unknown optimizer '{self.name}' (sgd, adam)")
-        if self.lr <= 0:
-            raise UserError(f"optimizer.lr must be positive, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"optimizer.lr must be a positive number, got {self.lr}")
         if self.name == "sgd" and self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise UserError("sgd Nesterov momentum needs momentum > 0 and dampening = 0")
         if len(self.betas) != 2:

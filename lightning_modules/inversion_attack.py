@@ -102,6 +102,8 @@ class GradientInversionAttack(pl.LightningModule):
         super().__init__()
         if optim.iterations < 1:
             raise UserError(f"optim.iterations must be at least 1, got {optim.iterations}")
+        if not (math.isfinite(optim.lr) and optim.lr > 0):
+            raise UserError(f"optim.lr must be a positive number, got {optim.lr}")
         if optim.restarts < 1:
             raise UserError(f"optim.restarts must be at least 1, got {optim.restarts}")
         if optim.init not in ("prior", "noise"):

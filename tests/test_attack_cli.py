@@ -102,3 +102,11 @@ def test_unknown_objective_term_and_missing_run(tmp_path, capsys):
     assert code == 2 and "no captured updates" in err
     code, err = _attack(FAST + ["--run", str(tmp_path), "objective={fancy: {weight: 1}}"], capsys)
     assert code == 2
+
+
+@pytest.mark.parametrize("value", [".nan", "-0.1", "0", ".inf"])
+def test_attack_lr_must_be_a_positive_number(tiny_run, tmp_path, capsys, value):
+    update = tiny_run / "updates" / "round_1" / "client_2"
+    code, err = _attack(FAST + ["--update", str(update), "--out", str(tmp_path / "a"), f"optim.lr={value}"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "optim.lr must be a positive number" in err, err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "a.partial").exists()

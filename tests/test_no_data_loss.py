@@ -181,3 +181,4 @@ def test_attack_replaces_only_its_own_output_with_overwrite(run_copy, tmp_path, 
     code, err = _run("attack", FAST + ["--update", str(update), "--out", str(other), "--overwrite"], capsys)
     assert code == 2 and _one_line(err, "not an attack output of this tool"), err
     assert (other / "metrics.json").read_text() == "{}"
+

@@ -41,6 +41,8 @@ def _folder(tmp_path, broken=False, empty=False):
     ("unreadable image", ["data.source=folder", "data.path={broken}"], "unreadable image"),
     ("unknown key", ["fl.roundz=3"], "unknown config key 'fl.roundz'"),
     ("batch too large", ["fl.split.clients=[{images: 2, batch_size: 4}]"], "batch size 4 is larger than its 2 image"),
+    ("NaN lr", ["optimizer.lr=.nan"], "optimizer.lr must be a positive number, got nan"),
+    ("negative lr", ["optimizer.lr=-0.1"], "optimizer.lr must be a positive number"),
     ("1x1 BN maps", ["model.name=resnet18", "model.resize_to=0", "data.image_size=32",
                      "fl.split.clients=[{images: 4, batch_size: 2}, {images: 1, batch_size: 1}]"], "one value per channel"),
 ])
