@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(TrainConfig, args, DEFAULT_CONFIG, {"out": args.out})
 
     from common.files import StagedDir, is_complete_run, write_json
+    from common.interrupt import failure_note
     from federation.curves import accuracy_figure, accuracy_line
     from federation.simulation import FederatedSimulation
 
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
             "final_test_accuracy": accuracy, "argv": sys.argv[1:], "versions": versions(),
         })
     except BaseException as err:
-        staged.fail(f"{type(err).__name__}: {err}")
+        staged.fail(failure_note(err))
         raise
     final = staged.commit()
     print(f"test accuracy per round: {accuracy_line(final / 'metrics.csv')} (curve: {final / 'accuracy.png'})")

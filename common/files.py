@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from common.errors import UserError
+from common.interrupt import failure_note
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -156,7 +157,7 @@ class StagedDir:
         try:
             yield path
         except BaseException as err:
-            self.fail(f"{type(err).__name__}: {err}")
+            self.fail(failure_note(err))
             raise
         self.commit()
 

@@ -21,6 +21,7 @@ from callbacks.update_capture import ClientResult, ClientRound, UpdateCapture
 from common.config import dump_yaml, to_dict
 from common.errors import UserError
 from common.files import load_tensors, save_tensors, write_json
+from common.interrupt import fit
 from common.tracking import start_run
 from datamodules.client import ClientDataModule, test_loader
 from datamodules.federated import FederatedSplit, local_steps, make_split
@@ -148,7 +149,7 @@ class FederatedSimulation:
         capture = UpdateCapture(job, self.filters, run_dir, capture_now, recorder)
         callbacks: list[pl.Callback] = [capture] + ([recorder] if recorder else [])
         datamodule = ClientDataModule(self.pool, self.split.client_indices[client], spec.batch_size, seed)
-        self.make_trainer(callbacks).fit(self.client, datamodule=datamodule)
+        fit(self.make_trainer(callbacks), self.client, datamodule=datamodule)
         assert capture.result is not None
         return capture.result
 

@@ -19,6 +19,7 @@ import yaml
 from common.config import build, to_dict
 from common.errors import UserError
 from common.files import StagedDir, is_attack_output, load_tensors, save_tensors, write_json
+from common.interrupt import failure_note, fit
 from common.tracking import wandb_mode
 from datamodules.sources import DataConfig, load_pool
 from federation.simulation import quiet_lightning
@@ -102,7 +103,7 @@ def run_attack(knowledge: AttackerKnowledge, cfg: AttackConfig, logger: Any = Fa
         attack = build_attack(knowledge, cfg, restart_ids, trace_every)
     trainer = make_trainer(cfg, logger, callbacks, **trainer_kwargs)
     # checkpoints hold tensors and plain containers only: load them without unpickling arbitrary objects
-    trainer.fit(attack, train_dataloaders=iteration_loader(cfg.optim.iterations), ckpt_path=ckpt_path,
+    fit(trainer, attack, train_dataloaders=iteration_loader(cfg.optim.iterations), ckpt_path=ckpt_path,
                 weights_only=True if ckpt_path else None)
     return attack.result(), attack
 
@@ -231,7 +232,7 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
             _wandb_finish(wandb_logger, work, metrics)
         shutil.rmtree(work / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished attack
     except BaseException as err:
-        staged.fail(f"{type(err).__name__}: {err}")
+        staged.fail(failure_note(err))
         if wandb_logger is not None:
             _wandb_close(wandb_logger)
         raise

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from common.config import load
 from common.errors import UserError
 from common.files import StagedDir, read_json, write_json
+from common.interrupt import failure_note
 from federation.config import TrainConfig
 from federation.update_store import update_dir
 from inversion.config import AttackConfig
@@ -83,7 +84,7 @@ class StudyRunner:
             write_json(work / "run.json", {"state": "complete", "seconds": round(time.time() - started, 2), "rounds": len(records),
                                            "final_test_accuracy": records[-1].test_accuracy, "overrides": cell.train_overrides})
         except BaseException as err:
-            staged.fail(f"{type(err).__name__}: {err}")
+            staged.fail(failure_note(err))
             raise
         self.trainings_run += 1
         return staged.commit()

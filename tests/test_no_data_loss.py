@@ -182,3 +182,37 @@ def test_attack_replaces_only_its_own_output_with_overwrite(run_copy, tmp_path, 
     assert code == 2 and _one_line(err, "not an attack output of this tool"), err
     assert (other / "metrics.json").read_text() == "{}"
 
+
+
+# ----------------------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_in_an_attack_is_exit_130_and_an_interrupted_partial(run_copy, tmp_path, capsys, monkeypatch):
+    """Lightning catches KeyboardInterrupt inside fit and exits 1; the CLI must still say 'interrupted' and exit 130."""
+    from lightning_modules.inversion_attack import GradientInversionAttack
+
+    original = GradientInversionAttack.training_step
+
+    def press_ctrl_c(self, batch, batch_idx):
+        if self.steps_done == 2:
+            raise KeyboardInterrupt
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(GradientInversionAttack, "training_step", press_ctrl_c)
+    out = tmp_path / "attack"
+    code, err = _run("attack", FAST + ["--update", str(run_copy / "updates" / "round_1" / "client_2"), "--out", str(out)], capsys)
+    assert code == 130 and err.splitlines()[-1] == "error: interrupted", err
+    assert not out.exists() and (tmp_path / "attack.partial" / "FAILED").read_text().strip() == "interrupted"
+
+
+def test_ctrl_c_in_training_is_exit_130_and_an_interrupted_partial(tmp_path, capsys, monkeypatch):
+    from lightning_modules.fl_client import FLClient
+
+    def press_ctrl_c(self, batch, batch_idx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(FLClient, "training_step", press_ctrl_c)
+    out = tmp_path / "run"
+    code, err = _run("train", TINY + ["--out", str(out)], capsys)
+    assert code == 130 and err.splitlines()[-1] == "error: interrupted", err
+    assert not out.exists() and (tmp_path / "run.partial" / "FAILED").read_text().strip() == "interrupted"
