@@ -151,9 +151,15 @@ class Objective:
         """Per-restart term values [T]; vmappable."""
         out = self.run_client(x, y)
         inp = TermInput(x, out)
-        values = [t.values(inp)[0] if not t.across_restarts else x.new_zeros(()) for t in self.terms]
-        values += [v for t in self.terms if t.diagnostics for v in t.values(inp)[1:]]
-        return torch.stack(values)
+        values, diagnostics = [], []
+        for t in self.terms:
+            if t.across_restarts:
+                values.append(x.new_zeros(()))
+                continue
+            value, *extra = t.values(inp)  # one pass for a term's value and its diagnostics
+            values.append(value)
+            diagnostics += extra
+        return torch.stack(values + diagnostics)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, restarts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(weighted total [R], per-term values and diagnostics [R, len(names)]) of restarts ``restarts``
@@ -161,8 +167,10 @@ class Objective:
         restart has the same weights)."""
         if restarts is not None:
             weights = self.weights[restarts]
-        elif images.shape[0] == self.weights.shape[0] or not self.grid:
-            weights = self.weights[:1].expand(images.shape[0], -1) if images.shape[0] != self.weights.shape[0] else self.weights
+        elif images.shape[0] == self.weights.shape[0]:
+            weights = self.weights
+        elif not self.grid:
+            weights = self.weights[:1].expand(images.shape[0], -1)
         else:
             raise ValueError(f"{images.shape[0]} restarts given for an objective with a grid of {self.weights.shape[0]}: pass restarts")
         if self.vectorize and images.shape[0] > 1:
