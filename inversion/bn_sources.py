@@ -35,8 +35,8 @@ def layer_scales(variances: list[torch.Tensor], normalize: str) -> list[tuple[fl
     distances do. At random initialisation the stem BN's input is ~100x smaller than the deep
     layers', and the layer closest to the pixels then weighs nothing in the sum. The scaled
     distances are RMS relative errors, comparable between layers and between early and trained
-    models. ``variances``: each layer's target variance per channel (any source; noisy targets are
-    averaged over channels, and a floor keeps a dead layer from dominating).
+    models. ``variances``: each layer's target variance per channel (any source; averaging over the
+    channels keeps noisy targets usable; the floor only avoids a division by zero).
     """
     if normalize not in NORMALIZATIONS:
         raise UserError(f"objective.bn_statistics.normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize}")
