@@ -41,14 +41,15 @@ def main() -> None:
 
     run = ensure_run(Path(args.run))
     last_update = high_risk_update(run)
-    client = int(last_update.name.split("_")[-1])
-    saved = sorted({r for r, c, _ in list_updates(run) if c == client})
+    client = next(c for _, c, path in list_updates(run) if path == last_update)
+    folders = {r: path for r, c, path in list_updates(run) if c == client}  # round -> this client's update
+    saved = sorted(folders)
     runs = []
     for rnd, seed in ((rnd, seed) for rnd in args.rounds for seed in args.seeds):
         rnd = saved[rnd] if rnd < 0 else rnd
         if rnd not in saved:
             raise SystemExit(f"error: round {rnd} of client {client} was not saved in {run} (saved: {saved})")
-        update = last_update.parent.parent / f"round_{rnd}" / last_update.name
+        update = folders[rnd]
         cfg = load(AttackConfig, [args.config], ["logging.progress=false", "logging.wandb=false"] + args.overrides + [f"optim.seed={seed}"])
         knowledge = attacker_knowledge(cfg, update)
         result, attack = run_attack(knowledge, cfg, trace_every=args.every)

@@ -57,10 +57,6 @@ class GaussianNoise(PrivacyFilter):
         std = self.params.sigma0 * self.scale(flat_abs(update, keys))
         return {k: std for k in keys}
 
-    def noise_std(self, update: Update) -> float:
-        """The pooled filter's single std (per_tensor: the largest of the tensors' stds)."""
-        return max(self.noise_stds(update).values(), default=0.0)
-
     def apply(self, update: Update, ctx: FilterContext) -> tuple[Update, dict[str, float]]:
         stds = self.noise_stds(update)
         for k, std in stds.items():
