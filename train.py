@@ -10,12 +10,16 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
 from common.cli import load_config, parser  # noqa: E402
 from common.errors import UserError, run_cli  # noqa: E402
 from federation.config import TrainConfig  # noqa: E402
+
+if TYPE_CHECKING:
+    from common.files import StagedDir
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.yaml")
 
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"done in {time.time() - started:.0f}s: {cfg.fl.rounds} rounds, test accuracy {accuracy:.3f} -> {final}")
 
 
-def check_resumable(staged, cfg) -> None:
+def check_resumable(staged: "StagedDir", cfg: TrainConfig) -> None:
     """A resume continues the very run that was interrupted: same resolved config, not a finished run."""
     import yaml
 

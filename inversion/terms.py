@@ -202,14 +202,12 @@ class BNStatistics(ObjectiveTerm):
 
         # the held-out layers: every k-th counted from the input, at least one; none without targets
         # (source none) or with a single layer, where nothing could be both held out and optimised
-        layers = self.source.layers
-        k = params.holdout
-        self.held_out = torch.tensor([k > 0 and i % k == k - 1 for i in range(layers)], dtype=torch.bool)
-        if k and layers >= 2 and not self.held_out.any():
-            self.held_out[-1] = True
-        if layers < 2:
-            self.held_out = torch.zeros(layers, dtype=torch.bool)
-        self.holding_out = bool(self.held_out.any())
+        layers, k = self.source.layers, params.holdout
+        held = [k > 0 and i % k == k - 1 for i in range(layers)]
+        if k and layers >= 2 and not any(held):
+            held[-1] = True
+        self.held_out = torch.tensor(held, dtype=torch.bool)
+        self.holding_out = any(held)
 
     @property
     def diagnostics(self) -> list[str]:
