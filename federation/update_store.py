@@ -16,6 +16,7 @@ import torch
 
 from common.errors import UserError
 from common.files import load_tensors, read_json, save_tensors, write_json
+from federation.update_meta import check_meta
 
 FORMAT = "fl-leakage-update/1"
 REQUIRED_META = ["format", "round", "client", "model", "input_shape", "loss", "optimizer", "batch_size",
@@ -61,7 +62,10 @@ def load_update(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         raise UserError(f"update metadata {directory / 'meta.json'} lacks {', '.join(missing)}")
     if meta["format"] != FORMAT:
         raise UserError(f"update metadata format '{meta['format']}' is not {FORMAT}")
+    check_meta(meta, directory / "meta.json")
     delta = load_tensors(directory / "update.safetensors", "update file")
+    if not delta:
+        raise UserError(f"update {directory / 'update.safetensors'} holds no tensors")
     for key, value in delta.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             bad = "NaN" if torch.isnan(value).any() else "Inf"
@@ -69,15 +73,31 @@ def load_update(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     return delta, meta
 
 
+def update_root(update_directory: Path) -> Path:
+    """The folder an update's own files may live in: its run (RUN/updates/round_r/client_c), else the update folder."""
+    directory = update_directory.resolve()
+    if directory.parent.parent.name == "updates" and directory.parent.name.startswith("round_"):
+        return directory.parents[2]
+    return directory
+
+
 def resolve_global_model(update_directory: Path, meta: dict[str, Any], explicit: str | Path | None = None) -> Path:
-    """The global model the client started from: explicit path, else the run's global/round_<r>."""
+    """The global model the client started from: explicit path, else the one meta.json names.
+
+    meta.json is data that may come from elsewhere, so the path it names must be relative and stay
+    inside the update's run (or the update folder when it is not part of a run); any other file
+    is read only when the user names it on the command line.
+    """
     if explicit:
         path = Path(explicit)
     else:
         rel = meta.get("global_model")
         if not rel:
-            raise UserError(f"update {update_directory} does not name its global model: pass --global-model")
+            raise UserError(f"update {update_directory} does not name its global model: pass global_model=FILE")
+        root = update_root(update_directory)
         path = (update_directory / rel).resolve()
+        if Path(rel).is_absolute() or not path.is_relative_to(root):
+            raise UserError(f"update metadata's global_model '{rel}' points outside {root}: pass global_model=FILE to use that file")
     if not path.is_file():
         raise UserError(f"global model not found: {path}")
     expected = meta.get("global_model_sha256")

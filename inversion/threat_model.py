@@ -85,11 +85,7 @@ def load_knowledge(update_directory: str | Path, threat: ThreatConfig, global_mo
         if tuple(value.shape) != tuple(expected[key].shape):
             raise UserError(f"global model entry '{key}' has shape {tuple(value.shape)}: it does not fit the metadata's model "
                             f"'{spec.name}' ({tuple(expected[key].shape)})")
-    for key, value in update.items():
-        if key not in expected:
-            raise UserError(f"update entry '{key}' is not in model '{spec.name}': metadata and update do not fit")
-        if tuple(value.shape) != tuple(expected[key].shape):
-            raise UserError(f"update entry '{key}' has shape {tuple(value.shape)}, the metadata's model has {tuple(expected[key].shape)}")
+    _check_update(update, meta, expected, spec.name)
     _check_steps(update, meta, model)
     ClientProcedure.from_meta(meta)  # the optimiser and loss must be ones the replay supports
     if prior is None:
@@ -97,6 +93,33 @@ def load_knowledge(update_directory: str | Path, threat: ThreatConfig, global_mo
     if tuple(prior.shape) != (spec.in_chans, spec.image_size, spec.image_size):
         raise UserError(f"prior image has shape {tuple(prior.shape)}, the client's images are {spec.in_chans}x{spec.image_size}x{spec.image_size}")
     return AttackerKnowledge(threat, spec, state, update, meta, prior.float().clamp(0, 1), prior_source)
+
+
+def _check_update(update: dict[str, torch.Tensor], meta: dict[str, Any], expected: dict[str, torch.Tensor], model_name: str) -> None:
+    """Every entry of the model is in the update or declared withheld, with the model's shape and dtype.
+
+    An entry silently missing would be treated as withheld and change what the attack assumes; a
+    float64 or integer tensor is not what any client of this model sent (the replay would compare
+    it in the wrong precision, and an integer weight escapes the finiteness check).
+    """
+    withheld = set(meta.get("withheld_keys", []))
+    for key, value in update.items():
+        if key not in expected:
+            raise UserError(f"update entry '{key}' is not in model '{model_name}': metadata and update do not fit")
+        if key in withheld:
+            raise UserError(f"update entry '{key}' is listed in withheld_keys but present in the update")
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise UserError(f"update entry '{key}' has shape {tuple(value.shape)}, the metadata's model has {tuple(expected[key].shape)}")
+        if value.dtype != expected[key].dtype:
+            raise UserError(f"update entry '{key}' is {str(value.dtype).removeprefix('torch.')}, the model's entry is "
+                            f"{str(expected[key].dtype).removeprefix('torch.')}")
+    absent = sorted(set(expected) - set(update) - withheld)
+    if absent:
+        more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
+        raise UserError(f"update lacks {', '.join(repr(k) for k in absent[:3])}{more}, which withheld_keys does not list")
+    unknown = sorted(withheld - set(expected))
+    if unknown:
+        raise UserError(f"withheld_keys names '{unknown[0]}', which is not an entry of model '{model_name}'")
 
 
 def _check_steps(update: dict[str, torch.Tensor], meta: dict[str, Any], model: ClientModel) -> None:

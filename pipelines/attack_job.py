@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -101,11 +102,27 @@ def run_attack(knowledge: AttackerKnowledge, cfg: AttackConfig, logger: Any = Fa
     quiet_lightning()
     if attack is None:
         attack = build_attack(knowledge, cfg, restart_ids, trace_every)
+    if ckpt_path:
+        check_checkpoint(ckpt_path)
     trainer = make_trainer(cfg, logger, callbacks, **trainer_kwargs)
     # checkpoints hold tensors and plain containers only: load them without unpickling arbitrary objects
     fit(trainer, attack, train_dataloaders=iteration_loader(cfg.optim.iterations), ckpt_path=ckpt_path,
                 weights_only=True if ckpt_path else None)
     return attack.result(), attack
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """A checkpoint that does not load as plain tensors and containers is refused before Lightning sees it.
+
+    It may be truncated by a crash, or crafted: ``weights_only`` stops the code in it from running,
+    and this turns the resulting unpickling error into one line instead of a traceback.
+    """
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"checkpoint {path} cannot be loaded safely ({reason[:160]}): delete it, or the .partial "
+                        "folder, to start the attack over") from None
 
 
 def process_rank() -> int:

@@ -40,10 +40,42 @@ def _copy_update(tiny_run, tmp_path):
     src = tiny_run / "updates" / "round_1" / "client_0"
     dst = tmp_path / "updates" / "round_1" / "client_0"
     shutil.copytree(src, dst)
+    shutil.copytree(tiny_run / "global", tmp_path / "global")  # the update's relative global_model path still holds
     meta = json.loads((dst / "meta.json").read_text())
-    meta["global_model"] = str(tiny_run / "global" / "round_1.safetensors")
-    (dst / "meta.json").write_text(json.dumps(meta))
     return dst, meta
+
+
+def _set(meta, dotted, value):
+    *path, last = dotted.split(".")
+    for part in path:
+        meta = meta[part]
+    if value is _DELETE:
+        del meta[last]
+    else:
+        meta[last] = value
+
+
+_DELETE = object()
+
+
+# meta.json problems (issue 14): each ends in one line naming the field.
+META_CASES = {
+    "string lr": ({"optimizer.lr": "0.1"}, "'optimizer.lr': Input should be a valid number (got '0.1')"),
+    "nan lr": ({"lr": float("nan")}, "'lr': Input should be a finite number"),
+    "string batch_size": ({"batch_size": "1"}, "'batch_size': Input should be a valid integer (got '1')"),
+    "null batch_size": ({"batch_size": None}, "'batch_size': Input should be a valid integer (got None)"),
+    "optimizer string": ({"optimizer": "sgd"}, "'optimizer': Input should be a valid dictionary"),
+    "string width": ({"model.width": "16"}, "'model.width': Input should be a valid integer (got '16')"),
+    "negative image_size": ({"model.image_size": -16}, "'model.image_size': Input should be greater than or equal to 1"),
+    "input_shape int": ({"input_shape": 16}, "'input_shape': Input should be a valid list (got 16)"),
+    "withheld_keys int": ({"withheld_keys": 12}, "'withheld_keys': Input should be a valid list (got 12)"),
+    "local_epochs": ({"local_epochs": 3}, "local_steps 2 does not fit local_epochs 3 of ceil(8/4) = 2 steps"),
+    "batch over images": ({"batch_size": 16}, "batch_size 16 exceeds num_images 8"),
+    "missing key": ({"bn_momentum": _DELETE}, "lacks bn_momentum"),
+    "global_model absolute": ({"global_model": "/etc/passwd"}, "global_model '/etc/passwd' points outside"),
+    "global_model escapes": ({"global_model": "../../../../../../etc/passwd"}, "points outside"),
+    "withheld unknown": ({"withheld_keys": ["backbone.nothing"]}, "withheld_keys names 'backbone.nothing'"),
+}
 
 
 def _corrupt(case, dst, meta):
@@ -73,6 +105,25 @@ def _corrupt(case, dst, meta):
         (dst / "meta.json").write_text(json.dumps(meta))
     elif case == "steps":
         meta["local_steps"] = 5
+        meta["local_epochs"] = 3  # 5 steps of ceil(8/4) = 2 per epoch: a consistent procedure, contradicted by the counters
+        (dst / "meta.json").write_text(json.dumps(meta))
+    elif case in ("float64", "int weight", "absent", "empty", "withheld but present"):
+        t = load_tensors(upd)
+        if case == "float64":
+            t["backbone.fc.weight"] = t["backbone.fc.weight"].double()
+        elif case == "int weight":
+            t["backbone.fc.bias"] = t["backbone.fc.bias"].long()
+        elif case == "absent":
+            del t["backbone.fc.bias"]
+        elif case == "empty":
+            t = {}
+        else:
+            meta["withheld_keys"] = ["backbone.fc.bias"]
+            (dst / "meta.json").write_text(json.dumps(meta))
+        save_file(t, str(upd))
+    elif case in META_CASES:
+        for key, value in META_CASES[case][0].items():
+            _set(meta, key, value)
         (dst / "meta.json").write_text(json.dumps(meta))
 
 
@@ -86,7 +137,12 @@ def _corrupt(case, dst, meta):
     ("shape mismatch", "input_shape [3, 16, 16] does not fit"),
     ("optimizer", "does not support optimizer 'rmsprop'"),
     ("steps", "num_batches_tracked"),
-])
+    ("float64", "'backbone.fc.weight' is float64, the model's entry is float32"),
+    ("int weight", "'backbone.fc.bias' is int64, the model's entry is float32"),
+    ("absent", "update lacks 'backbone.fc.bias', which withheld_keys does not list"),
+    ("empty", "holds no tensors"),
+    ("withheld but present", "'backbone.fc.bias' is listed in withheld_keys but present"),
+] + [(case, message) for case, (_, message) in META_CASES.items()])
 def test_bad_update_is_one_line_nonzero_and_writes_nothing(tiny_run, tmp_path, capsys, case, message):
     dst, meta = _copy_update(tiny_run, tmp_path)
     _corrupt(case, dst, meta)

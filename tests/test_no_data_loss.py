@@ -184,6 +184,35 @@ def test_attack_replaces_only_its_own_output_with_overwrite(run_copy, tmp_path, 
 
 
 
+class _Payload:
+    """Unpickling this would write a file: the attack must refuse it without running it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("kind", ["malicious", "truncated"])
+def test_attack_resume_refuses_an_unsafe_checkpoint_in_one_line(run_copy, tmp_path, capsys, kind):
+    import torch
+
+    update = run_copy / "updates" / "round_1" / "client_2"
+    out = tmp_path / "attack"
+    ckpt = tmp_path / "attack.partial" / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    (tmp_path / "attack.partial" / STAGING_MARK).write_text("")
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "evil": _Payload(marker)}, ckpt)
+    if kind == "truncated":
+        ckpt.write_bytes(ckpt.read_bytes()[:40])
+    code, err = _run("attack", FAST + ["--update", str(update), "--out", str(out), "--resume"], capsys)
+    assert code == 2 and _one_line(err, "cannot be loaded safely"), err
+    assert not marker.exists() and not out.exists()
+    assert ckpt.is_file()  # the user's file is left for them to inspect
+
+
 # ----------------------------------------------------------------------------- Ctrl-C
 
 
