@@ -55,8 +55,8 @@ class PriorConfig:
 
 @dataclasses.dataclass
 class ScoringConfig:
-    ssim_kernel: int = option(0, "SSIM Gaussian window size (0 = 11 for images >= 64 px, else 7)")
-    ssim_sigma: float = option(0.0, "SSIM Gaussian sigma (0 = 1.5 for an 11 window, else 1.0)")
+    ssim_kernel: int = option(0, "SSIM Gaussian window size, a check only: torchmetrics derives it from sigma (11 for 1.5, 9 for 1.0); 0 = no check")
+    ssim_sigma: float = option(0.0, "SSIM Gaussian sigma (0 = 1.5 for images >= 64 px, else 1.0)")
     lpips: bool = option(True, "report LPIPS when its weights are available locally (skipped with a message otherwise)")
 
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
+from common.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class SSIMSettings:
@@ -19,13 +21,29 @@ class SSIMSettings:
 
     @classmethod
     def for_size(cls, size: int, kernel_size: int = 0, sigma: float = 0.0) -> "SSIMSettings":
-        """torchmetrics' Gaussian 11x11 (sigma 1.5) from 64 px up; a 7x7 (sigma 1.0) window below."""
-        k = kernel_size or (11 if size >= 64 else 7)
-        s = sigma or (1.5 if k >= 11 else 1.0)
+        """sigma 1.5 (an 11x11 window, torchmetrics' default) from 64 px up; sigma 1.0 (9x9) below.
+
+        torchmetrics' Gaussian SSIM ignores its ``kernel_size`` argument and sizes the window from
+        sigma (:func:`gaussian_window`), so the window is derived here, never assumed: a size that
+        sigma cannot give is refused rather than reported and silently not used.
+        """
+        if sigma < 0 or kernel_size < 0:
+            raise UserError(f"scoring.ssim_sigma and scoring.ssim_kernel must be >= 0 (0 = by image size), got {sigma}, {kernel_size}")
+        s = sigma or (1.5 if size >= 64 else 1.0)
+        k = gaussian_window(s)
+        if kernel_size and kernel_size != k:
+            raise UserError(f"scoring.ssim_kernel {kernel_size} is not possible with sigma {s}: torchmetrics' Gaussian SSIM window is "
+                            f"2*int(3.5*sigma+0.5)+1 = {k}; set scoring.ssim_sigma instead")
         return cls(k, s)
 
     def describe(self) -> str:
-        return f"torchmetrics SSIM, Gaussian window {self.kernel_size}x{self.kernel_size}, sigma {self.sigma}, data_range 1.0"
+        return (f"torchmetrics SSIM, Gaussian window {self.kernel_size}x{self.kernel_size}, sigma {self.sigma}, "
+                "reflect-padded borders, data_range 1.0")
+
+
+def gaussian_window(sigma: float) -> int:
+    """The window torchmetrics' Gaussian SSIM actually uses for ``sigma`` (3.5 sigma each side)."""
+    return 2 * int(3.5 * sigma + 0.5) + 1
 
 
 def ssim_pairs(a: torch.Tensor, b: torch.Tensor, settings: SSIMSettings) -> torch.Tensor:
