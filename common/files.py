@@ -99,6 +99,10 @@ class StagedDir:
     def __init__(self, final: str | Path, resume: bool = False, overwrite: bool = False,
                  own: Callable[[Path], bool] | None = None, what: str = "a result"):
         self.final = Path(final)
+        if self.final.name in ("", ".", ".."):  # '.', '..', 'runs/..': name the folder they stand for
+            self.final = self.final.resolve()
+        if not self.final.name:
+            raise UserError(f"{final} is the file system root: choose a named output folder")
         self.partial = self.final.with_name(self.final.name + ".partial")
         self.resume = resume
         self.overwrite = overwrite

@@ -79,6 +79,18 @@ def test_staged_dir_one_line_errors_for_unusable_outputs(tmp_path):
         StagedDir(tmp_path / "file").open()
     with pytest.raises(UserError, match="is not a folder"):
         StagedDir(tmp_path / "file" / "run").open()
+    with pytest.raises(UserError, match="is the file system root"):
+        StagedDir("/")
+
+
+def test_dot_outputs_name_the_folder_they_stand_for(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "keep.txt").write_text("keep")
+    for out in (".", "sub/..", str(tmp_path) + "/."):
+        for extra in ([], ["--overwrite"]):
+            code, err = _run("train", TINY + ["--out", out] + extra, capsys)
+            assert code == 2 and _one_line(err, str(tmp_path)), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
 
 
 # ----------------------------------------------------------------------------- train.py
