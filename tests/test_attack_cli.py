@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from common.errors import run_cli
+from common.errors import UserError, run_cli
 from common.files import load_tensors
 
 FAST = ["optim.iterations=20", "logging.wandb=false", "logging.progress=false"]
@@ -166,3 +166,15 @@ def test_attack_lr_must_be_a_positive_number(tiny_run, tmp_path, capsys, value):
     code, err = _attack(FAST + ["--update", str(update), "--out", str(tmp_path / "a"), f"optim.lr={value}"], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and "optim.lr must be a positive number" in err, err
     assert not (tmp_path / "a").exists() and not (tmp_path / "a.partial").exists()
+
+
+def test_model_metadata_without_optional_fields_is_complete():
+    """A converter may leave out fields with defaults (width, depth, zero_init_last, kwargs)."""
+    from lightning_modules.models import ModelSpec
+
+    spec = ModelSpec.from_dict({"name": "bn_convnet", "in_chans": 1, "num_classes": 2, "image_size": 16, "resize_to": 0,
+                                "norm_mean": [0.5], "norm_std": [0.5], "bn_momentum": 0.1})
+    assert (spec.width, spec.depth, spec.zero_init_last, spec.kwargs) == (32, 4, False, {})
+    with pytest.raises(UserError, match="lacks \\['bn_momentum'\\]"):
+        ModelSpec.from_dict({"name": "bn_convnet", "in_chans": 1, "num_classes": 2, "image_size": 16, "resize_to": 0,
+                             "norm_mean": [0.5], "norm_std": [0.5]})
