@@ -1,15 +1,16 @@
-"""Update capture: the client's outbox.
+"""Update capture: what local training produced, and the writer of what leaves the client.
 
-At the start of local training it snapshots the state dict; at the end it forms the delta of every
-entry (weights, BN affine, running statistics, num_batches_tracked), runs the privacy filter chain
-on it (what leaves the client), and, for the chosen clients and rounds, writes the update with the
-metadata an attacker sees, and separately the ground truth for scoring.
+At the start of local training the callback snapshots the state dict; at the end it forms the
+delta of every entry (weights, BN affine, running statistics, num_batches_tracked) and the
+metadata an attacker sees, and hands both to the outbox (``federation.outbox``: privacy filters,
+then :func:`save_round`), which every engine runs the same way. :func:`save_round` writes the
+update as it left the client and, separately, the ground truth for scoring.
 """
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
 import torch
@@ -20,7 +21,7 @@ from datamodules.sources import ImagePool
 from federation.update_store import FORMAT, global_model_path, ground_truth_dir, save_update, sha256, update_dir
 from lightning_modules.fl_client import LOSS, OptimizerConfig
 from lightning_modules.models import ModelSpec
-from privacy.base import FilterChain, FilterContext
+from privacy.base import FilterChain
 
 
 @dataclasses.dataclass
@@ -54,34 +55,49 @@ def state_delta(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor])
     return {k: (after[k] - before[k]).detach().clone() for k in before}
 
 
+@dataclasses.dataclass
+class LocalResult:
+    """Local training's product, before anything leaves the client."""
+
+    raw: dict[str, torch.Tensor]  # after - before, every state-dict entry
+    meta: dict[str, Any]  # what the attacker will be told (withheld_keys added by the outbox)
+    steps: int
+    train_loss: float
+
+
 class UpdateCapture(pl.Callback):
-    def __init__(self, job: ClientRound, filters: FilterChain, run_dir: Path | None, capture: bool,
-                 recorder: BatchStatisticsRecorder | None = None):
+    """Forms the client's delta and metadata; ``outbox`` (if given) sends it on at once.
+
+    ``outbox(job, local) -> ClientResult``: the in-process simulation passes one; under NVFlare the
+    delta leaves through NVFlare's own task-result filters instead, and ``local`` is read from here.
+    """
+
+    def __init__(self, job: ClientRound, filters: FilterChain, run_dir: Path | None,
+                 outbox: Callable[[ClientRound, LocalResult], ClientResult] | None = None):
         self.job = job
         self.filters = filters
         self.run_dir = run_dir
-        self.capture = capture and run_dir is not None
-        self.recorder = recorder
+        self.outbox = outbox
+        self.local: LocalResult | None = None
         self.result: ClientResult | None = None
         self._before: dict[str, torch.Tensor] = {}
+        self._start_step = 0
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._before = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        job = self.job
         raw = state_delta(self._before, {k: v.detach().cpu() for k, v in pl_module.model.state_dict().items()})
-        steps = int(trainer.global_step)
-        meta = self.metadata(steps, trainer)
-        gen = torch.Generator().manual_seed(job.seed + 7919)
-        ctx = FilterContext(gen, job.round, job.client, int(job.indices.numel()), steps)
-        outgoing, effects = self.filters.apply(raw, ctx)
-        meta["withheld_keys"] = sorted(set(raw) - set(outgoing))
-        self.result = ClientResult(outgoing, raw, meta, int(job.indices.numel()), steps, effects, pl_module.last_loss)
-        if self.capture:
-            self.save(self.result)
+        # steps of this fit: a Trainer reused across rounds (NVFlare's patched one) keeps counting
+        steps = int(trainer.global_step) - self._start_step
+        self.local = LocalResult(raw, self.metadata(steps), steps, pl_module.last_loss)
+        if self.outbox is not None:
+            self.result = self.outbox(self.job, self.local)
 
-    def metadata(self, steps: int, trainer: pl.Trainer) -> dict[str, Any]:
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start_step = int(trainer.global_step)
+
+    def metadata(self, steps: int) -> dict[str, Any]:
         job = self.job
         spec = job.model_spec
         meta = {
@@ -110,28 +126,30 @@ class UpdateCapture(pl.Callback):
                 meta["global_model_sha256"] = sha256(gm)
         return meta
 
-    def save(self, result: ClientResult) -> None:
-        job = self.job
-        assert self.run_dir is not None
-        gt = ground_truth_dir(self.run_dir, job.round, job.client)
-        save_tensors(gt / "images.safetensors", {
-            "images": job.pool.images[job.indices],
-            "labels": job.pool.labels[job.indices],
-            "indices": job.indices,
-        })
-        if len(self.filters):  # with an empty chain the pre-filter update is update.safetensors itself
-            save_tensors(gt / "update_prefilter.safetensors", result.raw)
-        steps = self.recorder.steps if self.recorder else []
-        if self.recorder:
-            save_tensors(gt / "bn_stats.safetensors", self.recorder.tensors())
-        write_json(gt / "batches.json", {
-            "pool_indices": [int(i) for i in job.indices],
-            "steps": [{"indices": s["indices"], "positions": _positions(job.indices, s["indices"]), "lr": s["lr"]} for s in steps],
-            "bn_layers": list(steps[0]["bn"]) if steps else [],
-            "filter_effects": result.filter_effects,
-            "train_loss": result.train_loss,
-        })
-        save_update(update_dir(self.run_dir, job.round, job.client), result.outgoing, result.meta)
+
+
+def save_round(run_dir: Path, job: ClientRound, result: ClientResult, filtered: bool,
+               recorder: BatchStatisticsRecorder | None = None) -> None:
+    """The ground truth (site-local, for scoring), then the update exactly as it left the client."""
+    gt = ground_truth_dir(run_dir, job.round, job.client)
+    save_tensors(gt / "images.safetensors", {
+        "images": job.pool.images[job.indices],
+        "labels": job.pool.labels[job.indices],
+        "indices": job.indices,
+    })
+    if filtered:  # with an empty chain the pre-filter update is update.safetensors itself
+        save_tensors(gt / "update_prefilter.safetensors", result.raw)
+    steps = recorder.steps if recorder else []
+    if recorder:
+        save_tensors(gt / "bn_stats.safetensors", recorder.tensors())
+    write_json(gt / "batches.json", {
+        "pool_indices": [int(i) for i in job.indices],
+        "steps": [{"indices": s["indices"], "positions": _positions(job.indices, s["indices"]), "lr": s["lr"]} for s in steps],
+        "bn_layers": list(steps[0]["bn"]) if steps else [],
+        "filter_effects": result.filter_effects,
+        "train_loss": result.train_loss,
+    })
+    save_update(update_dir(run_dir, job.round, job.client), result.outgoing, result.meta)
 
 
 def _positions(indices: torch.Tensor, picked: list[int]) -> list[int]:

@@ -29,6 +29,7 @@ from datamodules.sources import ImagePool, load_pool
 from federation.audit import AuditRecord, LeakageAudit, append_audit_csv
 from federation.config import TrainConfig
 from federation.fedavg import apply_update, average_updates, client_weights
+from federation.outbox import ClientOutbox
 from federation.update_store import global_model_path
 from lightning_modules.fl_client import FLClient, evaluate
 from lightning_modules.models import ClientModel, ModelSpec, build_model, check_batch_norm_viable
@@ -146,7 +147,8 @@ class FederatedSimulation:
         recorder = BatchStatisticsRecorder() if capture_now and self.cfg.capture.bn_statistics else None
         job = ClientRound(rnd, client, self.pool, self.split.client_indices[client], spec.batch_size,
                           self.local_epochs(client), self.spec, self.cfg.optimizer, lr, seed)
-        capture = UpdateCapture(job, self.filters, run_dir, capture_now, recorder)
+        outbox = ClientOutbox(self.filters, run_dir, capture_now, recorder)
+        capture = UpdateCapture(job, self.filters, run_dir, outbox.send)
         callbacks: list[pl.Callback] = [capture] + ([recorder] if recorder else [])
         datamodule = ClientDataModule(self.pool, self.split.client_indices[client], spec.batch_size, seed)
         fit(self.make_trainer(callbacks), self.client, datamodule=datamodule)

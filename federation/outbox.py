@@ -1,0 +1,36 @@
+"""The client's outbox: what happens to a local update before it leaves the site, for every engine.
+
+Privacy filters in order, then the writer (the update exactly as it leaves, and the site-local
+ground truth). The in-process simulation calls :meth:`ClientOutbox.send` from the capture callback;
+under NVFlare the same method runs inside a task-result filter on the DIFF that NVFlare sends.
+The leakage audit runs after it (``FederatedSimulation.run_audit``), on what would leave.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from callbacks.batch_statistics import BatchStatisticsRecorder
+from callbacks.update_capture import ClientResult, ClientRound, LocalResult, save_round
+from privacy.base import FilterChain, FilterContext
+
+
+class ClientOutbox:
+    def __init__(self, filters: FilterChain, run_dir: Path | None, capture: bool, recorder: BatchStatisticsRecorder | None = None):
+        self.filters = filters
+        self.run_dir = run_dir
+        self.capture = capture and run_dir is not None
+        self.recorder = recorder
+
+    def send(self, job: ClientRound, local: LocalResult) -> ClientResult:
+        """Filter ``local.raw`` (seeded by the client's round seed), record what was withheld, write if captured."""
+        gen = torch.Generator().manual_seed(job.seed + 7919)
+        n = int(job.indices.numel())
+        outgoing, effects = self.filters.apply(local.raw, FilterContext(gen, job.round, job.client, n, local.steps))
+        meta = dict(local.meta, withheld_keys=sorted(set(local.raw) - set(outgoing)))
+        result = ClientResult(outgoing, local.raw, meta, n, local.steps, effects, local.train_loss)
+        if self.capture:
+            assert self.run_dir is not None
+            save_round(self.run_dir, job, result, bool(len(self.filters)), self.recorder)
+        return result
