@@ -30,22 +30,31 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from RUN.partial at the first unfinished round "
                    "(refused for a complete run and for a config that differs from the interrupted run's)")
     p.add_argument("--overwrite", action="store_true", help="replace RUN if it is a complete train.py run (anything else is never replaced)")
+    p.add_argument("--export-job", default=None, metavar="DIR", help="write the NVFlare job of this config to DIR (a new folder) for "
+                   "real sites, and train nothing (docs/nvflare.md)")
     args = p.parse_intermixed_args(argv)
     cfg = load_config(TrainConfig, args, DEFAULT_CONFIG, {"out": args.out})
 
     from common.files import StagedDir, is_complete_run, write_json
     from common.interrupt import failure_note
     from federation.curves import accuracy_figure, accuracy_line
+    from federation.engines import engine
     from federation.simulation import FederatedSimulation
 
     started = time.time()
     simulation = FederatedSimulation(cfg)  # validates data, split, model and filters before writing anything
+    run_rounds = engine(cfg.fl.engine)
+    if args.export_job:
+        export(simulation, Path(args.export_job))
+        return
+    if args.resume and cfg.fl.engine != "simulation":
+        raise UserError(f"--resume is for the in-process engine, not fl.engine={cfg.fl.engine}")
     staged = StagedDir(cfg.out, resume=args.resume, overwrite=args.overwrite, own=is_complete_run, what="a complete training run")
     if args.resume:
         check_resumable(staged, cfg)
     run_dir = staged.open()
     try:
-        records = simulation.run(run_dir, resume=args.resume)
+        records = run_rounds(simulation, run_dir, args.resume)
         accuracy = records[-1].test_accuracy if records else last_accuracy(run_dir)  # killed after the last round
         accuracy_figure(run_dir / "metrics.csv", run_dir / "accuracy.png", f"{Path(cfg.out).name}: {cfg.model.name}, {cfg.fl.rounds} rounds")
         write_json(run_dir / "run.json", {
@@ -59,6 +68,15 @@ def main(argv: list[str] | None = None) -> None:
     final = staged.commit()
     print(f"test accuracy per round: {accuracy_line(final / 'metrics.csv')} (curve: {final / 'accuracy.png'})")
     print(f"done in {time.time() - started:.0f}s: {cfg.fl.rounds} rounds, test accuracy {accuracy:.3f} -> {final}")
+
+
+def export(simulation, job_dir: Path) -> None:
+    from federation.flare.job import export_job
+
+    if job_dir.exists() or job_dir.is_symlink():
+        raise UserError(f"{job_dir} already exists: choose a new folder for the NVFlare job")
+    export_job(simulation, job_dir)
+    print(f"NVFlare job written to {job_dir}: submit it to your FL server (docs/nvflare.md)")
 
 
 def check_resumable(staged: "StagedDir", cfg: TrainConfig) -> None:

@@ -28,6 +28,8 @@ class FLConfig:
     workers: int = option(0, "train each round's clients in this many worker processes (accelerator gpu: worker i on GPU i; "
                              "cpu: the cores shared out); client c always goes to worker c % workers; 0 = in this process")
     split: SplitConfig = option(help="client layout", factory=SplitConfig)
+    engine: str = option("simulation", "simulation (the in-process FedAvg loop, fast) or nvflare (the same clients, privacy filters, "
+                                       "audit and capture inside NVIDIA FLARE's simulator; docs/nvflare.md)")
 
 
 @dataclasses.dataclass

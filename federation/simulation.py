@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from callbacks.batch_statistics import BatchStatisticsRecorder
-from callbacks.update_capture import ClientResult, ClientRound, UpdateCapture
+from callbacks.update_capture import ClientResult, ClientRound, LocalResult, UpdateCapture
 from common.config import dump_yaml, to_dict
 from common.errors import UserError
 from common.files import load_tensors, save_tensors, write_json
@@ -34,6 +34,9 @@ from federation.update_store import global_model_path
 from lightning_modules.fl_client import FLClient, evaluate
 from lightning_modules.models import ClientModel, ModelSpec, build_model, check_batch_norm_viable
 from privacy.base import FilterChain, FilterContext
+
+# (job, local result, its BN-statistics recorder) -> the result as sent, or None when the engine sends it later
+HandOver = Callable[[ClientRound, LocalResult, BatchStatisticsRecorder | None], ClientResult | None]
 
 METRIC_FIELDS = ["round", "lr", "clients", "withheld", "test_accuracy", "test_loss", "train_loss", "seconds"]
 
@@ -138,22 +141,44 @@ class FederatedSimulation:
 
     def train_client(self, rnd: int, client: int, global_state: dict[str, torch.Tensor], lr: float,
                      run_dir: Path | None) -> ClientResult:
+        capture = self.local_training(rnd, client, global_state, lr, run_dir)
+        assert capture.result is not None
+        return capture.result
+
+    def local_training(self, rnd: int, client: int, global_state: dict[str, torch.Tensor], lr: float, run_dir: Path | None,
+                       hand_over: HandOver | None = None, patch: Callable[[pl.Trainer], None] | None = None) -> UpdateCapture:
+        """One client's local round with a fresh Trainer, seeded by (seed, round, client) for every engine.
+
+        The delta goes through the outbox at once (the in-process engine), or to ``hand_over`` (NVFlare:
+        its task-result filter runs the outbox on what NVFlare sends; ``patch`` hooks the Trainer)."""
         spec = self.split.specs[client]
         seed = client_seed(self.cfg.seed, rnd, client)
         torch.manual_seed(seed)
         self.client.model.load_state_dict(global_state)
         self.client.lr = lr
-        capture_now = run_dir is not None and self.captured(rnd, client)
-        recorder = BatchStatisticsRecorder() if capture_now and self.cfg.capture.bn_statistics else None
         job = ClientRound(rnd, client, self.pool, self.split.client_indices[client], spec.batch_size,
                           self.local_epochs(client), self.spec, self.cfg.optimizer, lr, seed)
-        outbox = ClientOutbox(self.filters, run_dir, capture_now, recorder)
-        capture = UpdateCapture(job, self.filters, run_dir, outbox.send)
+        recorder = self.recorder(rnd, client, run_dir)
+        if hand_over is None:
+            send = self.outbox(rnd, client, run_dir, recorder).send
+        else:
+            def send(job: ClientRound, local: LocalResult) -> ClientResult | None:
+                return hand_over(job, local, recorder)
+        capture = UpdateCapture(job, self.filters, run_dir, send)
         callbacks: list[pl.Callback] = [capture] + ([recorder] if recorder else [])
         datamodule = ClientDataModule(self.pool, self.split.client_indices[client], spec.batch_size, seed)
-        fit(self.make_trainer(callbacks), self.client, datamodule=datamodule)
-        assert capture.result is not None
-        return capture.result
+        trainer = self.make_trainer(callbacks)
+        if patch is not None:
+            patch(trainer)
+        fit(trainer, self.client, datamodule=datamodule)
+        return capture
+
+    def recorder(self, rnd: int, client: int, run_dir: Path | None) -> BatchStatisticsRecorder | None:
+        capture_now = run_dir is not None and self.captured(rnd, client)
+        return BatchStatisticsRecorder() if capture_now and self.cfg.capture.bn_statistics else None
+
+    def outbox(self, rnd: int, client: int, run_dir: Path | None, recorder: BatchStatisticsRecorder | None) -> ClientOutbox:
+        return ClientOutbox(self.filters, run_dir, run_dir is not None and self.captured(rnd, client), recorder)
 
     def local_epochs(self, client: int) -> int:
         spec = self.split.specs[client]
@@ -196,6 +221,16 @@ class FederatedSimulation:
                 tensors[f"class/{name}"] = pool[labels == k].mean(0)
         save_tensors(run_dir / "prior.safetensors", tensors, metadata={"population": f"{self.pool.name} training pool", "images": str(len(pool))})
 
+    def write_setup(self, run_dir: Path) -> None:
+        """What a run holds before its first round: resolved config, population prior, client split."""
+        (run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+        self.write_prior(run_dir)
+        write_json(run_dir / "split.json", {
+            "clients": [{"images": s.images, "batch_size": s.batch_size, "pool_indices": idx.tolist()}
+                        for s, idx in zip(self.split.specs, self.split.client_indices)],
+            "test_indices": self.split.test_indices.tolist(), "class_names": self.pool.class_names,
+        })
+
     # ------------------------------------------------------------------ the loop
 
     def resume_point(self, run_dir: Path) -> tuple[int, dict[str, torch.Tensor]] | None:
@@ -233,13 +268,7 @@ class FederatedSimulation:
         point = self.resume_point(run_dir) if resume and run_dir is not None else None
         first = point[0] if point else 0
         if run_dir is not None:
-            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-            self.write_prior(run_dir)
-            write_json(run_dir / "split.json", {
-                "clients": [{"images": s.images, "batch_size": s.batch_size, "pool_indices": idx.tolist()}
-                            for s, idx in zip(self.split.specs, self.split.client_indices)],
-                "test_indices": self.split.test_indices.tolist(), "class_names": self.pool.class_names,
-            })
+            self.write_setup(run_dir)
             wandb_run = start_run(cfg.logging.wandb, cfg.logging.project, f"train-{Path(cfg.out).name}", to_dict(cfg), run_dir, "train")
         global_state = point[1] if point else {k: v.detach().clone() for k, v in self.global_model.state_dict().items()}
         records: list[RoundRecord] = []
@@ -283,7 +312,7 @@ class FederatedSimulation:
                 records.append(record)
                 bar.set_postfix(acc=f"{acc:.3f}", loss=f"{loss:.3f}")
                 if metrics_file is not None:
-                    _append_csv(metrics_file, record)
+                    append_metrics_csv(metrics_file, record)
                 if wandb_run is not None:
                     wandb_run.log({"round": rnd, "test/accuracy": acc, "test/loss": loss, "train/loss": train_loss, "lr": lr}, step=rnd)
                 if on_round is not None:
@@ -297,7 +326,7 @@ class FederatedSimulation:
         return records
 
 
-def _append_csv(path: Path, record: RoundRecord) -> None:
+def append_metrics_csv(path: Path, record: RoundRecord) -> None:
     new = not path.exists()
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)

@@ -1,0 +1,43 @@
+"""FL engines: what runs the rounds of a federation. One small registered function each.
+
+``simulation``: the in-process FedAvg loop (fast; resumable). ``nvflare``: NVIDIA FLARE's simulator,
+one process per site (federation.flare). Both train the same clients with the same seeds and send
+every update through the same outbox; both leave the same run layout (docs/update-format.md).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from common.errors import UserError
+from federation.simulation import FederatedSimulation, RoundRecord
+
+Engine = Callable[[FederatedSimulation, Path, bool], list[RoundRecord]]
+ENGINES: dict[str, Engine] = {}
+
+
+def register(name: str) -> Callable[[Engine], Engine]:
+    def add(fn: Engine) -> Engine:
+        ENGINES[name] = fn
+        return fn
+    return add
+
+
+def engine(name: str) -> Engine:
+    if name not in ENGINES:
+        raise UserError(f"unknown fl.engine '{name}' ({', '.join(ENGINES)})")
+    return ENGINES[name]
+
+
+@register("simulation")
+def in_process(sim: FederatedSimulation, run_dir: Path, resume: bool) -> list[RoundRecord]:
+    return sim.run(run_dir, resume=resume)
+
+
+@register("nvflare")
+def nvflare(sim: FederatedSimulation, run_dir: Path, resume: bool) -> list[RoundRecord]:
+    if resume:
+        raise UserError("--resume is for the in-process engine; an interrupted NVFlare run starts over")
+    from federation.flare.job import run_simulator
+
+    return run_simulator(sim, run_dir)
