@@ -1,0 +1,146 @@
+"""The federation inside NVIDIA FLARE's simulator (fl.engine=nvflare): the same updates as the
+in-process engine, privacy filters and the audit acting on what NVFlare sends, a complete run that
+attack.py scores, and an exported job that NVFlare's own simulator command runs."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from common.errors import run_cli
+from common.files import load_tensors
+from federation.update_store import global_model_path, list_updates
+
+pytest.importorskip("nvflare")
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENTS = [{"images": 8, "batch_size": 4}, {"images": 6, "batch_size": 3}, {"images": 1, "batch_size": 1, "classes": ["face"]}]
+CONFIG = {
+    "seed": 0,
+    "data": {"source": "lfw", "image_size": 16},
+    "model": {"name": "bn_convnet", "resize_to": 0, "width": 8, "depth": 3},
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
+    "fl": {"rounds": 2, "split": {"clients": CLIENTS}},
+    "capture": {"clients": [], "rounds": []},
+    "privacy": {"filters": [{"name": "dp_gaussian", "clip_norm": 5.0, "noise_multiplier": 0.001}]},
+    # the 1-image client is audited every round and always withheld (threshold far below any RDLV)
+    "audit": {"every": 1, "clients": [2], "threshold": -1.0e9, "attack": {"optim.iterations": 3, "optim.restarts": 1}},
+    "logging": {"wandb": False, "progress": False},
+}
+
+
+def _train(argv):
+    import train
+
+    try:
+        run_cli(lambda: train.main(argv))
+    except SystemExit as info:
+        assert info.code == 0, info.code
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same config on both engines; the in-process one with the sites' thread count, so that float
+    reductions run in the same order (docs/nvflare.md)."""
+    from federation.flare.job import site_threads
+
+    base = tmp_path_factory.mktemp("nvflare")
+    config = base / "tiny.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    _train(["--config", str(config), "fl.engine=nvflare", "--out", str(base / "nvflare")])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(site_threads(len(CLIENTS)))
+    try:
+        _train(["--config", str(config), "--out", str(base / "simulation")])
+    finally:
+        torch.set_num_threads(threads)
+    return base / "nvflare", base / "simulation"
+
+
+def _metrics(run):
+    with open(run / "metrics.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_nvflare_run_is_complete_and_round_0_updates_equal_the_in_process_engine(runs):
+    flare, sim = runs
+    assert json.loads((flare / "run.json").read_text())["state"] == "complete"
+    assert [(r, c) for r, c, _ in list_updates(flare)] == [(r, c) for r in range(2) for c in range(3)]
+    for client in range(3):
+        a = load_tensors(flare / "updates" / "round_0" / f"client_{client}" / "update.safetensors")
+        b = load_tensors(sim / "updates" / "round_0" / f"client_{client}" / "update.safetensors")
+        assert set(a) == set(b)
+        assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) <= 1e-5, client
+    test_images = len(json.loads((flare / "split.json").read_text())["test_indices"])
+    for a, b in zip(_metrics(flare), _metrics(sim)):
+        assert abs(float(a["test_accuracy"]) - float(b["test_accuracy"])) <= 1 / test_images + 1e-9
+
+
+def test_filters_act_inside_nvflare_and_the_server_averages_what_was_sent(runs):
+    flare, sim = runs
+    for rnd in range(2):
+        before = load_tensors(global_model_path(flare, rnd))
+        after = load_tensors(global_model_path(flare, rnd + 1))
+        sent = {}
+        for client in range(3):
+            folder = flare / "updates" / f"round_{rnd}" / f"client_{client}"
+            update = load_tensors(folder / "update.safetensors")
+            raw = load_tensors(flare / "ground_truth" / f"round_{rnd}" / f"client_{client}" / "update_prefilter.safetensors")
+            assert any(not torch.equal(update[k], raw[k]) for k in update if update[k].is_floating_point())  # the filter acted
+            effects = json.loads((flare / "ground_truth" / f"round_{rnd}" / f"client_{client}" / "batches.json").read_text())
+            expected = json.loads((sim / "ground_truth" / f"round_{rnd}" / f"client_{client}" / "batches.json").read_text())
+            assert effects["filter_effects"][0]["epsilon"] == pytest.approx(expected["filter_effects"][0]["epsilon"], rel=1e-12)
+            if client != 2:  # client 2 is withheld by the audit
+                sent[client] = (update, json.loads((folder / "meta.json").read_text())["local_steps"])
+        total = sum(steps for _, steps in sent.values())
+        for key, value in before.items():
+            if not value.is_floating_point():
+                continue
+            mean = sum(u[key].double() * steps / total for u, steps in sent.values())
+            assert torch.allclose(after[key].double(), value.double() + mean, atol=1e-6), (rnd, key)
+    # epsilon after 2 rounds equals the in-process engine's (the accountant lives in the site's filter)
+    assert json.loads((flare / "ground_truth" / "round_1" / "client_0" / "batches.json").read_text())["filter_effects"][0]["epsilon"] > 0
+
+
+def test_the_audit_withholds_inside_nvflare(runs):
+    flare, _ = runs
+    with open(flare / "audit.csv", newline="") as fh:
+        audit = list(csv.DictReader(fh))
+    assert [(r["round"], r["client"], r["withheld"]) for r in audit] == [("0", "2", "True"), ("1", "2", "True")]
+    assert [row["withheld"] for row in _metrics(flare)] == ["2", "2"]
+
+
+def test_attack_scores_the_nvflare_run(runs, tmp_path):
+    import attack
+
+    flare, _ = runs
+    out = tmp_path / "attack"
+    try:
+        run_cli(lambda: attack.main(["--run", str(flare), "--out", str(out), "optim.iterations=5", "optim.restarts=1",
+                                     "logging.wandb=false", "logging.progress=false", "scoring.lpips=false"]))
+    except SystemExit as info:
+        assert info.code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["update"].endswith("round_1/client_2") and -1 <= metrics["ssim"] <= 1
+
+
+def test_exported_job_runs_in_nvflare_simulator_command(tmp_path):
+    config = tmp_path / "tiny.yaml"
+    tree = dict(CONFIG, audit={}, privacy={"filters": [{"name": "gaussian", "sigma0": 1.0}]}, fl=dict(CONFIG["fl"], rounds=1))
+    config.write_text(yaml.safe_dump(tree))
+    job = tmp_path / "job"
+    _train(["--config", str(config), "--export-job", str(job)])
+    assert (job / "meta.json").is_file()
+    workspace = tmp_path / "workspace"
+    env = {"PYTHONPATH": str(ROOT), "PATH": str(Path(sys.executable).parent) + ":/usr/bin:/bin", "WANDB_MODE": "disabled",
+           "OMP_NUM_THREADS": "1", "HOME": str(tmp_path)}
+    done = subprocess.run([str(Path(sys.executable).parent / "nvflare"), "simulator", str(job), "-w", str(workspace), "-n", "3", "-t", "3"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    sites = [tmp_path / "fl_leakage_site"] + sorted(workspace.glob("**/fl_leakage_site"))
+    updates = [u for site in sites if site.is_dir() for u in list_updates(site)]
+    assert len(updates) == 3  # every site wrote the update it sent in round 0
