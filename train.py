@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     from federation.curves import accuracy_figure, accuracy_line
     from federation.engines import engine
     from federation.simulation import FederatedSimulation
+    from pipelines.audit import AttackAudit
 
     started = time.time()
-    simulation = FederatedSimulation(cfg)  # validates data, split, model and filters before writing anything
+    simulation = FederatedSimulation(cfg, auditor=AttackAudit)  # validates data, split, model and filters before writing anything
     run_rounds = engine(cfg.fl.engine)
     if args.export_job:
         export(simulation, Path(args.export_job))

@@ -73,7 +73,7 @@ class UpdateCapture(pl.Callback):
     """
 
     def __init__(self, job: ClientRound, filters: FilterChain, run_dir: Path | None,
-                 outbox: Callable[[ClientRound, LocalResult], ClientResult] | None = None):
+                 outbox: Callable[[ClientRound, LocalResult], ClientResult | None] | None = None):
         self.job = job
         self.filters = filters
         self.run_dir = run_dir

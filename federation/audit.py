@@ -2,26 +2,23 @@
 
 Like the official RDLV filter, it runs last (after the privacy filters, on exactly what would leave
 the client) every N rounds on chosen clients, and with a threshold it withholds an update whose
-RDLV exceeds it. The attack half sees only attacker knowledge; the client then scores the
-reconstruction against its own images, which it legitimately holds.
+RDLV exceeds it. This module holds what the FL layer needs (the config, the record, the
+:class:`Auditor` interface); the auditor that attacks and scores is ``pipelines.audit.AttackAudit``,
+handed to the federation by the entry point, so that the FL layer never imports the attack.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from common.config import load, option, overrides_list
+from common.config import option
 from common.errors import UserError
-from inversion.config import AttackConfig
-from inversion.threat_model import AttackerKnowledge, ThreatConfig
 from lightning_modules.models import ModelSpec
 
-ROOT = Path(__file__).resolve().parent.parent
 AUDIT_FIELDS = ["round", "client", "rdlv", "ssim", "psnr", "ssim_gain", "label_accuracy", "threshold", "withheld", "seconds"]
 
 
@@ -48,48 +45,40 @@ class AuditRecord:
     seconds: float
 
 
-class LeakageAudit:
-    def __init__(self, cfg: AuditConfig, num_clients: int):
-        self.cfg = cfg
-        if cfg.every < 0:
-            raise UserError(f"audit.every must be >= 0, got {cfg.every}")
-        bad = [c for c in cfg.clients if not 0 <= c < num_clients]
-        if bad:
-            raise UserError(f"audit.clients {bad} out of range: there are {num_clients} clients")
-        from common.cli import config_files
+class Auditor(Protocol):
+    cfg: AuditConfig
 
-        path = Path(cfg.attack_config)
-        if not path.is_absolute() and not path.exists():
-            path = ROOT / path
-        over = overrides_list(cfg.attack) + ["logging.wandb=false", "logging.progress=false", "scoring.lpips=false"]
-        files = config_files(ROOT / "configs" / "attack" / "default.yaml", [path])
-        self.attack_cfg: AttackConfig = load(AttackConfig, files, over) if cfg.every else AttackConfig()
-        self.records: list[AuditRecord] = []
-
-    @property
-    def enabled(self) -> bool:
-        return self.cfg.every > 0
-
-    def due(self, rnd: int, client: int) -> bool:
-        return self.enabled and rnd % self.cfg.every == 0 and (not self.cfg.clients or client in self.cfg.clients)
+    def due(self, rnd: int, client: int) -> bool: ...
 
     def run(self, rnd: int, client: int, spec: ModelSpec, global_state: dict[str, torch.Tensor], update: dict[str, torch.Tensor],
-            meta: dict[str, Any], prior: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> AuditRecord:
-        from leakage.metrics import SSIMSettings
-        from leakage.scoring import score
-        from pipelines.attack_job import run_attack
+            meta: dict[str, Any], prior: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> AuditRecord: ...
 
-        started = time.perf_counter()
-        cfg = self.attack_cfg
-        knowledge = AttackerKnowledge(ThreatConfig(), spec, global_state, update, meta, prior, "population mean of the training pool")
-        result, _ = run_attack(knowledge, cfg)
-        settings = SSIMSettings.for_size(spec.image_size, cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
-        s = score(result.images, result.labels, images, labels, prior, spec.num_classes, settings)
-        threshold = self.cfg.threshold
-        record = AuditRecord(rnd, client, s["rdlv"], s["ssim"], s["psnr"], s["ssim_gain"], s["label_accuracy"], threshold,
-                             threshold is not None and s["rdlv"] > threshold, round(time.perf_counter() - started, 2))
-        self.records.append(record)
-        return record
+
+def check_audit_config(cfg: AuditConfig, num_clients: int) -> None:
+    if cfg.every < 0:
+        raise UserError(f"audit.every must be >= 0, got {cfg.every}")
+    bad = [c for c in cfg.clients if not 0 <= c < num_clients]
+    if bad:
+        raise UserError(f"audit.clients {bad} out of range: there are {num_clients} clients")
+
+
+def audit_due(cfg: AuditConfig, rnd: int, client: int) -> bool:
+    return cfg.every > 0 and rnd % cfg.every == 0 and (not cfg.clients or client in cfg.clients)
+
+
+class NoAudit:
+    """The federation without an auditor: nothing is due; a config that asks for audits is refused."""
+
+    def __init__(self, cfg: AuditConfig):
+        if cfg.every:
+            raise ValueError("audit.every > 0 needs an auditor: pass pipelines.audit.AttackAudit to the federation")
+        self.cfg = cfg
+
+    def due(self, rnd: int, client: int) -> bool:
+        return False
+
+    def run(self, *args: Any, **kwargs: Any) -> AuditRecord:
+        raise RuntimeError("no audit is configured")
 
 
 def append_audit_csv(path: Path, record: AuditRecord) -> None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import logging
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,11 +20,12 @@ from common.config import dump_yaml, to_dict
 from common.errors import UserError
 from common.files import load_tensors, save_tensors, write_json
 from common.interrupt import fit
+from common.quiet import quiet_lightning
 from common.tracking import start_run
 from datamodules.client import ClientDataModule, test_loader
 from datamodules.federated import FederatedSplit, local_steps, make_split
 from datamodules.sources import ImagePool, load_pool
-from federation.audit import AuditRecord, LeakageAudit, append_audit_csv
+from federation.audit import AuditConfig, Auditor, AuditRecord, NoAudit, append_audit_csv, check_audit_config
 from federation.config import TrainConfig
 from federation.fedavg import apply_update, average_updates, client_weights
 from federation.outbox import ClientOutbox
@@ -39,15 +38,6 @@ from privacy.base import FilterChain, FilterContext
 HandOver = Callable[[ClientRound, LocalResult, BatchStatisticsRecorder | None], ClientResult | None]
 
 METRIC_FIELDS = ["round", "lr", "clients", "withheld", "test_accuracy", "test_loss", "train_loss", "seconds"]
-
-
-def quiet_lightning() -> None:
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*is deprecated.*", module="pytorch_lightning")
-    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
 
 
 def client_seed(seed: int, rnd: int, client: int) -> int:
@@ -71,7 +61,8 @@ class RoundRecord:
 class FederatedSimulation:
     """Everything is validated in the constructor, before any file is written."""
 
-    def __init__(self, cfg: TrainConfig, device_index: int = 0):
+    def __init__(self, cfg: TrainConfig, device_index: int = 0, auditor: Callable[[AuditConfig, int], Auditor] | None = None):
+        """``auditor``: builds the leakage auditor (``pipelines.audit.AttackAudit``) when ``cfg.audit`` asks for one."""
         quiet_lightning()
         self.cfg = cfg
         self.device_index = device_index
@@ -105,7 +96,8 @@ class FederatedSimulation:
         if bad:
             raise UserError(f"capture.rounds {bad} out of range: there are {cfg.fl.rounds} rounds")
         self.capture_rounds = {r % cfg.fl.rounds for r in cfg.capture.rounds}
-        self.audit = LeakageAudit(cfg.audit, self.num_clients)
+        check_audit_config(cfg.audit, self.num_clients)
+        self.audit: Auditor = auditor(cfg.audit, self.num_clients) if auditor is not None and cfg.audit.every else NoAudit(cfg.audit)
         self.prior = self.pool.images[self.split.train_indices].mean(0)
         self.accelerator = cfg.accelerator
         if self.accelerator not in ("cpu", "gpu", "auto", "cuda"):

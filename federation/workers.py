@@ -46,10 +46,13 @@ def _worker(cfg_tree: dict[str, Any], index: int, threads: int, first_round: int
     torch.set_num_threads(threads)
     try:
         from common.config import build
+        from federation.audit import AuditConfig
         from federation.config import TrainConfig
         from federation.simulation import FederatedSimulation
 
-        sim = FederatedSimulation(build(TrainConfig, cfg_tree), device_index=index)
+        cfg = build(TrainConfig, cfg_tree)
+        cfg.audit = AuditConfig()  # workers only train; the parent process runs the audits
+        sim = FederatedSimulation(cfg, device_index=index)
         sim.replay_filters(first_round)
         outbox.put((index, "ready", None))
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it

@@ -23,7 +23,7 @@ from common.files import StagedDir, is_attack_output, load_tensors, save_tensors
 from common.interrupt import failure_note, fit
 from common.tracking import wandb_mode
 from datamodules.sources import DataConfig, load_pool
-from federation.simulation import quiet_lightning
+from common.quiet import quiet_lightning
 from federation.update_store import high_risk_update
 from inversion.config import AttackConfig
 from inversion.threat_model import AttackerKnowledge, load_knowledge, load_prior

@@ -92,9 +92,6 @@ class FilterChain:
 
     @classmethod
     def from_config(cls, specs: list[dict[str, Any]], where: str = "privacy.filters") -> "FilterChain":
-        import privacy.filters  # noqa: F401  (registers the built-in filters)
-        import privacy.dp  # noqa: F401  (registers the differential-privacy filters)
-
         return cls([make_filter(spec, f"{where}.{i}") for i, spec in enumerate(specs or [])])
 
     def apply(self, update: Update, ctx: FilterContext) -> tuple[Update, list[dict[str, Any]]]:

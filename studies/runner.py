@@ -74,8 +74,9 @@ class StudyRunner:
         if (run / "run.json").is_file():
             return run
         from federation.simulation import FederatedSimulation
+        from pipelines.audit import AttackAudit
 
-        sim = FederatedSimulation(cfg)
+        sim = FederatedSimulation(cfg, auditor=AttackAudit)
         staged = StagedDir(run)
         work = staged.open()
         started = time.time()

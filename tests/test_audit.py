@@ -6,6 +6,7 @@ import torch
 from common.files import load_tensors
 from federation.fedavg import client_weights
 from federation.simulation import FederatedSimulation
+from pipelines.audit import AttackAudit
 from federation.update_store import global_model_path, load_update, update_dir
 from tests.conftest import tiny_train_config
 
@@ -15,7 +16,7 @@ def test_withheld_update_is_absent_from_the_aggregate_and_weights_renormalise(tm
         "fl.rounds": 1,
         "audit": {"every": 1, "clients": [2], "threshold": -1.0e9, "attack": {"optim.iterations": 5}},
     })
-    records = FederatedSimulation(cfg).run(tmp_path)
+    records = FederatedSimulation(cfg, auditor=AttackAudit).run(tmp_path)
     assert records[0].withheld == [2]
     audit = list(csv.DictReader(open(tmp_path / "audit.csv")))
     assert len(audit) == 1 and audit[0]["client"] == "2" and audit[0]["withheld"] == "True"
@@ -38,6 +39,6 @@ def test_withheld_update_is_absent_from_the_aggregate_and_weights_renormalise(tm
 
 def test_audit_without_threshold_only_measures(tmp_path):
     cfg = tiny_train_config(tmp_path, **{"fl.rounds": 2, "audit": {"every": 2, "attack": {"optim.iterations": 3}}})
-    records = FederatedSimulation(cfg).run(tmp_path)
+    records = FederatedSimulation(cfg, auditor=AttackAudit).run(tmp_path)
     assert [len(r.audits) for r in records] == [3, 0]  # round 0 only, all clients
     assert all(not r.withheld for r in records)

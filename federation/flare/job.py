@@ -2,7 +2,7 @@
 
 The server is NVFlare's own FedAvg (weighted by each result's NUM_STEPS_CURRENT_ROUND, i.e. local
 steps: the paper's weighting; ``fl.weighting`` samples / uniform set per-site aggregation weights
-that turn it into those). Sites run ``client_script.py`` and send their update through the
+that turn it into those). Sites run ``flare_site.py`` and send their update through the
 ``SiteOutbox`` task-result filter. After a simulation, the run folder gets the same layout as the
 in-process engine's (docs/update-format.md): the sites wrote ``updates/``, ``ground_truth/`` and the
 global model of every round they received; the final model comes from the server's persistor,
@@ -10,7 +10,9 @@ and each round's test accuracy is measured here on the held-out split.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import csv
 import os
 import shutil
@@ -26,16 +28,20 @@ import torch
 from common.config import to_dict
 from common.errors import UserError
 from common.files import save_tensors
-from federation.flare.client_script import encode_config
 from federation.flare.outbox_filter import PREFIX, SITE_LOG, strip_prefix
 from federation.simulation import FederatedSimulation, RoundRecord, append_metrics_csv
 from federation.update_store import global_model_path
 from lightning_modules.fl_client import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = Path(__file__).resolve().parent / "client_script.py"
+SCRIPT = ROOT / "flare_site.py"
 JOB_NAME = "fl_leakage"
 INITIAL = "initial_model.pt"
+
+
+def encode_config(tree: dict) -> str:
+    """The train config as one shell-safe word for the site script's --config-b64."""
+    return base64.b64encode(json.dumps(tree).encode()).decode()
 
 
 def check_supported(sim: FederatedSimulation) -> None:

@@ -1,8 +1,8 @@
-"""Each NVFlare site's training script: the project's client LightningModule, trained by a Lightning
+"""Each NVFlare site's training script (an entry point, like train.py; federation.flare builds the job): the project's client LightningModule, trained by a Lightning
 Trainer under ``flare.patch``, one fresh Trainer per round (so that neither the step count nor the
 optimizer state carries over between rounds, as in the in-process engine).
 
-    python client_script.py --config-b64 <train config, base64 JSON> --run <site folder>
+    python flare_site.py --config-b64 <train config, base64 JSON> --run <site folder>
 
 NVFlare copies this file into the job; the project must be importable on the site (PYTHONPATH).
 Site ``site-<k>`` is client ``k - 1`` of the config's split. The delta leaves through the
@@ -30,10 +30,6 @@ def site_client(site: str, num_clients: int) -> int:
 
 def decode_config(text: str) -> dict:
     return json.loads(base64.b64decode(text.encode()).decode())
-
-
-def encode_config(tree: dict) -> str:
-    return base64.b64encode(json.dumps(tree).encode()).decode()
 
 
 def write_global(run_dir: Path, rnd: int, state: dict) -> None:
@@ -68,11 +64,12 @@ def main(argv: list[str] | None = None) -> None:
     from federation.config import TrainConfig
     from federation.flare import state
     from federation.simulation import FederatedSimulation
+    from pipelines.audit import AttackAudit
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = build(TrainConfig, decode_config(args.config_b64))
-    sim = FederatedSimulation(cfg)  # the same data, split, model spec, filters and audit as the in-process engine
+    sim = FederatedSimulation(cfg, auditor=AttackAudit)  # the same data, split, model spec, filters and audit as the in-process engine
     run_dir = Path(args.run)
     flare.init()
     site = flare.get_site_name()

@@ -1,0 +1,55 @@
+"""The leakage auditor: attack the outgoing update with attack.py's attack and score it against the
+client's own images (which the client legitimately holds). The attack half sees only attacker
+knowledge. Entry points hand it to the federation (``FederatedSimulation(cfg, auditor=...)``).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.cli import config_files
+from common.config import load, overrides_list
+from federation.audit import AuditConfig, AuditRecord, audit_due, check_audit_config
+from inversion.config import AttackConfig
+from inversion.threat_model import AttackerKnowledge, ThreatConfig
+from leakage.metrics import SSIMSettings
+from leakage.scoring import score
+from lightning_modules.models import ModelSpec
+from pipelines.attack_job import run_attack
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class AttackAudit:
+    def __init__(self, cfg: AuditConfig, num_clients: int):
+        check_audit_config(cfg, num_clients)
+        self.cfg = cfg
+        path = Path(cfg.attack_config)
+        if not path.is_absolute() and not path.exists():
+            path = ROOT / path
+        over = overrides_list(cfg.attack) + ["logging.wandb=false", "logging.progress=false", "scoring.lpips=false"]
+        files = config_files(ROOT / "configs" / "attack" / "default.yaml", [path])
+        self.attack_cfg: AttackConfig = load(AttackConfig, files, over) if cfg.every else AttackConfig()
+
+    def due(self, rnd: int, client: int) -> bool:
+        return audit_due(self.cfg, rnd, client)
+
+    def run(self, rnd: int, client: int, spec: ModelSpec, global_state: dict[str, torch.Tensor], update: dict[str, torch.Tensor],
+            meta: dict[str, Any], prior: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> AuditRecord:
+        started = time.perf_counter()
+        cfg = self.attack_cfg
+        knowledge = AttackerKnowledge(ThreatConfig(), spec, global_state, update, meta, prior, "population mean of the training pool")
+        result, _ = run_attack(knowledge, cfg)
+        settings = SSIMSettings.for_size(spec.image_size, cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
+        s = score(result.images, result.labels, images, labels, prior, spec.num_classes, settings)
+        threshold = self.cfg.threshold
+        return AuditRecord(rnd, client, s["rdlv"], s["ssim"], s["psnr"], s["ssim_gain"], s["label_accuracy"], threshold,
+                           threshold is not None and s["rdlv"] > threshold, round(time.perf_counter() - started, 2))
+
+
+def auditor_for(cfg: AuditConfig, num_clients: int) -> AttackAudit | None:
+    """The auditor a train config asks for (None without audits)."""
+    return AttackAudit(cfg, num_clients) if cfg.every else None
