@@ -85,7 +85,7 @@ def save_initial_model(sim: FederatedSimulation, path: Path) -> None:
     torch.save({PREFIX + k: v.detach().clone() for k, v in sim.global_model.state_dict().items()}, path)
 
 
-def build_recipe(sim: FederatedSimulation, initial_ckpt: str, site_run: str, threads: int = 0) -> Any:
+def build_recipe(sim: FederatedSimulation, initial_ckpt: str, site_run: str, threads: int = 0, script: str = str(SCRIPT)) -> Any:
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
     from nvflare.client.config import ExchangeFormat, TransferType
 
@@ -98,7 +98,7 @@ def build_recipe(sim: FederatedSimulation, initial_ckpt: str, site_run: str, thr
         initial_ckpt=initial_ckpt,
         min_clients=sim.num_clients,
         num_rounds=sim.cfg.fl.rounds,
-        train_script=str(SCRIPT),
+        train_script=script,
         train_args=args,
         params_transfer_type=TransferType.DIFF,
         server_expected_format=ExchangeFormat.PYTORCH,
@@ -184,10 +184,11 @@ def export_job(sim: FederatedSimulation, job_dir: Path, site_run: str = "fl_leak
     check_supported(sim)
     with tempfile.TemporaryDirectory() as tmp, _nvflare_process_env():
         save_initial_model(sim, Path(tmp) / INITIAL)
+        shutil.copy2(SCRIPT, Path(tmp) / SCRIPT.name)
         cwd = os.getcwd()
-        os.chdir(tmp)  # a relative initial_ckpt is bundled into the server app
+        os.chdir(tmp)  # relative paths: the initial model is bundled into the server app, the script into the client app
         try:
-            recipe = build_recipe(sim, INITIAL, site_run)
+            recipe = build_recipe(sim, INITIAL, site_run, script=SCRIPT.name)
             staging = Path(tmp) / "export"
             recipe.export(str(staging))
         finally:
