@@ -88,6 +88,7 @@ class UpdateCapture(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         raw = state_delta(self._before, {k: v.detach().cpu() for k, v in pl_module.model.state_dict().items()})
+        self._before = {}  # a full model copy: not kept beyond the delta
         # steps of this fit: a Trainer reused across rounds (NVFlare's patched one) keeps counting
         steps = int(trainer.global_step) - self._start_step
         self.local = LocalResult(raw, self.metadata(steps), steps, pl_module.last_loss)

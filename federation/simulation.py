@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import gc
 import math
 import time
 from pathlib import Path
@@ -53,7 +54,7 @@ class RoundRecord:
     test_loss: float
     train_loss: float
     seconds: float
-    results: dict[int, ClientResult]
+    results: dict[int, ClientResult]  # per client: metadata and filter effects (update tensors dropped after aggregation)
     withheld: list[int] = dataclasses.field(default_factory=list)
     audits: list[AuditRecord] = dataclasses.field(default_factory=list)
 
@@ -300,7 +301,10 @@ class FederatedSimulation:
                 self.global_model.load_state_dict(global_state)
                 acc, loss = evaluate(self.global_model, self.test_loader)
                 train_loss = float(np.mean([r.train_loss for r in results.values()]))
-                record = RoundRecord(rnd, lr, sorted(results), acc, loss, train_loss, time.perf_counter() - start, results, withheld, audits)
+                # the record keeps each client's metadata and filter effects, not its update tensors: a 12-round
+                # ResNet-18 run kept 4.3 GB of them (8 GB with dp_gaussian's noised copies) until the end
+                light = {c: dataclasses.replace(r, outgoing={}, raw={}) for c, r in results.items()}
+                record = RoundRecord(rnd, lr, sorted(results), acc, loss, train_loss, time.perf_counter() - start, light, withheld, audits)
                 records.append(record)
                 bar.set_postfix(acc=f"{acc:.3f}", loss=f"{loss:.3f}")
                 if metrics_file is not None:
@@ -309,6 +313,10 @@ class FederatedSimulation:
                     wandb_run.log({"round": rnd, "test/accuracy": acc, "test/loss": loss, "train/loss": train_loss, "lr": lr}, step=rnd)
                 if on_round is not None:
                     on_round(record)
+                # each client round leaves a Trainer <-> callbacks reference cycle holding model-sized tensors;
+                # Python's collector runs on object counts, not bytes, so it is run here (ms per round)
+                del results, received
+                gc.collect()
         finally:
             bar.close()
             if pool is not None:
