@@ -3,6 +3,7 @@ in-process engine, privacy filters and the audit acting on what NVFlare sends, a
 attack.py scores, and an exported job that NVFlare's own simulator command runs."""
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,8 @@ from common.errors import run_cli
 from common.files import load_tensors
 from federation.update_store import global_model_path, list_updates
 
-pytest.importorskip("nvflare")
+if not os.environ.get("CI"):  # in CI (requirements.txt pins it) a missing NVFlare is a failure, not a skip
+    pytest.importorskip("nvflare")
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENTS = [{"images": 8, "batch_size": 4}, {"images": 6, "batch_size": 3}, {"images": 1, "batch_size": 1, "classes": ["face"]}]
