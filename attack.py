@@ -27,11 +27,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--update", default=None, metavar="DIR", help="update folder (same as update=DIR)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (same as out=DIR)")
     p.add_argument("--run", default=None, metavar="RUN", help="run directory (same as run=RUN)")
+    p.add_argument("--ground-truth", default=None, metavar="FILE", help="score against these images (same as ground_truth=FILE)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted attack from OUT.partial/checkpoints/last.ckpt "
                    "(written every optim.checkpoint_every steps)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier output of attack.py (anything else is never replaced)")
     args = p.parse_intermixed_args(argv)
-    cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run})
+    cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run,
+                                                                 "ground_truth": args.ground_truth})
 
     from pipelines.attack_job import run_attack_job
 

@@ -74,6 +74,7 @@ class UpdateMeta(_Strict):
     local_steps: PositiveInt
     local_epochs: PositiveInt
     bn_momentum: Annotated[float, Field(gt=0, le=1)]
+    normalization: Optional[dict[str, Any]] = None
     shuffle: bool = True
     drop_last: bool = False
     privacy_filters: list[Any] = Field(default_factory=list)
@@ -92,6 +93,19 @@ class UpdateMeta(_Strict):
         if not (self.local_epochs - 1) * per_epoch < self.local_steps <= self.local_epochs * per_epoch:
             raise ValueError(f"local_steps {self.local_steps} does not fit local_epochs {self.local_epochs} of "
                              f"ceil({self.num_images}/{self.batch_size}) = {per_epoch} steps")
+        if not self.shuffle and self.local_steps > per_epoch:
+            raise ValueError("shuffle false with more than one epoch is not supported (the replay reshuffles every later epoch)")
+        # every field is used or checked against the one that is: the replay uses optimizer.lr and model.*
+        if self.lr is not None and not math.isclose(self.lr, self.optimizer.lr, rel_tol=1e-6):
+            raise ValueError(f"lr {self.lr} differs from optimizer.lr {self.optimizer.lr} (the replay uses optimizer.lr)")
+        if self.normalization is not None:
+            norm = self.normalization
+            for key, used in (("mean", self.model.norm_mean), ("std", self.model.norm_std), ("resize_to", self.model.resize_to)):
+                if key in norm and norm[key] != used:
+                    raise ValueError(f"normalization.{key} {norm[key]} differs from model.{'norm_' + key if key != 'resize_to' else key} "
+                                     f"{used} (the model's values are used)")
+            if norm.get("value_range", [0.0, 1.0]) != [0.0, 1.0]:
+                raise ValueError(f"normalization.value_range {norm['value_range']} is not supported: images are in [0, 1]")
         return self
 
 

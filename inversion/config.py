@@ -73,7 +73,11 @@ class AttackConfig:
     run: str = option("runs/default", "run directory whose latest round's high-risk client is attacked when update is empty")
     update: str = option("", "update folder (RUN/updates/round_<r>/client_<c>); '' = the high-risk client of the run's latest round")
     global_model: str = option("", "global model file ('' = the one named in the update's metadata)")
+    trusted_models: list[str] = option(help="import paths (package.module:callable) the update's metadata may name as its model: "
+                                            "importing one runs its code, so none is imported unless listed here", factory=list)
     out: str = option("", "output folder ('' = RUN/attacks/round_<r>_client_<c>)")
+    ground_truth: str = option("", "images.safetensors ('images' [N, C, H, W] in [0, 1], 'labels' optional) to score an update "
+                                   "that has no run around it; '' = the run's ground truth, if any (scoring only: the attack never reads it)")
     accelerator: str = option("cpu", "cpu, gpu or auto")
     devices: int = option(1, "processes (GPUs, or CPU processes with gloo) for Lightning DDP: restarts are spread over them and the best is gathered")
     threat: ThreatConfig = option(help="oracle knowledge for ablations", factory=ThreatConfig)

@@ -13,6 +13,7 @@ import types
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.func import functional_call
 
 from lightning_modules.models import batch_norm_layers
@@ -65,20 +66,29 @@ class FunctionalModel:
         self.counts: list[int] = []
         for _, bn in batch_norm_layers(self.module):
             bn.forward = types.MethodType(_recording_bn_forward(self), bn)
+        self.smooth_beta = relu_beta if relu_grad == "smooth" else None
+        self.unsmoothed: list[str] = []  # kinked activations the smooth replay cannot reach (reported by the attack)
         if relu_grad == "smooth":
-            for module in self.module.modules():
+            for name, module in self.module.named_modules():
                 if isinstance(module, nn.ReLU):
                     module.forward = types.MethodType(_smooth_relu_forward(relu_beta), module)
+                elif isinstance(module, KINKED):
+                    self.unsmoothed.append(f"{name} ({type(module).__name__})")
         elif relu_grad != "exact":
             raise ValueError(f"relu_grad must be exact or smooth, got {relu_grad}")
 
     def raw(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         self._stats, self.counts = [], []
+        original_relu = F.relu
+        if self.smooth_beta is not None:  # F.relu in a model's own forward gets the smooth derivative too
+            beta = self.smooth_beta
+            F.relu = lambda input, inplace=False: relu_with_smooth_grad(input, beta)  # noqa: E731
         try:
             out = functional_call(self.module, params, (x,), strict=False)
             stats = self._stats
         finally:
             self._stats = None
+            F.relu = original_relu
         return out, stats
 
     def __call__(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> tuple[torch.Tensor, list[BNStat]]:
@@ -92,6 +102,11 @@ class FunctionalModel:
         if self._stats is not None:
             self._stats.append((mean, var))
             self.counts.append(count)
+
+
+# activations whose derivative jumps (like ReLU's) but that the smooth replay does not replace;
+# smooth ones (SiLU, GELU, ELU, Softplus, Tanh, Sigmoid) need nothing
+KINKED = (nn.ReLU6, nn.LeakyReLU, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.PReLU, nn.RReLU, nn.Threshold)
 
 
 def _recording_bn_forward(owner: FunctionalModel):

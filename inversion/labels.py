@@ -63,6 +63,32 @@ def recover_labels(update: dict[str, torch.Tensor], global_state: dict[str, torc
     return counts_to_labels(counts, n)
 
 
+def label_ambiguity(update: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor], model: nn.Module, num_classes: int,
+                    proc: ClientProcedure, chosen: torch.Tensor | None) -> str | None:
+    """A warning when the classifier's update does not determine the labels, saying what was chosen.
+
+    A confident global model gives a bias update of exactly zero (p = y in float32); the classes
+    then tie and the recovery's choice is arbitrary (argmin picks the first class).
+    """
+    if chosen is None:
+        return None
+    w_key, b_key = classifier_keys(model, num_classes)
+    key = b_key if b_key is not None and b_key in update else w_key
+    if key not in update:
+        return None
+    g = summed_gradient(update[key], global_state[key], proc)
+    if key == w_key:
+        g = g.sum(1)
+    scale = float(g.abs().max())
+    ordered = g.sort().values
+    tie = num_classes > 1 and float(ordered[1] - ordered[0]) <= 1e-9 * max(scale, 1e-30)
+    if scale == 0.0 or (proc.num_images == 1 and tie):
+        return (f"the classifier's update does not determine the label{'s' if proc.num_images > 1 else ''} "
+                f"({key} update max |.| = {scale:.1e}{', the smallest entries tie' if scale else ''}): "
+                f"chose {chosen.tolist()} arbitrarily")
+    return None
+
+
 def counts_to_labels(counts: torch.Tensor, n: int) -> torch.Tensor:
     """Non-negative integer counts summing to n (largest remainder), expanded to sorted labels."""
     c = counts.clamp_min(0)

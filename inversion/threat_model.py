@@ -19,7 +19,7 @@ from common.files import load_tensors
 from federation.update_store import load_update, resolve_global_model
 from inversion.bn_sources import Targets
 from inversion.replay import ClientProcedure
-from lightning_modules.models import ClientModel, ModelSpec, batch_norm_layers, build_model
+from lightning_modules.models import ClientModel, ModelSpec, batch_norm_layers, build_model, is_import_path
 
 
 @dataclasses.dataclass
@@ -65,13 +65,16 @@ class AttackerKnowledge:
 
 
 def load_knowledge(update_directory: str | Path, threat: ThreatConfig, global_model: str | Path | None = None,
-                   prior: torch.Tensor | None = None, prior_source: str = "") -> AttackerKnowledge:
+                   prior: torch.Tensor | None = None, prior_source: str = "", trusted_models: list[str] | tuple[str, ...] = ()) -> AttackerKnowledge:
     """Read an update folder and its global model, and check that they fit each other."""
     update_directory = Path(update_directory)
     update, meta = load_update(update_directory)
     spec = ModelSpec.from_dict(meta["model"]) if isinstance(meta["model"], dict) else None
     if spec is None:
         raise UserError("update metadata 'model' must be an object")
+    if is_import_path(spec.name) and spec.name not in trusted_models:
+        raise UserError(f"the update's metadata names its model by import path '{spec.name}': importing it runs its code; "
+                        f"if you trust it, pass trusted_models=[{spec.name}]")
     if list(meta["input_shape"]) != [spec.in_chans, spec.image_size, spec.image_size]:
         raise UserError(f"update metadata input_shape {meta['input_shape']} does not fit the model spec ({spec.in_chans}x{spec.image_size}x{spec.image_size})")
     state = load_tensors(resolve_global_model(update_directory, meta, global_model), "global model")

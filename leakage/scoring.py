@@ -21,7 +21,7 @@ def hungarian(similarity: torch.Tensor) -> list[tuple[int, int]]:
     return [(int(j), int(i)) for j, i in zip(rows, cols)]
 
 
-def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tensor, labels: torch.Tensor, prior: torch.Tensor,
+def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tensor, labels: torch.Tensor | None, prior: torch.Tensor,
           num_classes: int, settings: SSIMSettings, lpips: LPIPS | None = None, population: torch.Tensor | None = None,
           class_priors: dict[int, torch.Tensor] | None = None) -> dict[str, Any]:
     """All leakage numbers of one attack; ``population`` (training pool) enables identification ranks."""
@@ -34,7 +34,7 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
     matched = {i: j for j, i in pairs}
     gain = ssim_gain(sim, prior_ssim)
     class_rdlv = None
-    if class_priors:
+    if class_priors and labels is not None:
         cp = torch.stack([class_priors[int(y)] for y in labels])
         class_prior_ssim = ssim_pairs(cp, origs, settings)
         class_rdlv = rdlv_matrix(sim, class_prior_ssim).max(0).values
@@ -45,7 +45,7 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
         nearest = int(sim[:, i].argmax())
         row: dict[str, Any] = {
             "image": i,
-            "label": int(labels[i]),
+            "label": int(labels[i]) if labels is not None else None,
             "matched_reconstruction": j,
             "ssim": float(sim[j, i]) if j is not None else None,
             "psnr": float(psnr[j, i]) if j is not None else None,
@@ -57,7 +57,7 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
         }
         if class_rdlv is not None:
             row["rdlv_class_prior"] = float(class_rdlv[i])
-        if j is not None and rec_labels is not None:
+        if j is not None and rec_labels is not None and labels is not None:
             row["label_correct"] = bool(int(rec_labels[j]) == int(labels[i]))
         if lpips is not None and lpips.metric is not None and j is not None:
             row["lpips"] = lpips(recs[j:j + 1], origs[i:i + 1])
@@ -72,7 +72,7 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
         "rdlv_mean": _mean([r["rdlv"] for r in per_image]),
         "ssim_gain": float(gain.max()),
         "prior_ssim": _mean([r["prior_ssim"] for r in per_image]),
-        "label_accuracy": count_accuracy(rec_labels, labels, num_classes) if rec_labels is not None else None,
+        "label_accuracy": count_accuracy(rec_labels, labels, num_classes) if rec_labels is not None and labels is not None else None,
         "ssim_settings": settings.describe(),
         "per_image": per_image,
     }

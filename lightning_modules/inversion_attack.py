@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.errors import UserError
 from inversion.config import LabelConfig, OptimConfig
-from inversion.labels import assign_labels, recover_labels
+from inversion.labels import assign_labels, label_ambiguity, recover_labels
 from inversion.objective import Objective
 from inversion.threat_model import AttackerKnowledge
 
@@ -55,6 +55,7 @@ class AttackResult:
     iterations: int
     seconds: float
     trace: list[dict[str, Any]]
+    label_warning: str | None = None  # the update did not determine the labels (what was chosen)
 
 
 SELECTIONS = ("auto", "objective", "holdout")
@@ -163,12 +164,15 @@ class GradientInversionAttack(pl.LightningModule):
         """(strategy used, fixed labels or None, starting guess for joint soft labels or None)."""
         if strategy not in ("auto", "analytic", "joint", "oracle"):
             raise UserError(f"labels.strategy must be auto, analytic, joint or oracle, got {strategy}")
+        self.label_warning: str | None = None
         if strategy == "oracle":
             if self.knowledge.oracle.labels is None:
                 raise UserError("labels.strategy=oracle needs the oracle labels (threat.oracle_labels=true)")
             return "oracle", self.knowledge.oracle.labels.long(), None
         labels = recover_labels(self.knowledge.update, self.knowledge.global_state, self.objective.model,
                                 self.knowledge.spec.num_classes, self.objective.proc, self._mean_probs())
+        self.label_warning = label_ambiguity(self.knowledge.update, self.knowledge.global_state, self.objective.model,
+                                             self.knowledge.spec.num_classes, self.objective.proc, labels)
         if strategy == "joint":
             return "joint", None, labels
         if labels is None:
@@ -355,5 +359,5 @@ class GradientInversionAttack(pl.LightningModule):
             selection=self.select, restart_scores={r: float(v) for r, v in zip(self.restart_ids, self.best_scores)},
             restart_settings={r: self.objective.grid_setting(i) for i, r in enumerate(self.restart_ids)},
             restart_images=self.best_images.detach().to("cpu", copy=True), label_strategy=self.label_strategy, iterations=self.steps_done,
-            seconds=self.seconds, trace=self.trace,
+            seconds=self.seconds, trace=self.trace, label_warning=self.label_warning,
         )

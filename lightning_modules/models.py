@@ -1,4 +1,5 @@
-"""Client models: any timm model by name, or a small BN ConvNet, behind the client's input path.
+"""Client models: any timm model by name, any PyTorch model by import path, or a small BN ConvNet,
+behind the client's input path.
 
 The input path (normalisation, optional fixed resize) is part of the model so that an update's
 metadata fully describes what the client computed, and attackers optimise images in [0, 1].
@@ -19,14 +20,16 @@ from common.errors import UserError
 
 @dataclasses.dataclass
 class ModelConfig:
-    name: str = option("resnet18", "any timm model name (created with pretrained=False), or bn_convnet (small, for tests)")
+    name: str = option("resnet18", "any timm model name (created with pretrained=False), bn_convnet (small, for tests), or any "
+                                   "PyTorch model as an import path package.module:callable, built with kwargs alone")
     resize_to: int = option(64, "fixed bilinear resize in the input path (0 = none); lets ResNets keep >1x1 maps at 32 px")
     norm_mean: list[float] = option(help="input normalisation mean per channel (one value = all channels)", factory=lambda: [0.5])
     norm_std: list[float] = option(help="input normalisation std per channel (one value = all channels)", factory=lambda: [0.5])
     bn_momentum: float = option(0.1, "BatchNorm momentum of every BN layer (PyTorch convention)")
     width: int = option(32, "bn_convnet: channels of the first conv")
     depth: int = option(4, "bn_convnet: number of conv-BN-ReLU blocks (each after the first halves the size)")
-    kwargs: dict[str, Any] = option(help="extra keyword arguments of the timm model, e.g. {output_stride: 16}", factory=dict)
+    kwargs: dict[str, Any] = option(help="keyword arguments of the model: extra ones for timm (e.g. {output_stride: 16}), all of them "
+                                         "for an import path (e.g. {num_classes: 2})", factory=dict)
     zero_init_last: bool = option(False, "timm ResNets: zero-initialise the last BN of each residual block (timm's default; "
                                          "with a short federation the residual branches then stay dead, docs/federation.md)")
 
@@ -134,14 +137,50 @@ class ClientModel(nn.Module):
         return self.backbone(self.input_path(x))
 
 
+def is_import_path(name: str) -> bool:
+    """``package.module:callable`` (LightningCLI's class_path convention, with a colon)."""
+    return ":" in name
+
+
+def _from_import_path(spec: ModelSpec) -> nn.Module:
+    """Any PyTorch model: ``package.module:callable`` called with ``model.kwargs`` alone.
+
+    The callable decides channels and classes (e.g. ``torchvision.models:resnet18`` with
+    ``{num_classes: 2}``); ``in_chans`` and ``num_classes`` describe what it must accept and output.
+    Importing runs the module's code: attack.py accepts an import path from update metadata only
+    when the user names it in ``trusted_models``.
+    """
+    import importlib
+
+    module_name, _, attr = spec.name.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise UserError(f"cannot import model '{spec.name}' ({type(err).__name__}: {err})") from None
+    if not callable(target):
+        raise UserError(f"model '{spec.name}' is not callable")
+    try:
+        model = target(**spec.kwargs)
+    except Exception as err:  # the user's constructor may raise anything
+        raise UserError(f"model '{spec.name}' could not be built with kwargs {spec.kwargs} ({type(err).__name__}: {err})") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model '{spec.name}' returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
 def _make_backbone(spec: ModelSpec) -> nn.Module:
     backbone_size = spec.resize_to or spec.image_size
     if spec.name == "bn_convnet":
         return BNConvNet(spec.in_chans, spec.num_classes, backbone_size, spec.width, spec.depth)
+    if is_import_path(spec.name):
+        return _from_import_path(spec)
     import timm
 
     if not timm.is_model(spec.name):
-        raise UserError(f"unknown model '{spec.name}' (bn_convnet or a timm model name, e.g. resnet18)")
+        raise UserError(f"unknown model '{spec.name}' (bn_convnet, a timm model name such as resnet18, or an import path "
+                        "package.module:callable such as torchvision.models:resnet18)")
     try:
         try:  # ResNet-family models take zero_init_last; the others refuse the keyword
             return timm.create_model(spec.name, pretrained=False, in_chans=spec.in_chans, num_classes=spec.num_classes,

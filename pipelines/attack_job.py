@@ -9,6 +9,7 @@ import csv
 import datetime
 import pickle
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from federation.update_store import high_risk_update
 from inversion.config import AttackConfig
 from inversion.threat_model import AttackerKnowledge, load_knowledge, load_prior
 from leakage.figures import reconstruction_figure
-from leakage.ground_truth import GroundTruth, ground_truth_for_update, locate, oracle_knowledge
+from leakage.ground_truth import GroundTruth, ground_truth_for_update, load_image_file, locate, oracle_knowledge
 from leakage.metrics import LPIPS, SSIMSettings
 from leakage.scoring import score
 from lightning_modules.inversion_attack import AttackResult, GradientInversionAttack, iteration_loader
@@ -52,7 +53,7 @@ def resolve_prior(cfg: AttackConfig, update_dir: Path) -> tuple[torch.Tensor | N
 
 def attacker_knowledge(cfg: AttackConfig, update_dir: Path) -> AttackerKnowledge:
     prior, prior_source = resolve_prior(cfg, update_dir)
-    knowledge = load_knowledge(update_dir, cfg.threat, cfg.global_model or None, prior, prior_source)
+    knowledge = load_knowledge(update_dir, cfg.threat, cfg.global_model or None, prior, prior_source, cfg.trusted_models)
     threat = cfg.threat
     if threat.oracle_labels or threat.oracle_bn_statistics or threat.oracle_batch_order:
         gt = ground_truth_for_update(update_dir)
@@ -141,7 +142,8 @@ def score_result(result: AttackResult, knowledge: AttackerKnowledge, gt: GroundT
                  update_dir: Path, population: bool = True) -> dict[str, Any]:
     """Leakage numbers; without ground truth only the attack's own facts are reported."""
     base: dict[str, Any] = {"iterations": result.iterations, "seconds": round(result.seconds, 3), "objective": result.objective,
-                            "restart": result.restart, "label_strategy": result.label_strategy, "selection": result.selection,
+                            "restart": result.restart, "label_strategy": result.label_strategy, "label_warning": result.label_warning,
+                            "selection": result.selection,
                             "setting": result.restart_settings.get(result.restart, {}),
                             "restarts": [{"restart": r, "objective": result.restart_objectives[r], "score": result.restart_scores[r],
                                           "setting": result.restart_settings[r]} for r in result.restart_objectives]}
@@ -209,6 +211,8 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
     update_dir = resolve_update(cfg)
     knowledge = attacker_knowledge(cfg, update_dir)
     attack = build_attack(knowledge, cfg)  # validates everything before a file is written
+    meta = knowledge.meta
+    given_truth = load_image_file(cfg.ground_truth, meta["input_shape"], meta["num_images"]) if cfg.ground_truth else None
     out = default_out(cfg, update_dir)
     check_out(out, update_dir)
     if process_rank() > 0:  # a DDP worker launched by rank 0: optimise its restarts, write nothing
@@ -225,17 +229,29 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
     try:
         if cfg.logging.wandb and wandb_mode() != "disabled":
             wandb_logger = _wandb_logger(cfg, work, update_dir, knowledge)
+        if attack.label_warning:
+            print(f"warning: {attack.label_warning}", file=sys.stderr)
+        unsmoothed = attack.objective.fmodel.unsmoothed
+        if unsmoothed:
+            print(f"warning: update matching replays these activations with their exact (piecewise) derivative: "
+                  f"{', '.join(unsmoothed[:4])}{' ...' if len(unsmoothed) > 4 else ''}", file=sys.stderr)
         result, attack = run_attack(knowledge, cfg, logger=wandb_logger or False, attack=attack, callbacks=callbacks, ckpt_path=ckpt_path)
-        gt = ground_truth_for_update(update_dir)
-        metrics = score_result(result, knowledge, gt, cfg, update_dir)
+        # the reconstruction first: a scoring failure must never lose it
+        save_tensors(work / "reconstruction.safetensors", {"images": result.images, "labels": result.labels,
+                                                           "restart_images": result.restart_images})
+        reconstruction_figure(work / "reconstruction.png", result.images, knowledge.prior, None, None, "reconstruction (not scored yet)")
+        try:
+            gt = given_truth if given_truth is not None else ground_truth_for_update(update_dir)
+            metrics = score_result(result, knowledge, gt, cfg, update_dir)
+        except UserError as err:
+            raise UserError(f"scoring failed ({err}); the reconstruction is kept in {work}") from None
         metrics["threat_model"] = knowledge.describe()
         metrics["bn_source"] = attack.objective.bn_source
+        metrics["activations_not_smoothed"] = unsmoothed
         metrics["update"] = str(update_dir)
         metrics["resumed"] = ckpt_path is not None
         metrics["devices"] = cfg.devices
         metrics["wall_seconds"] = round(time.time() - started, 2)
-        save_tensors(work / "reconstruction.safetensors", {"images": result.images, "labels": result.labels,
-                                                           "restart_images": result.restart_images})
         (work / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         _write_trace(work / "objective.csv", attack.objective_trace)
         title = (f"round {knowledge.meta['round']} client {knowledge.meta['client']}: {knowledge.meta['num_images']} image(s), batch {knowledge.meta['batch_size']}, "

@@ -1,0 +1,121 @@
+"""Turn a client's models from any PyTorch code into an update folder (docs/update-format.md).
+
+Input: the global model the client started from and the client's model after local training (or
+the delta), as safetensors or ``torch.save``d state dicts (loaded with ``weights_only=True``: no
+code in them runs), plus the client's facts (model, input path, optimiser, batch size, images,
+epochs). Output: ``update.safetensors`` (after - before), ``global_model.safetensors`` and
+``meta.json``, checked by the same loader the attack uses before the folder is put in place.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.errors import UserError
+from common.files import StagedDir, load_tensors, save_tensors, write_json
+from federation.update_store import FORMAT, sha256
+from inversion.threat_model import ThreatConfig, load_knowledge
+from lightning_modules.fl_client import LOSS
+from lightning_modules.models import ModelSpec, build_model
+
+PREFIX = "backbone."  # the model's own keys sit under the input path's wrapper (ClientModel.backbone)
+
+
+@dataclasses.dataclass
+class ClientFacts:
+    """What the attacker is told about the client's local round."""
+
+    optimizer: dict[str, Any]  # {name: sgd, lr, momentum, ...} or {name: adam, lr, betas, eps, ...}
+    num_images: int
+    batch_size: int
+    epochs: int = 1
+    steps: int = 0  # 0 = epochs * ceil(num_images / batch_size)
+    round: int = 0
+    client: int = 0
+
+    @property
+    def local_steps(self) -> int:
+        return self.steps or self.epochs * math.ceil(self.num_images / self.batch_size)
+
+
+def load_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
+    """A state dict from safetensors or torch.save (weights only); a {'state_dict': ...} wrapper is opened."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_tensors(path, what)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{what} {path} is not a weights-only state dict ({reason[:120]})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(data, dict) and isinstance(data.get(key), dict):
+            data = data[key]
+    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise UserError(f"{what} {path} is not a state dict (name -> tensor)")
+    return dict(data)
+
+
+def align_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """The user's keys under the wrapper's prefix (a DDP 'module.' prefix dropped); a one-line diff if they do not fit."""
+    out = {}
+    for key, value in state.items():
+        key = key.removeprefix("module.")
+        out[key if key.startswith(PREFIX) else PREFIX + key] = value
+    missing, extra = sorted(set(expected) - set(out)), sorted(set(out) - set(expected))
+    if missing or extra:
+        raise UserError(f"{what} does not fit the model: missing {[k.removeprefix(PREFIX) for k in missing[:4]]}"
+                        f"{f' (+{len(missing) - 4})' if len(missing) > 4 else ''}, unexpected {[k.removeprefix(PREFIX) for k in extra[:4]]}"
+                        f"{f' (+{len(extra) - 4})' if len(extra) > 4 else ''}")
+    for key, value in out.items():
+        if tuple(value.shape) != tuple(expected[key].shape):
+            raise UserError(f"{what}: '{key.removeprefix(PREFIX)}' has shape {tuple(value.shape)}, the model {tuple(expected[key].shape)}")
+    return {k: out[k].to(expected[k].dtype) for k in expected}
+
+
+def convert(spec: ModelSpec, facts: ClientFacts, global_path: str | Path, out: str | Path, local_path: str | Path | None = None,
+            delta_path: str | Path | None = None, overwrite: bool = False) -> Path:
+    if (local_path is None) == (delta_path is None):
+        raise UserError("give the client's model after training (--local) or its delta (--delta), one of them")
+    if min(facts.num_images, facts.batch_size, facts.epochs) < 1 or facts.batch_size > facts.num_images:
+        raise UserError(f"num_images {facts.num_images}, batch_size {facts.batch_size}, epochs {facts.epochs}: not a local procedure")
+    expected = build_model(spec).state_dict()
+    before = align_keys(load_state_dict(global_path, "global model"), expected, "the global model")
+    if delta_path is not None:
+        delta = align_keys(load_state_dict(delta_path, "delta"), expected, "the delta")
+    else:
+        after = align_keys(load_state_dict(local_path, "local model"), expected, "the local model")
+        delta = {k: after[k] - before[k] for k in expected}
+    counters = {int(v) for k, v in delta.items() if k.endswith("num_batches_tracked")}
+    if counters and counters != {facts.local_steps}:
+        raise UserError(f"the BN counters say {sorted(counters)} local steps, the facts {facts.local_steps} "
+                        f"(epochs {facts.epochs} of ceil({facts.num_images}/{facts.batch_size}))")
+    meta = {
+        "format": FORMAT, "round": facts.round, "client": facts.client, "model": spec.to_dict(),
+        "input_shape": [spec.in_chans, spec.image_size, spec.image_size],
+        "normalization": {"mean": spec.norm_mean, "std": spec.norm_std, "resize_to": spec.resize_to, "value_range": [0.0, 1.0]},
+        "loss": dict(LOSS), "optimizer": dict(facts.optimizer), "lr": facts.optimizer["lr"],
+        "batch_size": facts.batch_size, "num_images": facts.num_images, "local_steps": facts.local_steps,
+        "local_epochs": math.ceil(facts.local_steps / math.ceil(facts.num_images / facts.batch_size)),
+        "shuffle": True, "drop_last": False, "bn_momentum": spec.bn_momentum, "privacy_filters": [], "withheld_keys": [],
+    }
+    staged = StagedDir(out, overwrite=overwrite, own=lambda p: (p / "meta.json").is_file() and (p / "update.safetensors").is_file(),
+                       what="an update folder")
+    work = staged.open()
+    try:
+        save_tensors(work / "global_model.safetensors", before)
+        save_tensors(work / "update.safetensors", delta)
+        meta.update(global_model="global_model.safetensors", global_model_sha256=sha256(work / "global_model.safetensors"))
+        write_json(work / "meta.json", meta)
+        load_knowledge(work, ThreatConfig(), trusted_models=[spec.name])  # what the attack will check, checked now
+    except BaseException as err:
+        staged.fail(f"{type(err).__name__}: {err}")
+        raise
+    return staged.commit()
