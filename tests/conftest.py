@@ -52,3 +52,14 @@ def tiny_run(tmp_path_factory) -> Path:
     sim = FederatedSimulation(tiny_train_config(out))
     sim.run(out)
     return out
+
+
+def run_entry(main, argv, capsys) -> tuple[int, str]:
+    """(exit status, stderr) of an entry point's main(argv) run as its command line runs it."""
+    from common.errors import run_cli
+
+    try:
+        run_cli(lambda: main(argv))
+    except SystemExit as info:
+        return info.code, capsys.readouterr().err.strip()
+    return 0, capsys.readouterr().err.strip()

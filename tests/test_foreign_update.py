@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from skimage.data import lfw_subset
 
-from common.errors import UserError, run_cli
+from common.errors import UserError
+from tests.conftest import run_entry
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["logging.wandb=false", "logging.progress=false", "scoring.lpips=false"]
@@ -24,12 +25,7 @@ def _cli(module: str, argv, capsys):
     import attack
     import convert
 
-    main = {"attack": attack.main, "convert": convert.main}[module]
-    try:
-        run_cli(lambda: main(argv))
-    except SystemExit as info:
-        return info.code, capsys.readouterr().err.strip()
-    return 0, capsys.readouterr().err.strip()
+    return run_entry({"attack": attack.main, "convert": convert.main}[module], argv, capsys)
 
 
 def _plain_client(folder: Path, zero_bias: bool = False) -> None:

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from common.errors import run_cli
+from tests.conftest import run_entry
 from common.files import STAGING_MARK, StagedDir, is_attack_output, is_complete_run
 
 TINY = ["data.image_size=16", "model.name=bn_convnet", "model.resize_to=0", "model.width=8", "model.depth=3",
@@ -18,12 +18,7 @@ def _run(module: str, argv, capsys):
     import attack
     import train
 
-    main = {"train": train.main, "attack": attack.main}[module]
-    try:
-        run_cli(lambda: main(argv))
-    except SystemExit as info:
-        return info.code, capsys.readouterr().err.strip()
-    return 0, capsys.readouterr().err.strip()
+    return run_entry({"train": train.main, "attack": attack.main}[module], argv, capsys)
 
 
 def _one_line(err: str, words: str) -> bool:
