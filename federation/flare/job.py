@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import csv
+import json
 import os
 import shutil
 import sys
@@ -27,7 +27,7 @@ import torch
 
 from common.config import to_dict
 from common.errors import UserError
-from common.files import save_tensors
+from common.files import load_tensors, save_tensors
 from federation.flare.outbox_filter import PREFIX, SITE_LOG, strip_prefix
 from federation.simulation import FederatedSimulation, RoundRecord, append_metrics_csv
 from federation.update_store import global_model_path
@@ -166,8 +166,6 @@ def collect(sim: FederatedSimulation, run_dir: Path, job_workspace: Path, second
         path = global_model_path(run_dir, rnd + 1)
         if not path.is_file():
             raise UserError(f"NVFlare run incomplete: no global model of round {rnd + 1} in {run_dir / 'global'}")
-        from common.files import load_tensors
-
         sim.global_model.load_state_dict(load_tensors(path, "global model"))
         acc, loss = evaluate(sim.global_model, sim.test_loader)
         rows = [r for r in site_rows if int(r["round"]) == rnd]

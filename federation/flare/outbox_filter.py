@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import time
+from pathlib import Path
+from typing import Any
 
 import torch
 from nvflare.apis.dxo import DXO, DataKind
@@ -70,7 +72,7 @@ class SiteOutbox(DXOFilter):
         return DXO(data_kind=dxo.data_kind, data=data, meta=dxo.meta)
 
 
-def _append_site_log(path, row) -> None:
+def _append_site_log(path: Path, row: dict[str, Any]) -> None:
     new = not path.exists()
     with open(path, "a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=SITE_LOG_FIELDS)
