@@ -66,7 +66,10 @@ def main(argv: list[str] | None = None) -> None:
     from lightning_modules.models import ModelSpec
     from pipelines.convert import ClientFacts, convert
 
-    kwargs = yaml.safe_load(args.model_kwargs)
+    try:
+        kwargs = yaml.safe_load(args.model_kwargs)
+    except yaml.YAMLError as err:
+        raise UserError(f"--model-kwargs is not YAML/JSON ({str(err).splitlines()[0]})") from None
     if not isinstance(kwargs, dict):
         raise UserError(f"--model-kwargs must be a mapping, got {args.model_kwargs!r}")
     for name in ("lr", "momentum", "weight_decay", "bn_momentum", "eps"):

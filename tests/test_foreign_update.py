@@ -171,3 +171,18 @@ def test_the_worked_example_in_update_format_md_runs_as_written(tmp_path):
         assert done.returncode == 0, (argv, done.stderr[-1500:])
     metrics = json.loads((example / "my_attack" / "metrics.json").read_text())
     assert metrics["ssim"] is not None and metrics["update"].endswith("my_update")
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model-kwargs", "["], "--model-kwargs is not YAML/JSON"),
+    (["--num-images", "0"], "not a local procedure"),
+    (["--lr", "nan"], "--lr must be a finite number > 0"),
+    (["--global", "nothing.pt"], "global model not found: nothing.pt"),
+    (["--delta", "client_after.pt"], "one of them"),
+])
+def test_converter_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.chdir(tmp_path)
+    _plain_client(tmp_path)
+    code, err = _cli("convert", CONVERT + extra + ["--out", "upd"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
+    assert not (tmp_path / "upd").exists() and not (tmp_path / "upd.partial").exists()
