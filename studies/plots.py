@@ -71,7 +71,7 @@ def privacy_utility(rows: list[dict[str, Any]], x: str, path: Path, metric: str 
     ax.set_xlabel(x_label or x)
     ax.set_ylabel(metric, color="tab:red")
     ax2 = ax.twinx()
-    _line_band(ax2, xv, acc, "tab:blue", "test accuracy (ours)")
+    _line_band(ax2, xv, acc, "tab:blue", "test accuracy (ours)", bounds=(0.0, 1.0))
     ax2.set_ylabel("global test accuracy", color="tab:blue")
     if reference:
         rx = reference.get("x", [])
@@ -89,11 +89,14 @@ def privacy_utility(rows: list[dict[str, Any]], x: str, path: Path, metric: str 
     return _save(fig, path)
 
 
-def _line_band(ax, xs: list[float], stats: list[tuple[float, float, float, int]], color: str, label: str) -> None:
+def _line_band(ax, xs: list[float], stats: list[tuple[float, float, float, int]], color: str, label: str,
+               bounds: tuple[float, float] = (-math.inf, math.inf)) -> None:
+    """Mean and 95% t-interval; ``bounds`` clip the band to the metric's range (an accuracy is never above 1)."""
     means = [s[0] for s in stats]
     half = [0 if math.isnan(s[2]) else s[2] for s in stats]
+    lo, hi = bounds
     ax.plot(xs, means, color=color, marker="o", label=label)
-    ax.fill_between(xs, [m - h for m, h in zip(means, half)], [m + h for m, h in zip(means, half)], color=color, alpha=0.2)
+    ax.fill_between(xs, [max(lo, m - h) for m, h in zip(means, half)], [min(hi, m + h) for m, h in zip(means, half)], color=color, alpha=0.2)
 
 
 def heatmap(rows: list[dict[str, Any]], path: Path, metric: str = "rdlv", x: str = "num_images", y: str = "batch_size") -> Path:
@@ -138,7 +141,7 @@ def per_round(rows: list[dict[str, Any]], path: Path, metric: str = "rdlv") -> P
         rounds = _order(list({k[1] for k in acc_rows}))
         acc = [mean_ci(v for (_, rnd), v in acc_rows.items() if rnd == k) for k in rounds]
         acc_ax = ax.twinx()
-        _line_band(acc_ax, [float(k) for k in rounds], acc, "gray", "test accuracy after the round")
+        _line_band(acc_ax, [float(k) for k in rounds], acc, "gray", "test accuracy after the round", bounds=(0.0, 1.0))
         acc_ax.set_ylim(0, 1.02)
         acc_ax.set_ylabel("test accuracy", color="gray")
         acc_ax.legend(fontsize=7, loc="lower right")

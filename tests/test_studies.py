@@ -113,3 +113,22 @@ def test_editing_a_stage_config_file_gives_new_cache_keys(tmp_path: Path):
     spec.attack.config = str(attack_cfg)
     other = StudyRunner(spec, progress=False).cells[0]
     assert other.train_key == after.train_key and other.attack_key(-1, 3) != after.attack_key(-1, 3)
+
+
+def test_interval_bands_stay_inside_the_metric_range():
+    """A 95% t-interval of n = 3 accuracies (0.5, 1.0, 1.0) reaches above 1: the drawn band stops at 1."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from studies.plots import _line_band
+    from studies.tables import mean_ci
+
+    stats = [mean_ci([0.5, 1.0, 1.0]), mean_ci([0.9, 1.0, 0.95])]
+    assert stats[0][0] + stats[0][2] > 1  # the interval itself exceeds the range
+    fig, ax = plt.subplots()
+    _line_band(ax, [0.0, 1.0], stats, "tab:blue", "accuracy", bounds=(0.0, 1.0))
+    band = ax.collections[0].get_paths()[0].vertices
+    assert band[:, 1].max() <= 1.0 and band[:, 1].min() >= 0.0
+    plt.close(fig)
