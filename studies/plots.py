@@ -67,7 +67,7 @@ def privacy_utility(rows: list[dict[str, Any]], x: str, path: Path, metric: str 
     leak = [mean_ci(r.get(metric) for r in groups[(v,)]) for v in xs]
     acc = [mean_ci(r.get("test_accuracy") for r in groups[(v,)]) for v in xs]
     xv = [float(v) for v in xs]
-    _line_band(ax, xv, leak, "tab:red", f"{metric} (ours)")
+    _line_band(ax, xv, leak, "tab:red", f"{metric} (ours)", bounds=METRIC_BOUNDS.get(metric, (-math.inf, math.inf)))
     ax.set_xlabel(x_label or x)
     ax.set_ylabel(metric, color="tab:red")
     ax2 = ax.twinx()
@@ -87,6 +87,10 @@ def privacy_utility(rows: list[dict[str, Any]], x: str, path: Path, metric: str 
     note = f" ({x_label or x} = {', '.join(map(str, skipped))} not drawn)" if skipped else ""
     ax.set_title(f"privacy-utility: {metric} and accuracy vs {x_label or x}{note}", fontsize=9)
     return _save(fig, path)
+
+
+# the range of bounded metrics: their interval bands are clipped to it
+METRIC_BOUNDS = {"ssim": (-1.0, 1.0), "test_accuracy": (0.0, 1.0), "label_accuracy": (0.0, 1.0), "identification_top1": (0.0, 1.0)}
 
 
 def _line_band(ax, xs: list[float], stats: list[tuple[float, float, float, int]], color: str, label: str,
@@ -131,7 +135,8 @@ def per_round(rows: list[dict[str, Any]], path: Path, metric: str = "rdlv") -> P
         stats = [mean_ci(r.get(metric) for r in groups[(k,)]) for k in rounds]
         meta = sel[0]
         _line_band(ax, [float(k) for k in rounds], stats, f"C{clients.index(c) % 10}",
-                   f"client {c} ({meta.get('num_images')} img, batch {meta.get('batch_size')})")
+                   f"client {c} ({meta.get('num_images')} img, batch {meta.get('batch_size')})",
+                   bounds=METRIC_BOUNDS.get(metric, (-math.inf, math.inf)))
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set_xlabel("FL round")
     ax.set_ylabel(metric)
