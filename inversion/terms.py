@@ -288,6 +288,20 @@ class PriorDistance(ObjectiveTerm):
 
 
 @register
+class GrayscaleChannels(ObjectiveTerm):
+    """Mean squared deviation of each channel from the channels' mean: for clients that feed one
+    grayscale image repeated to every channel (as the paper did for chest X-rays), which the
+    attacker may know; 0 for a grayscale image."""
+
+    name = "grayscale_channels"
+    Params = WeightOnly
+
+    def per_restart(self, inp: TermInput) -> torch.Tensor:
+        x = inp.images
+        return (x - x.mean(-3, keepdim=True)).pow(2).mean()
+
+
+@register
 class GroupConsistency(ObjectiveTerm):
     """Pull each restart towards the restarts' consensus (Yin et al. 2021); needs restarts > 1."""
 

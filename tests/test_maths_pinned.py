@@ -41,6 +41,16 @@ def test_total_variation_by_hand_in_both_directions():
     assert _tv("l2", x.transpose(-1, -2)) == pytest.approx(5 / 4 + 6 / 3)
 
 
+def test_grayscale_channels_term_by_hand():
+    from inversion.terms import GrayscaleChannels, WeightOnly
+
+    # channels (0, 1, 2) at one pixel: mean 1, squared deviations 1, 0, 1 -> mean 2/3; a gray image gives 0
+    x = torch.tensor([0.0, 1.0, 2.0]).view(1, 3, 1, 1)
+    term = GrayscaleChannels(WeightOnly(weight=1.0), None)
+    assert float(term.per_restart(TermInput(x, None))) == pytest.approx(2 / 3)
+    assert float(term.per_restart(TermInput(torch.full((1, 3, 4, 4), 0.3), None))) == 0.0
+
+
 def _matching(pred, observed, **params):
     names = list(observed)
     setting = AttackSetting(observed_delta=observed, param_names=names, params0={k: torch.ones_like(v) for k, v in observed.items()},
