@@ -1,4 +1,4 @@
-"""Safe file I/O: safetensors and JSON only (no pickle), atomic writes, staged output folders."""
+"""Safe file I/O: safetensors and JSON (torch files only weights-only), atomic writes, staged output folders."""
 from __future__ import annotations
 
 import contextlib
@@ -81,6 +81,21 @@ def load_tensors(path: str | Path, what: str = "tensor file") -> dict[str, torch
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"{what} {path} is truncated or corrupt ({reason})") from err
+
+
+def load_weights_only(path: str | Path, what: str = "checkpoint", hint: str = "") -> Any:
+    """A ``torch.save`` file read with ``weights_only=True``: tensors and plain containers, no code runs.
+
+    Whatever stops it (truncated, crafted, not a torch file) becomes one line naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every reason a load fails means the same to the user
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise UserError(f"{what} {path} cannot be loaded safely ({reason[:160]}){hint}") from None
 
 
 STAGING_MARK = ".fl-leakage-staging"  # inside every RUN.partial this tool made: the only partial folders it deletes

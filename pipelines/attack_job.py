@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import pickle
 import shutil
 import sys
 import time
@@ -20,7 +19,7 @@ import yaml
 
 from common.config import build, to_dict
 from common.errors import UserError
-from common.files import StagedDir, is_attack_output, load_tensors, save_tensors, write_json
+from common.files import StagedDir, is_attack_output, load_tensors, load_weights_only, save_tensors, write_json
 from common.interrupt import failure_note, fit
 from common.tracking import wandb_mode
 from datamodules.sources import DataConfig, load_pool
@@ -118,12 +117,7 @@ def check_checkpoint(path: str | Path) -> None:
     It may be truncated by a crash, or crafted: ``weights_only`` stops the code in it from running,
     and this turns the resulting unpickling error into one line instead of a traceback.
     """
-    try:
-        torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"checkpoint {path} cannot be loaded safely ({reason[:160]}): delete it, or the .partial "
-                        "folder, to start the attack over") from None
+    load_weights_only(path, "checkpoint", ": delete it, or the .partial folder, to start the attack over")
 
 
 def process_rank() -> int:

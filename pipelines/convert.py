@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from common.errors import UserError
-from common.files import StagedDir, load_tensors, save_tensors, write_json
+from common.files import StagedDir, load_tensors, load_weights_only, save_tensors, write_json
 from federation.update_store import FORMAT, sha256
 from inversion.threat_model import ThreatConfig, load_knowledge
 from lightning_modules.fl_client import LOSS
@@ -46,15 +45,7 @@ class ClientFacts:
 def load_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """A state dict from safetensors or torch.save (weights only); a {'state_dict': ...} wrapper is opened."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} not found: {path}")
-    if path.suffix == ".safetensors":
-        return load_tensors(path, what)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise UserError(f"{what} {path} is not a weights-only state dict ({reason[:120]})") from None
+    data = load_tensors(path, what) if path.suffix == ".safetensors" else load_weights_only(path, what)
     for key in ("state_dict", "model"):
         if isinstance(data, dict) and isinstance(data.get(key), dict):
             data = data[key]

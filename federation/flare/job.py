@@ -27,7 +27,7 @@ import torch
 
 from common.config import to_dict
 from common.errors import UserError
-from common.files import load_tensors, save_tensors
+from common.files import load_tensors, load_weights_only, save_tensors
 from federation.flare.outbox_filter import PREFIX, SITE_LOG, strip_prefix
 from federation.simulation import FederatedSimulation, RoundRecord, append_metrics_csv
 from federation.update_store import global_model_path
@@ -155,7 +155,7 @@ def final_model_file(job_workspace: Path) -> Path:
 def collect(sim: FederatedSimulation, run_dir: Path, job_workspace: Path, seconds: float) -> list[RoundRecord]:
     """The run layout of the in-process engine from what the sites and the server left."""
     rounds = sim.cfg.fl.rounds
-    saved = torch.load(final_model_file(job_workspace), map_location="cpu", weights_only=True)
+    saved = load_weights_only(final_model_file(job_workspace), "NVFlare's final global model")
     final = strip_prefix(saved.get("model", saved))
     reference = sim.global_model.state_dict()
     save_tensors(global_model_path(run_dir, rounds), {k: final[k].to(reference[k].dtype) for k in reference})
