@@ -73,12 +73,23 @@ def load_update(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     return delta, meta
 
 
+def locate(update_directory: str | Path) -> tuple[Path, int, int] | None:
+    """(run, round, client) of an update folder laid out as RUN/updates/round_<r>/client_<c>, else None."""
+    d = Path(update_directory).resolve()
+    try:
+        rnd = int(d.parent.name.removeprefix("round_"))
+        client = int(d.name.removeprefix("client_"))
+    except ValueError:
+        return None
+    if d.parent.parent.name != "updates":
+        return None
+    return d.parent.parent.parent, rnd, client
+
+
 def update_root(update_directory: Path) -> Path:
     """The folder an update's own files may live in: its run (RUN/updates/round_r/client_c), else the update folder."""
-    directory = update_directory.resolve()
-    if directory.parent.parent.name == "updates" and directory.parent.name.startswith("round_"):
-        return directory.parents[2]
-    return directory
+    where = locate(update_directory)
+    return where[0] if where is not None else update_directory.resolve()
 
 
 def resolve_global_model(update_directory: Path, meta: dict[str, Any], explicit: str | Path | None = None) -> Path:

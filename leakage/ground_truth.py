@@ -11,7 +11,7 @@ import torch
 
 from common.errors import UserError
 from common.files import load_tensors, read_json
-from federation.update_store import ground_truth_dir
+from federation.update_store import ground_truth_dir, locate
 from inversion.threat_model import OracleKnowledge, ThreatConfig
 
 
@@ -24,19 +24,6 @@ class GroundTruth:
     bn_stats: dict[str, torch.Tensor]  # step_<t>/<layer>/<mean|var|var_unbiased>
     bn_layers: list[str]
     directory: Path
-
-
-def locate(update_directory: str | Path) -> tuple[Path, int, int] | None:
-    """(run, round, client) of an update folder laid out as RUN/updates/round_<r>/client_<c>."""
-    d = Path(update_directory).resolve()
-    try:
-        rnd = int(d.parent.name.removeprefix("round_"))
-        client = int(d.name.removeprefix("client_"))
-    except ValueError:
-        return None
-    if d.parent.parent.name != "updates":
-        return None
-    return d.parent.parent.parent, rnd, client
 
 
 def load_ground_truth(run: Path, rnd: int, client: int) -> GroundTruth:

@@ -24,11 +24,11 @@ from common.interrupt import failure_note, fit
 from common.tracking import wandb_mode
 from datamodules.sources import DataConfig, load_pool
 from common.quiet import quiet_lightning
-from federation.update_store import high_risk_update
+from federation.update_store import high_risk_update, locate
 from inversion.config import AttackConfig
 from inversion.threat_model import AttackerKnowledge, load_knowledge, load_prior
 from leakage.figures import reconstruction_figure
-from leakage.ground_truth import GroundTruth, ground_truth_for_update, load_image_file, locate, oracle_knowledge
+from leakage.ground_truth import GroundTruth, ground_truth_for_update, load_image_file, oracle_knowledge
 from leakage.metrics import LPIPS, SSIMSettings
 from leakage.scoring import score
 from lightning_modules.inversion_attack import AttackResult, GradientInversionAttack, iteration_loader

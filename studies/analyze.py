@@ -5,7 +5,8 @@ from pathlib import Path
 from typing import Any
 
 from common.files import load_tensors, read_json
-from leakage.ground_truth import locate, load_ground_truth
+from federation.update_store import locate
+from leakage.ground_truth import load_ground_truth
 from studies import plots
 from studies.reference import REFERENCES
 from studies.spec import StudySpec
