@@ -109,6 +109,11 @@ class UpdateMeta(_Strict):
         return self
 
 
+def required_fields() -> list[str]:
+    """The keys every meta.json must have, in the schema's order."""
+    return [name for name, field in UpdateMeta.model_fields.items() if field.is_required()]
+
+
 def check_meta(meta: Any, path: str | Path) -> dict[str, Any]:
     """Validate ``meta`` (as read from ``path``); the first problem becomes a one-line :class:`UserError`."""
     if not isinstance(meta, dict):

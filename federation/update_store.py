@@ -16,11 +16,10 @@ import torch
 
 from common.errors import UserError
 from common.files import load_tensors, read_json, save_tensors, write_json
-from federation.update_meta import check_meta
+from federation.update_meta import check_meta, required_fields
 
 FORMAT = "fl-leakage-update/1"
-REQUIRED_META = ["format", "round", "client", "model", "input_shape", "loss", "optimizer", "batch_size",
-                 "num_images", "local_steps", "local_epochs", "bn_momentum"]
+REQUIRED_META = required_fields()  # the schema's required keys (federation/update_meta.py), checked first for a clear message
 
 
 def global_model_path(run: Path, rnd: int) -> Path:
