@@ -17,10 +17,11 @@ from privacy.base import FilterChain, FilterContext
 
 
 class ClientOutbox:
-    def __init__(self, filters: FilterChain, run_dir: Path | None, capture: bool, recorder: BatchStatisticsRecorder | None = None):
+    """``run_dir``: where the update and the ground truth are written; None = this update is not captured."""
+
+    def __init__(self, filters: FilterChain, run_dir: Path | None, recorder: BatchStatisticsRecorder | None = None):
         self.filters = filters
         self.run_dir = run_dir
-        self.capture = capture and run_dir is not None
         self.recorder = recorder
 
     def send(self, job: ClientRound, local: LocalResult) -> ClientResult:
@@ -30,7 +31,6 @@ class ClientOutbox:
         outgoing, effects = self.filters.apply(local.raw, FilterContext(gen, job.round, job.client, n, local.steps))
         meta = dict(local.meta, withheld_keys=sorted(set(local.raw) - set(outgoing)))
         result = ClientResult(outgoing, local.raw, meta, n, local.steps, effects, local.train_loss)
-        if self.capture:
-            assert self.run_dir is not None
+        if self.run_dir is not None:
             save_round(self.run_dir, job, result, bool(len(self.filters)), self.recorder)
         return result

@@ -120,9 +120,10 @@ class FederatedSimulation:
         rng = np.random.default_rng(client_seed(self.cfg.seed, rnd, 99991))
         return sorted(int(c) for c in rng.choice(self.num_clients, size=k, replace=False))
 
-    def captured(self, rnd: int, client: int) -> bool:
+    def captured(self, rnd: int, client: int, run_dir: Path | None) -> bool:
+        """Whether this client's update of this round is written (never without a run folder)."""
         cap = self.cfg.capture
-        return (not cap.clients or client in cap.clients) and (not cap.rounds or rnd in self.capture_rounds)
+        return run_dir is not None and (not cap.clients or client in cap.clients) and (not cap.rounds or rnd in self.capture_rounds)
 
     def make_trainer(self, callbacks: list[pl.Callback]) -> pl.Trainer:
         steps = self.cfg.local.steps
@@ -167,11 +168,10 @@ class FederatedSimulation:
         return capture
 
     def recorder(self, rnd: int, client: int, run_dir: Path | None) -> BatchStatisticsRecorder | None:
-        capture_now = run_dir is not None and self.captured(rnd, client)
-        return BatchStatisticsRecorder() if capture_now and self.cfg.capture.bn_statistics else None
+        return BatchStatisticsRecorder() if self.captured(rnd, client, run_dir) and self.cfg.capture.bn_statistics else None
 
     def outbox(self, rnd: int, client: int, run_dir: Path | None, recorder: BatchStatisticsRecorder | None) -> ClientOutbox:
-        return ClientOutbox(self.filters, run_dir, run_dir is not None and self.captured(rnd, client), recorder)
+        return ClientOutbox(self.filters, run_dir if self.captured(rnd, client, run_dir) else None, recorder)
 
     def local_epochs(self, client: int) -> int:
         spec = self.split.specs[client]

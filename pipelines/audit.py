@@ -12,7 +12,7 @@ import torch
 
 from common.cli import config_files
 from common.config import load, overrides_list
-from federation.audit import AuditConfig, AuditRecord, audit_due, check_audit_config
+from federation.audit import AuditConfig, AuditRecord, audit_due
 from inversion.config import AttackConfig
 from inversion.threat_model import AttackerKnowledge, ThreatConfig
 from leakage.metrics import SSIMSettings
@@ -25,8 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class AttackAudit:
     def __init__(self, cfg: AuditConfig, num_clients: int):
-        check_audit_config(cfg, num_clients)
-        self.cfg = cfg
+        self.cfg = cfg  # checked by the federation (check_audit_config), which builds the auditor
         path = Path(cfg.attack_config)
         if not path.is_absolute() and not path.exists():
             path = ROOT / path

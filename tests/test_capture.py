@@ -84,3 +84,12 @@ def test_global_model_is_checkpointed_every_round(tiny_run):
         assert global_model_path(tiny_run, rnd).is_file()
     split = read_json(tiny_run / "split.json")
     assert [len(c["pool_indices"]) for c in split["clients"]] == [8, 6, 1]
+
+
+def test_only_the_chosen_clients_and_rounds_are_written(tmp_path):
+    from federation.update_store import list_updates
+
+    cfg = tiny_train_config(tmp_path, **{"capture.clients": [2], "capture.rounds": [-1]})
+    FederatedSimulation(cfg).run(tmp_path)
+    assert [(r, c) for r, c, _ in list_updates(tmp_path)] == [(1, 2)]
+    assert sorted(p.name for p in (tmp_path / "ground_truth").glob("round_*/client_*")) == ["client_2"]
