@@ -183,14 +183,9 @@ def export_job(sim: FederatedSimulation, job_dir: Path, site_run: str = "fl_leak
     with tempfile.TemporaryDirectory() as tmp, _nvflare_process_env():
         save_initial_model(sim, Path(tmp) / INITIAL)
         shutil.copy2(SCRIPT, Path(tmp) / SCRIPT.name)
-        cwd = os.getcwd()
-        os.chdir(tmp)  # relative paths: the initial model is bundled into the server app, the script into the client app
-        try:
-            recipe = build_recipe(sim, INITIAL, site_run, script=SCRIPT.name)
-            staging = Path(tmp) / "export"
-            recipe.export(str(staging))
-        finally:
-            os.chdir(cwd)
+        staging = Path(tmp) / "export"
+        with contextlib.chdir(tmp):  # relative paths: the initial model is bundled into the server app, the script into the client app
+            build_recipe(sim, INITIAL, site_run, script=SCRIPT.name).export(str(staging))
         produced = staging / JOB_NAME if (staging / JOB_NAME).is_dir() else staging
         job_dir.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(produced, job_dir)
