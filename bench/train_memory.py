@@ -28,7 +28,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, str(ROOT / "train.py"), *args.overrides, "logging.progress=false", "logging.wandb=false", "--out", f"{tmp}/run"]
         env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), WANDB_MODE="disabled")
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        log = Path(tmp) / "stderr.txt"  # a file, not a pipe: a full pipe would stall train.py while we only sample
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
         handle, samples, started = psutil.Process(proc.pid), [], time.time()
         while proc.poll() is None:
             try:
@@ -39,7 +40,7 @@ def main() -> None:
                 break
             time.sleep(1.0)
         if proc.returncode:
-            raise SystemExit(f"train.py failed: {proc.stderr.read()[-500:]}")
+            raise SystemExit(f"train.py failed: {log.read_text()[-500:]}")
     quarters = [samples[max(0, int(len(samples) * f) - 1)] / 2**30 for f in (0.25, 0.5, 0.75, 1.0)]
     print(json.dumps({"command": " ".join(cmd[1:-2]), "seconds": round(time.time() - started, 1),
                       "peak_gib": round(max(samples) / 2**30, 2), "rss_gib_at_quarters": [round(q, 2) for q in quarters]}, indent=1))
