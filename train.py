@@ -44,12 +44,10 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.time()
     simulation = FederatedSimulation(cfg, auditor=AttackAudit)  # validates data, split, model and filters before writing anything
-    run_rounds = engine(cfg.fl.engine)
+    run_rounds = engine(cfg.fl.engine, args.resume)
     if args.export_job:
         export(simulation, Path(args.export_job))
         return
-    if args.resume and cfg.fl.engine != "simulation":
-        raise UserError(f"--resume is for the in-process engine, not fl.engine={cfg.fl.engine}")
     staged = StagedDir(cfg.out, resume=args.resume, overwrite=args.overwrite, own=is_complete_run, what="a complete training run")
     if args.resume:
         check_resumable(staged, cfg)

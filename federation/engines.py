@@ -14,30 +14,34 @@ from federation.simulation import FederatedSimulation, RoundRecord
 
 Engine = Callable[[FederatedSimulation, Path, bool], list[RoundRecord]]
 ENGINES: dict[str, Engine] = {}
+RESUMABLE: set[str] = set()
 
 
-def register(name: str) -> Callable[[Engine], Engine]:
+def register(name: str, resumable: bool = False) -> Callable[[Engine], Engine]:
     def add(fn: Engine) -> Engine:
         ENGINES[name] = fn
+        if resumable:
+            RESUMABLE.add(name)
         return fn
     return add
 
 
-def engine(name: str) -> Engine:
+def engine(name: str, resume: bool = False) -> Engine:
+    """The engine called ``name``; refused before any work when it cannot do what is asked (resume)."""
     if name not in ENGINES:
         raise UserError(f"unknown fl.engine '{name}' ({', '.join(ENGINES)})")
+    if resume and name not in RESUMABLE:
+        raise UserError(f"--resume is for {', '.join(sorted(RESUMABLE))}, not fl.engine={name}: an interrupted {name} run starts over")
     return ENGINES[name]
 
 
-@register("simulation")
+@register("simulation", resumable=True)
 def in_process(sim: FederatedSimulation, run_dir: Path, resume: bool) -> list[RoundRecord]:
     return sim.run(run_dir, resume=resume)
 
 
 @register("nvflare")
 def nvflare(sim: FederatedSimulation, run_dir: Path, resume: bool) -> list[RoundRecord]:
-    if resume:
-        raise UserError("--resume is for the in-process engine; an interrupted NVFlare run starts over")
     from federation.flare.job import run_simulator
 
     return run_simulator(sim, run_dir)

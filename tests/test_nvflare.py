@@ -160,3 +160,14 @@ def test_exported_job_runs_in_nvflare_simulator_command(tmp_path):
     sites = [tmp_path / "fl_leakage_site"] + sorted(workspace.glob("**/fl_leakage_site"))
     updates = [u for site in sites if site.is_dir() for u in list_updates(site)]
     assert len(updates) == 3  # every site wrote the update it sent in round 0
+
+
+def test_resume_is_refused_before_any_work_for_an_engine_that_cannot(tmp_path, capsys):
+    from tests.conftest import run_entry
+    import train
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(CONFIG))
+    code, err = run_entry(train.main, ["--config", str(config), "fl.engine=nvflare", "--resume", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "--resume is for simulation, not fl.engine=nvflare" in err, err
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
