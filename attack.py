@@ -10,7 +10,6 @@ step, leakage/scoring.py) reads the ground truth when the run has one.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -42,7 +41,10 @@ def main(argv: list[str] | None = None) -> None:
     if not m:  # a DDP worker process: rank 0 reports
         return
     if m.get("ssim") is not None:
-        print(f"SSIM {m['ssim']:.3f}  PSNR {m['psnr']:.1f} dB  RDLV {m['rdlv']:.2f}  label accuracy {m['label_accuracy']:.2f}  "
+        from leakage.image_metrics import REGISTRY
+
+        extra = "".join(f"{cls.format(m[name])}  " for name, cls in REGISTRY.items() if m.get(name) is not None)
+        print(f"SSIM {m['ssim']:.3f}  {extra}RDLV {m['rdlv']:.2f}  label accuracy {m['label_accuracy']:.2f}  "
               f"({m['iterations']} iterations, {m['seconds']:.0f}s) -> {summary['out']}")
     else:
         print(f"reconstruction written ({m['iterations']} iterations, {m['seconds']:.0f}s; no ground truth to score) -> {summary['out']}")

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import yaml
 
-    from lightning_modules.models import ModelSpec
+    from model.factory import ModelSpec
     from pipelines.convert import ClientFacts, convert
 
     try:

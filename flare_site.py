@@ -35,9 +35,9 @@ def decode_config(text: str) -> dict:
 def write_global(run_dir: Path, rnd: int, state: dict) -> None:
     """The global model this round started from, as the site received it (the first site to write wins)."""
     from common.files import save_tensors
-    from federation.update_store import global_model_path
+    from federation.run_layout import RunLayout
 
-    path = global_model_path(run_dir, rnd)
+    path = RunLayout(run_dir).global_model(rnd)
     if path.exists():
         return
     tmp = path.with_name(f".{path.name}.{os.getpid()}")

@@ -45,11 +45,13 @@ def main(argv: list[str] | None = None) -> None:
     results = runner.run()
     summary = analyze(results.parent, spec)
     if args.wandb:
-        log_study_run(results.parent, spec, summary["figures"])
+        log_study_run(results.parent, spec, summary["figure_paths"])
     print(f"{spec.name}: {len(runner.cells)} cells ({runner.trainings_run} trainings and {runner.attacks_run} attacks run now, "
           f"the rest reused) in {time.time() - started:.0f}s -> {results.parent}")
+    from studies.tables import markdown_table
+
     for table in summary["tables"]:
-        print("\n" + table)
+        print(f"\n### {table['heading']}\n\n{markdown_table(table['header'], table['rows'])}\n")
 
 
 def log_study_run(study_dir, spec: StudySpec, figures: list) -> None:

@@ -8,18 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
 from common.cli import load_config, parser  # noqa: E402
-from common.errors import UserError, run_cli  # noqa: E402
+from common.errors import run_cli  # noqa: E402
 from federation.config import TrainConfig  # noqa: E402
-
-if TYPE_CHECKING:
-    from common.files import StagedDir
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.yaml")
 
@@ -35,87 +30,17 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_intermixed_args(argv)
     cfg = load_config(TrainConfig, args, DEFAULT_CONFIG, {"out": args.out})
 
-    from common.files import StagedDir, is_complete_run, write_json
-    from common.interrupt import failure_note
-    from federation.curves import accuracy_figure, accuracy_line
-    from federation.engines import engine
-    from federation.simulation import FederatedSimulation
-    from pipelines.audit import AttackAudit
+    from federation.curves import accuracy_line
+    from pipelines.train_job import TrainJob
 
-    started = time.time()
-    simulation = FederatedSimulation(cfg, auditor=AttackAudit)  # validates data, split, model and filters before writing anything
-    run_rounds = engine(cfg.fl.engine, args.resume)
+    job = TrainJob(cfg, resume=args.resume)  # validates data, split, model, filters and engine before writing anything
     if args.export_job:
-        export(simulation, Path(args.export_job))
+        job.export(Path(args.export_job))
+        print(f"NVFlare job written to {args.export_job}: submit it to your FL server (docs/nvflare.md)")
         return
-    staged = StagedDir(cfg.out, resume=args.resume, overwrite=args.overwrite, own=is_complete_run, what="a complete training run")
-    if args.resume:
-        check_resumable(staged, cfg)
-    run_dir = staged.open()
-    try:
-        records = run_rounds(simulation, run_dir, args.resume)
-        accuracy = records[-1].test_accuracy if records else last_accuracy(run_dir)  # killed after the last round
-        accuracy_figure(run_dir / "metrics.csv", run_dir / "accuracy.png", f"{Path(cfg.out).name}: {cfg.model.name}, {cfg.fl.rounds} rounds")
-        write_json(run_dir / "run.json", {
-            "state": "complete", "seconds": round(time.time() - started, 2), "rounds": cfg.fl.rounds,
-            "resumed_at_round": (records[0].round if records else cfg.fl.rounds) if args.resume else None,
-            "final_test_accuracy": accuracy, "argv": sys.argv[1:], "versions": versions(),
-        })
-    except BaseException as err:
-        staged.fail(failure_note(err))
-        raise
-    final = staged.commit()
-    print(f"test accuracy per round: {accuracy_line(final / 'metrics.csv')} (curve: {final / 'accuracy.png'})")
-    print(f"done in {time.time() - started:.0f}s: {cfg.fl.rounds} rounds, test accuracy {accuracy:.3f} -> {final}")
-
-
-def export(simulation, job_dir: Path) -> None:
-    from federation.flare.job import export_job
-
-    if job_dir.exists() or job_dir.is_symlink():
-        raise UserError(f"{job_dir} already exists: choose a new folder for the NVFlare job")
-    export_job(simulation, job_dir)
-    print(f"NVFlare job written to {job_dir}: submit it to your FL server (docs/nvflare.md)")
-
-
-def check_resumable(staged: "StagedDir", cfg: TrainConfig) -> None:
-    """A resume continues the very run that was interrupted: same resolved config, not a finished run."""
-    import yaml
-
-    from common.config import to_dict
-
-    if not staged.partial.is_dir():
-        if staged.final.exists():
-            raise UserError(f"{staged.final} is complete: nothing to resume (--overwrite replaces it with a new run)")
-        raise UserError(f"nothing to resume: {staged.partial} not found")
-    saved_file = staged.partial / "config.yaml"
-    if saved_file.is_file():
-        saved = yaml.safe_load(saved_file.read_text()) or {}
-        now = to_dict(cfg)
-        keys = sorted(k for k in set(saved) | set(now) if k != "logging" and saved.get(k) != now.get(k))
-        if keys:
-            raise UserError(f"--resume with a config that differs from the interrupted run's ({', '.join(keys)}): "
-                            f"resume with the same settings, or start a new run")
-
-
-def last_accuracy(run_dir: Path) -> float:
-    import csv
-
-    with open(run_dir / "metrics.csv") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise UserError(f"nothing to resume in {run_dir}")
-    return float(rows[-1]["test_accuracy"])
-
-
-def versions() -> dict[str, str]:
-    import pytorch_lightning
-    import timm
-    import torch
-    import torchmetrics
-
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "pytorch_lightning": pytorch_lightning.__version__,
-            "timm": timm.__version__, "torchmetrics": torchmetrics.__version__}
+    result = job.run(overwrite=args.overwrite, record={"argv": sys.argv[1:]})
+    print(f"test accuracy per round: {accuracy_line(result.run.metrics)} (curve: {result.run.accuracy_figure})")
+    print(f"done in {result.seconds:.0f}s: {cfg.fl.rounds} rounds, test accuracy {result.accuracy:.3f} -> {result.run.root}")
 
 
 if __name__ == "__main__":

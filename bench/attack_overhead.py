@@ -16,7 +16,7 @@ from bench.common import device_name, load_target, save, target_parser
 
 def plain_loop(attack, iterations: int) -> float:
     """Seconds per iteration of Adam + warm-up/cosine + clamp + best-by-objective, no framework."""
-    from lightning_modules.inversion_attack import warmup_cosine
+    from inversion.attack_module import warmup_cosine
 
     cfg = attack.optim_cfg
     images = attack.images.detach().clone().requires_grad_(True)

@@ -5,11 +5,9 @@ import json
 import os
 import platform
 import resource
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 
@@ -24,16 +22,11 @@ def ensure_run(run: Path, overrides: list[str] | None = None) -> Path:
     if (run / "run.json").is_file():
         return run
     from common.config import load
-    from common.files import StagedDir, write_json
     from federation.config import TrainConfig
-    from federation.simulation import FederatedSimulation
+    from pipelines.train_job import TrainJob
 
     cfg = load(TrainConfig, [ROOT / "configs" / "default.yaml"], [f"out={run}", "logging.wandb=false", "logging.progress=false"] + (overrides or []))
-    sim = FederatedSimulation(cfg)
-    staged = StagedDir(run)
-    records = sim.run(staged.open())
-    write_json(staged.partial / "run.json", {"state": "complete", "rounds": len(records)})
-    return staged.commit()
+    return TrainJob(cfg).run().run.root
 
 
 def target_parser(doc: str) -> "argparse.ArgumentParser":
@@ -50,24 +43,15 @@ def target_parser(doc: str) -> "argparse.ArgumentParser":
 def load_target(args: Any, overrides: list[str]):
     """(update folder of ``args.client`` in the last round of ``args.run``, attack config, attacker knowledge)."""
     from common.config import load
-    from federation.update_store import list_updates, update_dir
+    from federation.run_layout import RunLayout
     from inversion.config import AttackConfig
     from pipelines.attack_job import attacker_knowledge
 
     run = ensure_run(Path(args.run))
-    last = max(r for r, _, _ in list_updates(run))
-    update = update_dir(run, last, args.client)
+    last = max(r for r, _, _ in RunLayout(run).updates())
+    update = RunLayout(run).update(last, args.client)
     cfg = load(AttackConfig, [args.config], overrides + ["logging.progress=false", "logging.wandb=false"] + list(args.overrides))
     return update, cfg, attacker_knowledge(cfg, update)
-
-
-def median_time(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def peak_rss_mb() -> float:

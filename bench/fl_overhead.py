@@ -66,9 +66,9 @@ def main() -> None:
     for rnd in range(args.rounds):
         if tmp is not None:
             from common.files import save_tensors
-            from federation.update_store import global_model_path
+            from federation.run_layout import RunLayout
 
-            save_tensors(global_model_path(tmp, rnd), state)
+            save_tensors(RunLayout(tmp).global_model(rnd), state)
         results = {}
         for client in sim.sample_clients(rnd):
             plain = plain_local_training(sim, rnd, client, state, cfg.optimizer.lr)

@@ -32,7 +32,8 @@ def main() -> None:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
     from common.config import load
-    from federation.update_store import high_risk_update, list_updates
+    from federation.run_layout import RunLayout
+    from federation.update_store import high_risk_update
     from inversion.config import AttackConfig
     from leakage.ground_truth import ground_truth_for_update
     from leakage.metrics import SSIMSettings
@@ -41,8 +42,8 @@ def main() -> None:
 
     run = ensure_run(Path(args.run))
     last_update = high_risk_update(run)
-    client = next(c for _, c, path in list_updates(run) if path == last_update)
-    folders = {r: path for r, c, path in list_updates(run) if c == client}  # round -> this client's update
+    client = next(c for _, c, path in RunLayout(run).updates() if path == last_update)
+    folders = {r: path for r, c, path in RunLayout(run).updates() if c == client}  # round -> this client's update
     saved = sorted(folders)
     runs = []
     for rnd, seed in ((rnd, seed) for rnd in args.rounds for seed in args.seeds):

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 # the packages whose objects are walked into; anything else (functions, compiled wrappers, generators) is left as is
-WALKED_PACKAGES = ("inversion", "leakage", "lightning_modules", "privacy", "federation", "common")
+WALKED_PACKAGES = ("inversion", "leakage", "model", "privacy", "federation", "common")
 
 
 def move_to(obj: Any, device: torch.device | str, _memo: dict[int, Any] | None = None) -> Any:

@@ -171,12 +171,16 @@ class StagedDir:
             (self.partial / "FAILED").write_text(reason.strip() + "\n")
 
     @contextlib.contextmanager
-    def staged(self) -> Iterator[Path]:
+    def staged(self, on_failure: Callable[[], None] | None = None) -> Iterator[Path]:
+        """``with staged.staged() as work:`` the job writes into ``work``; committed when the block ends,
+        marked FAILED (and ``on_failure`` called) when it raises."""
         path = self.open()
         try:
             yield path
         except BaseException as err:
             self.fail(failure_note(err))
+            if on_failure is not None:
+                on_failure()
             raise
         self.commit()
 

@@ -17,10 +17,7 @@ import torch
 
 from common.config import option
 from common.errors import UserError
-from lightning_modules.models import ModelSpec
-
-AUDIT_FIELDS = ["round", "client", "rdlv", "ssim", "psnr", "ssim_gain", "label_accuracy", "threshold", "withheld", "seconds"]
-
+from model.factory import ModelSpec
 
 @dataclasses.dataclass
 class AuditConfig:
@@ -37,12 +34,18 @@ class AuditRecord:
     client: int
     rdlv: float
     ssim: float
-    psnr: float
     ssim_gain: float
     label_accuracy: float | None
     threshold: float | None
     withheld: bool
     seconds: float
+    metrics: dict[str, float | None] = dataclasses.field(default_factory=dict)  # the registered image metrics (PSNR, ...)
+
+    def row(self) -> dict[str, Any]:
+        """audit.csv's row: the image metrics right after SSIM."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "metrics"}
+        out = {k: fields.pop(k) for k in ("round", "client", "rdlv", "ssim")}
+        return {**out, **self.metrics, **fields}
 
 
 class Auditor(Protocol):
@@ -82,9 +85,15 @@ class NoAudit:
 
 
 def append_audit_csv(path: Path, record: AuditRecord) -> None:
+    row = record.row()
     new = not path.exists()
+    if not new:
+        with open(path, newline="") as fh:
+            header = next(csv.reader(fh), [])
+        if header != list(row):
+            raise ValueError(f"{path} has columns {header}, this audit record has {list(row)}")
     with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=AUDIT_FIELDS)
+        writer = csv.DictWriter(fh, fieldnames=list(row))
         if new:
             writer.writeheader()
-        writer.writerow(dataclasses.asdict(record))
+        writer.writerow(row)

@@ -8,8 +8,8 @@ from common.config import option
 from federation.audit import AuditConfig
 from datamodules.federated import SplitConfig
 from datamodules.sources import DataConfig
-from lightning_modules.fl_client import OptimizerConfig
-from lightning_modules.models import ModelConfig
+from federation.client import OptimizerConfig
+from model.factory import ModelConfig
 
 
 @dataclasses.dataclass

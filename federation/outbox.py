@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from callbacks.batch_statistics import BatchStatisticsRecorder
-from callbacks.update_capture import ClientResult, ClientRound, LocalResult, save_round
+from federation.batch_statistics import BatchStatisticsRecorder
+from federation.capture import ClientResult, ClientRound, LocalResult, save_round
 from privacy.base import FilterChain, FilterContext
 
 

@@ -15,9 +15,9 @@ import pytorch_lightning as pl
 import torch
 from tqdm.auto import tqdm
 
-from callbacks.batch_statistics import BatchStatisticsRecorder
-from callbacks.update_capture import ClientResult, ClientRound, LocalResult, UpdateCapture
-from common.config import dump_yaml, to_dict
+from federation.batch_statistics import BatchStatisticsRecorder
+from federation.capture import ClientResult, ClientRound, LocalResult, UpdateCapture
+from common.config import build, dump_yaml, to_dict
 from common.errors import UserError
 from common.files import load_tensors, save_tensors, write_json
 from common.interrupt import fit
@@ -30,9 +30,9 @@ from federation.audit import AuditConfig, Auditor, AuditRecord, NoAudit, append_
 from federation.config import TrainConfig
 from federation.fedavg import apply_update, average_updates, client_weights
 from federation.outbox import ClientOutbox
-from federation.update_store import global_model_path
-from lightning_modules.fl_client import FLClient, evaluate
-from lightning_modules.models import ClientModel, ModelSpec, build_model, check_batch_norm_viable
+from federation.run_layout import RunLayout
+from federation.client import FLClient, evaluate
+from model.factory import ClientModel, ModelSpec, build_model, check_batch_norm_viable
 from privacy.base import FilterChain, FilterContext
 
 # (job, local result, its BN-statistics recorder) -> the result as sent, or None when the engine sends it later
@@ -198,7 +198,7 @@ class FederatedSimulation:
         record = self.audit.run(rnd, client, self.spec, global_state, result.outgoing, result.meta, self.prior,
                                 self.pool.images[idx], self.pool.labels[idx])
         if run_dir is not None:
-            append_audit_csv(run_dir / "audit.csv", record)
+            append_audit_csv(RunLayout(run_dir).audit, record)
         if wandb_run is not None:
             wandb_run.log({f"audit/rdlv_client{client}": record.rdlv, f"audit/ssim_client{client}": record.ssim,
                            f"audit/withheld_client{client}": int(record.withheld)}, step=rnd)
@@ -212,13 +212,13 @@ class FederatedSimulation:
         for k, name in enumerate(self.pool.class_names):
             if (labels == k).any():
                 tensors[f"class/{name}"] = pool[labels == k].mean(0)
-        save_tensors(run_dir / "prior.safetensors", tensors, metadata={"population": f"{self.pool.name} training pool", "images": str(len(pool))})
+        save_tensors(RunLayout(run_dir).prior, tensors, metadata={"population": f"{self.pool.name} training pool", "images": str(len(pool))})
 
     def write_setup(self, run_dir: Path) -> None:
         """What a run holds before its first round: resolved config, population prior, client split."""
-        (run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+        RunLayout(run_dir).config.write_text(dump_yaml(self.cfg))
         self.write_prior(run_dir)
-        write_json(run_dir / "split.json", {
+        write_json(RunLayout(run_dir).split, {
             "clients": [{"images": s.images, "batch_size": s.batch_size, "pool_indices": idx.tolist()}
                         for s, idx in zip(self.split.specs, self.split.client_indices)],
             "test_indices": self.split.test_indices.tolist(), "class_names": self.pool.class_names,
@@ -234,16 +234,16 @@ class FederatedSimulation:
         client), so the resumed run ends exactly where an uninterrupted one would; stateful filters
         (the DP accountants) replay the applications of the finished rounds.
         """
-        metrics = run_dir / "metrics.csv"
+        metrics = RunLayout(run_dir).metrics
         if not metrics.is_file():
             return None
         with open(metrics) as fh:
             done = [int(r["round"]) for r in csv.DictReader(fh)]
         nxt = max(done) + 1 if done else 0
-        path = global_model_path(run_dir, nxt)
+        path = RunLayout(run_dir).global_model(nxt)
         if not path.is_file():
             raise UserError(f"cannot resume {run_dir}: round {nxt - 1} finished but {path.name} is missing")
-        _truncate_csv(run_dir / "audit.csv", nxt)
+        _truncate_csv(RunLayout(run_dir).audit, nxt)
         self.replay_filters(nxt)
         return nxt, load_tensors(path, "global model")
 
@@ -254,7 +254,7 @@ class FederatedSimulation:
                 idx = self.split.client_indices[client]
                 self.filters.replay(FilterContext(torch.Generator(), rnd, client, int(idx.numel()), self.expected_steps(client)))
 
-    def run(self, run_dir: Path | None, on_round: Callable[[RoundRecord], None] | None = None, resume: bool = False) -> list[RoundRecord]:
+    def run(self, run_dir: Path | None, resume: bool = False) -> list[RoundRecord]:
         """Run the remaining rounds; returns the records of the rounds run now."""
         cfg = self.cfg
         wandb_run = None
@@ -267,16 +267,16 @@ class FederatedSimulation:
         records: list[RoundRecord] = []
         total = sum(len(self.sample_clients(r)) for r in range(first, cfg.fl.rounds))
         bar = tqdm(total=total, desc="FL", unit="client", disable=not cfg.logging.progress, dynamic_ncols=True)
-        metrics_file = run_dir / "metrics.csv" if run_dir is not None else None
+        metrics_file = RunLayout(run_dir).metrics if run_dir is not None else None
         pool = None
         try:
             if cfg.fl.workers > 0:
                 from federation.workers import ClientWorkers
 
                 bar.set_description(f"starting {cfg.fl.workers} FL workers")
-                pool = ClientWorkers(to_dict(cfg), cfg.fl.workers, self.accelerator in ("gpu", "cuda"), first)
+                pool = ClientWorkers(worker_simulation, to_dict(cfg), cfg.fl.workers, self.accelerator in ("gpu", "cuda"), first)
             if run_dir is not None and first == 0:
-                save_tensors(global_model_path(run_dir, 0), global_state)
+                save_tensors(RunLayout(run_dir).global_model(0), global_state)
             for rnd in range(first, cfg.fl.rounds):
                 start = time.perf_counter()
                 lr = self.round_lr(rnd)
@@ -297,7 +297,7 @@ class FederatedSimulation:
                 received = {c: r for c, r in results.items() if c not in withheld}
                 global_state = self.aggregate(received, global_state)
                 if run_dir is not None:  # the model sent out in the next round (after the last: the final model)
-                    save_tensors(global_model_path(run_dir, rnd + 1), global_state)
+                    save_tensors(RunLayout(run_dir).global_model(rnd + 1), global_state)
                 self.global_model.load_state_dict(global_state)
                 acc, loss = evaluate(self.global_model, self.test_loader)
                 train_loss = float(np.mean([r.train_loss for r in results.values()]))
@@ -311,8 +311,6 @@ class FederatedSimulation:
                     append_metrics_csv(metrics_file, record)
                 if wandb_run is not None:
                     wandb_run.log({"round": rnd, "test/accuracy": acc, "test/loss": loss, "train/loss": train_loss, "lr": lr}, step=rnd)
-                if on_round is not None:
-                    on_round(record)
                 # each client round leaves a Trainer <-> callbacks reference cycle holding model-sized tensors;
                 # Python's collector runs on object counts, not bytes, so it is run here (ms per round)
                 del results, received
@@ -324,6 +322,15 @@ class FederatedSimulation:
             if wandb_run is not None:
                 wandb_run.finish()
         return records
+
+
+def worker_simulation(cfg_tree: dict[str, Any], index: int, first_round: int) -> FederatedSimulation:
+    """A worker process's copy of the federation: it only trains (the parent process runs the audits)."""
+    cfg = build(TrainConfig, cfg_tree)
+    cfg.audit = AuditConfig()
+    sim = FederatedSimulation(cfg, device_index=index)
+    sim.replay_filters(first_round)
+    return sim
 
 
 def append_metrics_csv(path: Path, record: RoundRecord) -> None:

@@ -1,10 +1,5 @@
-"""The on-disk contract of a run (documented in docs/update-format.md).
-
-    RUN/global/round_<r>.safetensors                      global model sent to clients in round r
-    RUN/updates/round_<r>/client_<c>/update.safetensors   what left the client (state-dict deltas)
-    RUN/updates/round_<r>/client_<c>/meta.json            what the attacker is told
-    RUN/ground_truth/round_<r>/client_<c>/...             scoring only; never read by the attack
-"""
+"""Reading and writing one update (update.safetensors + meta.json), checked; the run around it is
+:class:`federation.run_layout.RunLayout` (docs/update-format.md)."""
 from __future__ import annotations
 
 import hashlib
@@ -16,22 +11,11 @@ import torch
 
 from common.errors import UserError
 from common.files import load_tensors, read_json, save_tensors, write_json
+from federation.run_layout import RunLayout
 from federation.update_meta import check_meta, required_fields
 
 FORMAT = "fl-leakage-update/1"
 REQUIRED_META = required_fields()  # the schema's required keys (federation/update_meta.py), checked first for a clear message
-
-
-def global_model_path(run: Path, rnd: int) -> Path:
-    return run / "global" / f"round_{rnd}.safetensors"
-
-
-def update_dir(run: Path, rnd: int, client: int) -> Path:
-    return run / "updates" / f"round_{rnd}" / f"client_{client}"
-
-
-def ground_truth_dir(run: Path, rnd: int, client: int) -> Path:
-    return run / "ground_truth" / f"round_{rnd}" / f"client_{client}"
 
 
 def sha256(path: Path) -> str:
@@ -72,23 +56,10 @@ def load_update(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     return delta, meta
 
 
-def locate(update_directory: str | Path) -> tuple[Path, int, int] | None:
-    """(run, round, client) of an update folder laid out as RUN/updates/round_<r>/client_<c>, else None."""
-    d = Path(update_directory).resolve()
-    try:
-        rnd = int(d.parent.name.removeprefix("round_"))
-        client = int(d.name.removeprefix("client_"))
-    except ValueError:
-        return None
-    if d.parent.parent.name != "updates":
-        return None
-    return d.parent.parent.parent, rnd, client
-
-
 def update_root(update_directory: Path) -> Path:
     """The folder an update's own files may live in: its run (RUN/updates/round_r/client_c), else the update folder."""
-    where = locate(update_directory)
-    return where[0] if where is not None else update_directory.resolve()
+    where = RunLayout.of_update(update_directory)
+    return where[0].root if where is not None else update_directory.resolve()
 
 
 def resolve_global_model(update_directory: Path, meta: dict[str, Any], explicit: str | Path | None = None) -> Path:
@@ -116,23 +87,10 @@ def resolve_global_model(update_directory: Path, meta: dict[str, Any], explicit:
     return path
 
 
-def list_updates(run: Path) -> list[tuple[int, int, Path]]:
-    """(round, client, folder) for every complete update of a run, sorted."""
-    found = []
-    for meta in (run / "updates").glob("round_*/client_*/meta.json"):
-        try:
-            rnd = int(meta.parent.parent.name.split("_")[1])
-            client = int(meta.parent.name.split("_")[1])
-        except (IndexError, ValueError):
-            continue
-        found.append((rnd, client, meta.parent))
-    return sorted(found)
-
-
 def high_risk_update(run: str | Path) -> Path:
     """The latest round's update of the client with the fewest local images (then smallest batch)."""
     run = Path(run)
-    updates = list_updates(run)
+    updates = RunLayout(run).updates()
     if not updates:
         hint = " (run python train.py first)" if not run.exists() else ""
         raise UserError(f"no captured updates under {run / 'updates'}{hint}")

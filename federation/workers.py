@@ -13,14 +13,14 @@ import dataclasses
 import os
 import queue
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.multiprocessing as mp
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from callbacks.update_capture import ClientResult
+from federation.capture import ClientResult
 from common.errors import UserError
 
 
@@ -42,18 +42,11 @@ def _unpack_result(fields: dict[str, Any]) -> ClientResult:
     return ClientResult(**fields)
 
 
-def _worker(cfg_tree: dict[str, Any], index: int, threads: int, first_round: int, inbox: Any, outbox: Any) -> None:
+def _worker(factory: Callable[[dict[str, Any], int, int], Any], cfg_tree: dict[str, Any], index: int, threads: int,
+            first_round: int, inbox: Any, outbox: Any) -> None:
     torch.set_num_threads(threads)
     try:
-        from common.config import build
-        from federation.audit import AuditConfig
-        from federation.config import TrainConfig
-        from federation.simulation import FederatedSimulation
-
-        cfg = build(TrainConfig, cfg_tree)
-        cfg.audit = AuditConfig()  # workers only train; the parent process runs the audits
-        sim = FederatedSimulation(cfg, device_index=index)
-        sim.replay_filters(first_round)
+        sim = factory(cfg_tree, index, first_round)
         outbox.put((index, "ready", None))
     except BaseException as err:  # noqa: BLE001 - reported to the parent, which raises it
         outbox.put((index, "error", f"{type(err).__name__}: {err}"))
@@ -74,7 +67,10 @@ def _worker(cfg_tree: dict[str, Any], index: int, threads: int, first_round: int
 class ClientWorkers:
     """``workers`` processes; with a GPU accelerator worker i trains on GPU i."""
 
-    def __init__(self, cfg_tree: dict[str, Any], workers: int, gpu: bool, first_round: int = 0, timeout_s: float = 3600.0):
+    def __init__(self, factory: Callable[[dict[str, Any], int, int], Any], cfg_tree: dict[str, Any], workers: int, gpu: bool,
+                 first_round: int = 0, timeout_s: float = 3600.0):
+        """``factory(cfg_tree, worker_index, first_round)`` builds a worker's trainer (anything with ``train_client``);
+        a module-level function, so that the spawned process can import it by name."""
         if gpu and workers > torch.cuda.device_count():
             raise UserError(f"fl.workers={workers} but only {torch.cuda.device_count()} GPU(s) are visible")
         self.workers = workers
@@ -83,7 +79,7 @@ class ClientWorkers:
         ctx = mp.get_context("spawn")
         self.outbox = ctx.Queue()
         self.inboxes = [ctx.Queue() for _ in range(workers)]
-        self.procs = [ctx.Process(target=_worker, args=(cfg_tree, i, threads, first_round, self.inboxes[i], self.outbox), daemon=True)
+        self.procs = [ctx.Process(target=_worker, args=(factory, cfg_tree, i, threads, first_round, self.inboxes[i], self.outbox), daemon=True)
                       for i in range(workers)]
         for p in self.procs:
             p.start()

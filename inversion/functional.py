@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from lightning_modules.models import batch_norm_layers
+from model.factory import batch_norm_layers
 
 
 @dataclasses.dataclass
@@ -40,7 +40,8 @@ def relu_with_smooth_grad(x: torch.Tensor, beta: float) -> torch.Tensor:
     the added term and its first derivative are exactly zero where they are evaluated, so the
     replayed update is exact; differentiating the replay once more (as update matching does) sees the
     slope ``c`` of a sigmoid instead of the zero of a step. Exact-ReLU replays converge badly
-    (paper.md section 8). Plain tensor ops, so torch.func and torch.compile see through it.
+    (through a step function, the second derivatives update matching needs are zero almost
+    everywhere). Plain tensor ops, so torch.func and torch.compile see through it.
     """
     x0 = x.detach()
     s = torch.sigmoid(beta * x0)

@@ -7,10 +7,60 @@ identifiable from the final update, so recovered labels are assigned to dummy sl
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
 
+from common.errors import UserError
 from inversion.replay import ClientProcedure
+
+if TYPE_CHECKING:
+    from inversion.threat_model import AttackerKnowledge
+
+STRATEGIES = ("auto", "analytic", "joint", "oracle")
+
+
+@dataclasses.dataclass
+class LabelChoice:
+    """How the attack treats labels: fixed (analytic or oracle), or optimised jointly from ``start``."""
+
+    strategy: str
+    fixed: torch.Tensor | None
+    start: torch.Tensor | None
+    warning: str | None  # the update does not determine the labels: what was chosen
+
+
+def choose_labels(strategy: str, knowledge: "AttackerKnowledge", model: nn.Module, proc: ClientProcedure) -> LabelChoice:
+    """The label strategy an attack runs with, from what the attacker holds (``auto``: analytic when
+    the classifier's update was sent, else joint)."""
+    if strategy not in STRATEGIES:
+        raise UserError(f"labels.strategy must be {', '.join(STRATEGIES[:-1])} or {STRATEGIES[-1]}, got {strategy}")
+    if strategy == "oracle":
+        if knowledge.oracle.labels is None:
+            raise UserError("labels.strategy=oracle needs the oracle labels (threat.oracle_labels=true)")
+        return LabelChoice("oracle", knowledge.oracle.labels.long(), None, None)
+    num_classes = knowledge.spec.num_classes
+    labels = recover_labels(knowledge.update, knowledge.global_state, model, num_classes, proc, prior_probs(model, knowledge.prior))
+    warning = label_ambiguity(knowledge.update, knowledge.global_state, model, num_classes, proc, labels)
+    if strategy == "joint":
+        return LabelChoice("joint", None, labels, warning)
+    if labels is None:
+        if strategy == "analytic":
+            raise UserError("analytic label recovery needs the classifier's update, which this update withholds")
+        return LabelChoice("joint", None, None, warning)
+    return LabelChoice("analytic", labels, None, warning)
+
+
+@torch.no_grad()
+def prior_probs(model: nn.Module, prior: torch.Tensor) -> torch.Tensor:
+    """The global model's class probabilities on the prior image (eval mode; the mode is restored)."""
+    was = model.training
+    model.eval()
+    probs = model(prior[None]).softmax(-1)[0]
+    model.train(was)
+    return probs
 
 
 def classifier_keys(model: nn.Module, num_classes: int) -> tuple[str, str | None]:

@@ -14,7 +14,7 @@ from inversion.functional import FunctionalModel
 from inversion.replay import ClientProcedure, LocalTrainingReplay, ReplayOutput, forward_steps
 from inversion.terms import AttackSetting, BNStatistics, ObjectiveTerm, TermInput, UpdateMatching, make_terms
 from inversion.threat_model import AttackerKnowledge
-from lightning_modules.models import batch_norm_layers
+from model.factory import batch_norm_layers
 
 
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")

@@ -8,7 +8,6 @@ never mutates the global model, and gradients flow back to the dummy images (and
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 import torch
@@ -48,9 +47,6 @@ class ClientProcedure:
             raise UserError(f"bn_momentum {proc.bn_momentum} is not supported (cumulative averaging is not replayed)")
         return proc
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return math.ceil(self.num_images / self.batch_size)
 
     def batches(self, seed: int = 0) -> list[torch.Tensor]:
         """The attacker's batch split over dummy slots 0..N-1.

@@ -15,7 +15,8 @@ import torch
 
 from common.config import build, option
 from common.errors import UserError
-from inversion.bn_sources import SOURCES, BNSource
+from common.registry import Registry
+from inversion.bn_sources import BNSource, source_names
 from inversion.replay import ReplayOutput
 
 
@@ -65,19 +66,15 @@ class ObjectiveTerm(abc.ABC):
         raise NotImplementedError
 
 
-REGISTRY: dict[str, type[ObjectiveTerm]] = {}
-
-
-def register(cls: type[ObjectiveTerm]) -> type[ObjectiveTerm]:
-    REGISTRY[cls.name] = cls
-    return cls
+REGISTRY: Registry[type[ObjectiveTerm]] = Registry("objective term", "objective")
+register = REGISTRY.register
 
 
 def make_terms(spec: dict[str, dict[str, Any]], setting: AttackSetting) -> list[ObjectiveTerm]:
     terms = []
     for name, params in (spec or {}).items():
         if name not in REGISTRY:
-            raise UserError(f"unknown objective term '{name}' (known: {', '.join(sorted(REGISTRY))})")
+            raise UserError(f"unknown objective term '{name}' (known: {', '.join(REGISTRY.names())})")
         cls = REGISTRY[name]
         built = build(cls.Params, params or {}, f"objective.{name}")
         if built.weight < 0:
@@ -175,7 +172,7 @@ class UpdateMatching(ObjectiveTerm):
 @dataclasses.dataclass
 class BNStatisticsParams:
     weight: float = option(1.0, "weight")
-    source: str = option("auto", f"where targets come from: {', '.join(SOURCES)} (auto = multi_step if running stats were sent, else none)")
+    source: str = option("auto", f"where targets come from: {', '.join(source_names())} (auto = multi_step if running stats were sent, else none)")
     weights_per_step: str = option("interpolate", "without update matching, the weights each dummy step uses: interpolate (theta0 + k/T delta) or global")
     normalize: str = option("layer", "layer: each BN layer's distances divided by its target scale (RMS relative errors; "
                                      "BN is blind to its input's scale, so the prior is too), or none: raw DeepInversion distances")

@@ -19,7 +19,7 @@ from common.files import load_tensors
 from federation.update_store import load_update, resolve_global_model
 from inversion.bn_sources import Targets
 from inversion.replay import ClientProcedure
-from lightning_modules.models import ClientModel, ModelSpec, batch_norm_layers, build_model, is_import_path
+from model.factory import ClientModel, ModelSpec, batch_norm_layers, build_model, is_import_path
 
 
 @dataclasses.dataclass

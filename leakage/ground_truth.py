@@ -11,7 +11,7 @@ import torch
 
 from common.errors import UserError
 from common.files import load_tensors, read_json
-from federation.update_store import ground_truth_dir, locate
+from federation.run_layout import RunLayout
 from inversion.threat_model import OracleKnowledge, ThreatConfig
 
 
@@ -26,12 +26,14 @@ class GroundTruth:
     directory: Path
 
 
-def load_ground_truth(run: Path, rnd: int, client: int) -> GroundTruth:
-    d = ground_truth_dir(run, rnd, client)
+def load_ground_truth(run: RunLayout | Path, rnd: int, client: int) -> GroundTruth:
+    run = run if isinstance(run, RunLayout) else RunLayout(run)
+    d = run.ground_truth(rnd, client)
     if not d.is_dir():
         raise UserError(f"no ground truth at {d}")
-    imgs = load_tensors(d / "images.safetensors", "ground-truth images")
-    batches = read_json(d / "batches.json", "ground-truth batch order") if (d / "batches.json").is_file() else {"steps": []}
+    imgs = load_tensors(run.ground_truth_images(rnd, client), "ground-truth images")
+    batches_file = run.batches(rnd, client)
+    batches = read_json(batches_file, "ground-truth batch order") if batches_file.is_file() else {"steps": []}
     stats_file = d / "bn_stats.safetensors"
     stats = load_tensors(stats_file, "ground-truth BN statistics") if stats_file.is_file() else {}
     return GroundTruth(imgs["images"], imgs["labels"], imgs["indices"],
@@ -40,8 +42,8 @@ def load_ground_truth(run: Path, rnd: int, client: int) -> GroundTruth:
 
 
 def ground_truth_for_update(update_directory: str | Path) -> GroundTruth | None:
-    where = locate(update_directory)
-    if where is None or not ground_truth_dir(*where).is_dir():
+    where = RunLayout.of_update(update_directory)
+    if where is None or not where[0].ground_truth(*where[1:]).is_dir():
         return None
     return load_ground_truth(*where)
 

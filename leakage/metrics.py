@@ -1,15 +1,14 @@
-"""Image similarity on [0, 1] images: SSIM and PSNR (torchmetrics), LPIPS when its weights are local.
+"""SSIM on [0, 1] images (torchmetrics): the similarity that matches reconstructions to training images
+and defines RDLV. The other per-image metrics (PSNR, LPIPS, yours) are registered in leakage/image_metrics/.
 
-Every reported number says which SSIM window it used (paper.md section 5): RDLV depends on it.
+Every reported number says which SSIM window it used: RDLV depends on it, and papers rarely say.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
 
 import torch
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import structural_similarity_index_measure
 
 from common.errors import UserError
 
@@ -58,42 +57,3 @@ def ssim_matrix(recs: torch.Tensor, origs: torch.Tensor, settings: SSIMSettings)
     a = recs[:, None].expand(m, n, *recs.shape[1:]).reshape(m * n, *recs.shape[1:])
     b = origs[None].expand(m, n, *origs.shape[1:]).reshape(m * n, *origs.shape[1:])
     return ssim_pairs(a, b, settings).view(m, n)
-
-
-def psnr_matrix(recs: torch.Tensor, origs: torch.Tensor) -> torch.Tensor:
-    m, n = recs.shape[0], origs.shape[0]
-    out = torch.empty(m, n)
-    for i in range(m):
-        for j in range(n):
-            out[i, j] = peak_signal_noise_ratio(recs[i].clamp(0, 1), origs[j].clamp(0, 1), data_range=1.0)
-    return out
-
-
-class LPIPS:
-    """LPIPS (AlexNet) through torchmetrics, only when the backbone weights are already on disk.
-
-    Nothing is downloaded: a missing file disables the metric with a message.
-    """
-
-    WEIGHTS = "alexnet-owt-7be5be79.pth"
-
-    def __init__(self) -> None:
-        self.metric = None
-        self.reason = ""
-        hub = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints" / self.WEIGHTS
-        if not hub.is_file():
-            self.reason = f"LPIPS skipped: backbone weights {hub} are not present (nothing is downloaded)"
-            return
-        try:
-            from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
-            self.metric = LearnedPerceptualImagePatchSimilarity(net_type="alex", normalize=True)
-        except Exception as err:  # missing optional dependency or unreadable weights
-            self.reason = f"LPIPS skipped: {type(err).__name__}: {err}"
-
-    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> float | None:
-        if self.metric is None:
-            return None
-        if a.shape[1] == 1:
-            a, b = a.repeat(1, 3, 1, 1), b.repeat(1, 3, 1, 1)
-        return float(self.metric(a.clamp(0, 1), b.clamp(0, 1)))

@@ -11,7 +11,8 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from inversion.labels import count_accuracy
-from leakage.metrics import LPIPS, SSIMSettings, psnr_matrix, ssim_matrix, ssim_pairs
+from leakage.image_metrics import ImageMetric, metrics_for
+from leakage.metrics import SSIMSettings, ssim_matrix, ssim_pairs
 from leakage.rdlv import identification_rank, rdlv_matrix, ssim_gain
 
 
@@ -22,12 +23,16 @@ def hungarian(similarity: torch.Tensor) -> list[tuple[int, int]]:
 
 
 def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tensor, labels: torch.Tensor | None, prior: torch.Tensor,
-          num_classes: int, settings: SSIMSettings, lpips: LPIPS | None = None, population: torch.Tensor | None = None,
+          num_classes: int, settings: SSIMSettings, metrics: list[ImageMetric] | None = None, population: torch.Tensor | None = None,
           class_priors: dict[int, torch.Tensor] | None = None) -> dict[str, Any]:
-    """All leakage numbers of one attack; ``population`` (training pool) enables identification ranks."""
+    """All leakage numbers of one attack; ``population`` (training pool) enables identification ranks.
+
+    ``metrics``: the registered image metrics to compute on the matched pairs (None = those that
+    need no config, leakage/image_metrics/).
+    """
+    metrics = metrics_for(None) if metrics is None else metrics
     recs, origs = recs.float().clamp(0, 1), origs.float().clamp(0, 1)
     sim = ssim_matrix(recs, origs, settings)  # [M, N]
-    psnr = psnr_matrix(recs, origs)
     prior_ssim = ssim_pairs(prior[None].expand_as(origs), origs, settings)  # [N]
     rdlv = rdlv_matrix(sim, prior_ssim)
     pairs = hungarian(sim)
@@ -48,7 +53,7 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
             "label": int(labels[i]) if labels is not None else None,
             "matched_reconstruction": j,
             "ssim": float(sim[j, i]) if j is not None else None,
-            "psnr": float(psnr[j, i]) if j is not None else None,
+            **{m.name: m(recs[j:j + 1], origs[i:i + 1]) if j is not None else None for m in metrics},
             "nearest_reconstruction": nearest,
             "nearest_ssim": float(sim[nearest, i]),
             "prior_ssim": float(prior_ssim[i]),
@@ -59,15 +64,13 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
             row["rdlv_class_prior"] = float(class_rdlv[i])
         if j is not None and rec_labels is not None and labels is not None:
             row["label_correct"] = bool(int(rec_labels[j]) == int(labels[i]))
-        if lpips is not None and lpips.metric is not None and j is not None:
-            row["lpips"] = lpips(recs[j:j + 1], origs[i:i + 1])
         if pop_sim is not None and j is not None:
             row["identification_rank"] = identification_rank(pop_sim[j], _find(population, origs[i]))
         per_image.append(row)
     matched_rows = [r for r in per_image if r["ssim"] is not None]
     out: dict[str, Any] = {
         "ssim": _mean([r["ssim"] for r in matched_rows]),
-        "psnr": _mean([r["psnr"] for r in matched_rows]),
+        **{m.name: m.combine([r[m.name] for r in matched_rows]) for m in metrics},
         "rdlv": float(rdlv.max()),
         "rdlv_mean": _mean([r["rdlv"] for r in per_image]),
         "ssim_gain": float(gain.max()),
@@ -78,11 +81,9 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
     }
     if class_rdlv is not None:
         out["rdlv_class_prior"] = float(class_rdlv.max())
-    if lpips is not None:
-        values = [r["lpips"] for r in per_image if r.get("lpips") is not None]
-        out["lpips"] = _mean(values) if values else None
-        if lpips.metric is None:
-            out["lpips_note"] = lpips.reason
+    for m in metrics:
+        if m.unavailable():
+            out[f"{m.name}_note"] = m.unavailable()
     if pop_sim is not None:
         ranks = [r["identification_rank"] for r in per_image if "identification_rank" in r]
         out["identification_top1"] = sum(1 for r in ranks if r == 1) / max(1, len(ranks))

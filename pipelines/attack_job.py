@@ -20,19 +20,21 @@ import yaml
 from common.config import build, to_dict
 from common.errors import UserError
 from common.files import StagedDir, is_attack_output, load_tensors, load_weights_only, save_tensors, write_json
-from common.interrupt import failure_note, fit
+from common.interrupt import fit
 from common.tracking import wandb_mode
 from datamodules.sources import DataConfig, load_pool
 from common.quiet import quiet_lightning
-from federation.update_store import high_risk_update, locate
+from federation.run_layout import RunLayout
+from federation.update_store import high_risk_update
 from inversion.config import AttackConfig
 from inversion.threat_model import AttackerKnowledge, load_knowledge, load_prior
 from leakage.figures import reconstruction_figure
 from leakage.ground_truth import GroundTruth, ground_truth_for_update, load_image_file, oracle_knowledge
-from leakage.metrics import LPIPS, SSIMSettings
+from leakage.image_metrics import metric_names, metrics_for
+from leakage.metrics import SSIMSettings
 from leakage.scoring import score
-from lightning_modules.inversion_attack import AttackResult, GradientInversionAttack, iteration_loader
-from lightning_modules.models import batch_norm_layers, build_model
+from inversion.attack_module import AttackResult, GradientInversionAttack, iteration_loader
+from model.factory import batch_norm_layers, build_model
 
 
 def resolve_update(cfg: AttackConfig) -> Path:
@@ -44,9 +46,9 @@ def resolve_update(cfg: AttackConfig) -> Path:
 def resolve_prior(cfg: AttackConfig, update_dir: Path) -> tuple[torch.Tensor | None, str]:
     if cfg.prior.path:
         return load_prior(cfg.prior.path, cfg.prior.key), f"{cfg.prior.path}:{cfg.prior.key}"
-    where = locate(update_dir)
-    if where is not None and (where[0] / "prior.safetensors").is_file():
-        return load_prior(where[0] / "prior.safetensors", cfg.prior.key), f"run prior '{cfg.prior.key}' (population mean of the training pool)"
+    where = RunLayout.of_update(update_dir)
+    if where is not None and where[0].prior.is_file():
+        return load_prior(where[0].prior, cfg.prior.key), f"run prior '{cfg.prior.key}' (population mean of the training pool)"
     return None, ""
 
 
@@ -88,20 +90,20 @@ def make_trainer(cfg: AttackConfig, logger: Any = False, callbacks: list[pl.Call
     return pl.Trainer(**options)
 
 
-def build_attack(knowledge: AttackerKnowledge, cfg: AttackConfig, restart_ids: list[int] | None = None,
+def build_attack(knowledge: AttackerKnowledge, cfg: AttackConfig,
                  trace_every: int = 0) -> GradientInversionAttack:
     """The attack module; building it validates the objective, labels and optimisation settings."""
-    attack = GradientInversionAttack(knowledge, cfg.objective, cfg.optim, cfg.labels, restart_ids, trace_every)
+    attack = GradientInversionAttack(knowledge, cfg.objective, cfg.optim, cfg.labels, trace_every)
     attack.log_every = max(1, cfg.logging.log_every)
     return attack
 
 
-def run_attack(knowledge: AttackerKnowledge, cfg: AttackConfig, logger: Any = False, restart_ids: list[int] | None = None,
+def run_attack(knowledge: AttackerKnowledge, cfg: AttackConfig, logger: Any = False,
                trace_every: int = 0, callbacks: list[pl.Callback] | None = None, ckpt_path: str | None = None,
                attack: GradientInversionAttack | None = None, **trainer_kwargs: Any) -> tuple[AttackResult, GradientInversionAttack]:
     quiet_lightning()
     if attack is None:
-        attack = build_attack(knowledge, cfg, restart_ids, trace_every)
+        attack = build_attack(knowledge, cfg, trace_every)
     if ckpt_path:
         check_checkpoint(ckpt_path)
     trainer = make_trainer(cfg, logger, callbacks, **trainer_kwargs)
@@ -144,24 +146,23 @@ def score_result(result: AttackResult, knowledge: AttackerKnowledge, gt: GroundT
     size = knowledge.spec.image_size
     settings = SSIMSettings.for_size(size, cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
     if gt is None:
-        return {"ssim": None, "psnr": None, "rdlv": None, "label_accuracy": None, **base, "per_image": [],
+        return {"ssim": None, **{name: None for name in metric_names()}, "rdlv": None, "label_accuracy": None, **base, "per_image": [],
                 "note": "no ground truth beside this update: nothing to score"}
     pop, class_priors = (None, None)
-    where = locate(update_dir)
+    where = RunLayout.of_update(update_dir)
     if where is not None and population:
         pop, class_priors = _population(where[0], knowledge)
-    lpips = LPIPS() if cfg.scoring.lpips else None
+    metrics = metrics_for(cfg.scoring)
     scores = score(result.images, result.labels, gt.images, gt.labels, knowledge.prior, knowledge.spec.num_classes,
-                   settings, lpips, pop, class_priors)
-    return {**{k: scores.pop(k) for k in ("ssim", "psnr", "rdlv", "label_accuracy")}, **base, **scores}
+                   settings, metrics, pop, class_priors)
+    first = ["ssim", *(m.name for m in metrics), "rdlv", "label_accuracy"]
+    return {**{k: scores.pop(k) for k in first}, **base, **scores}
 
 
-def _population(run: Path, knowledge: AttackerKnowledge) -> tuple[torch.Tensor | None, dict[int, torch.Tensor] | None]:
+def _population(run: RunLayout, knowledge: AttackerKnowledge) -> tuple[torch.Tensor | None, dict[int, torch.Tensor] | None]:
     """The run's training pool (for identification ranks) and per-class priors (scoring only)."""
     class_priors = None
-    prior_file = run / "prior.safetensors"
-    cfg_file = run / "config.yaml"
-    split_file = run / "split.json"
+    prior_file, cfg_file, split_file = run.prior, run.config, run.split
     pool_images = None
     try:
         if cfg_file.is_file() and split_file.is_file():
@@ -186,11 +187,11 @@ def _population(run: Path, knowledge: AttackerKnowledge) -> tuple[torch.Tensor |
 def default_out(cfg: AttackConfig, update_dir: Path) -> Path:
     if cfg.out:
         return Path(cfg.out)
-    where = locate(update_dir)
+    where = RunLayout.of_update(update_dir)
     if where is None:
         return update_dir / "attack"
     run, rnd, client = where
-    return run / "attacks" / f"round_{rnd}_client_{client}"
+    return run.attack(rnd, client)
 
 
 def check_out(out: Path, update_dir: Path) -> None:
@@ -215,12 +216,16 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
     staged = StagedDir(out, resume=resume, overwrite=overwrite, own=is_attack_output, what="an attack output")
     if resume and not staged.partial.is_dir() and staged.final.exists():
         raise UserError(f"{out} is complete: nothing to resume (--overwrite replaces it with a new attack)")
-    work = staged.open()
-    ckpt = work / "checkpoints" / "last.ckpt"
-    ckpt_path = str(ckpt) if resume and ckpt.is_file() else None
-    callbacks = [checkpoint_callback(work, cfg.optim.checkpoint_every)] if cfg.optim.checkpoint_every > 0 else []
     wandb_logger = None
-    try:
+
+    def close_wandb() -> None:
+        if wandb_logger is not None:
+            _wandb_close(wandb_logger)
+
+    with staged.staged(on_failure=close_wandb) as work:
+        ckpt = work / "checkpoints" / "last.ckpt"
+        ckpt_path = str(ckpt) if resume and ckpt.is_file() else None
+        callbacks = [checkpoint_callback(work, cfg.optim.checkpoint_every)] if cfg.optim.checkpoint_every > 0 else []
         if cfg.logging.wandb and wandb_mode() != "disabled":
             wandb_logger = _wandb_logger(cfg, work, update_dir, knowledge)
         if attack.label_warning:
@@ -258,13 +263,7 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
         if wandb_logger is not None:
             _wandb_finish(wandb_logger, work, metrics)
         shutil.rmtree(work / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished attack
-    except BaseException as err:
-        staged.fail(failure_note(err))
-        if wandb_logger is not None:
-            _wandb_close(wandb_logger)
-        raise
-    final = staged.commit()
-    return {"out": final, "metrics": metrics, "result": result}
+    return {"out": staged.final, "metrics": metrics, "result": result}
 
 
 def _write_trace(path: Path, trace: list[tuple[int, float, float]]) -> None:
@@ -295,11 +294,13 @@ def _wandb_finish(logger: Any, work: Path, metrics: dict[str, Any]) -> None:
 
     run = logger.experiment
     run.log({"reconstruction": wandb.Image(str(work / "reconstruction.png"))})
-    for key in ("ssim", "psnr", "rdlv", "label_accuracy", "iterations", "seconds", "objective"):
+    for key in ("ssim", *metric_names(), "rdlv", "label_accuracy", "iterations", "seconds", "objective"):
         if metrics.get(key) is not None:
             run.summary[key] = metrics[key]
-    table = wandb.Table(columns=["image", "label", "ssim", "psnr", "rdlv", "prior_ssim"],
-                        data=[[r["image"], r["label"], r["ssim"], r["psnr"], r["rdlv"], r["prior_ssim"]] for r in metrics.get("per_image", [])])
+    rows = metrics.get("per_image", [])
+    extra = [name for name in metric_names() if any(name in r for r in rows)]
+    table = wandb.Table(columns=["image", "label", "ssim", *extra, "rdlv", "prior_ssim"],
+                        data=[[r["image"], r["label"], r["ssim"], *(r.get(k) for k in extra), r["rdlv"], r["prior_ssim"]] for r in rows])
     run.log({"per_image": table})
     _wandb_close(logger)
 

@@ -15,9 +15,10 @@ from common.config import load, overrides_list
 from federation.audit import AuditConfig, AuditRecord, audit_due
 from inversion.config import AttackConfig
 from inversion.threat_model import AttackerKnowledge, ThreatConfig
+from leakage.image_metrics import metrics_for
 from leakage.metrics import SSIMSettings
 from leakage.scoring import score
-from lightning_modules.models import ModelSpec
+from model.factory import ModelSpec
 from pipelines.attack_job import run_attack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,10 +44,12 @@ class AttackAudit:
         knowledge = AttackerKnowledge(ThreatConfig(), spec, global_state, update, meta, prior, "population mean of the training pool")
         result, _ = run_attack(knowledge, cfg)
         settings = SSIMSettings.for_size(spec.image_size, cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
-        s = score(result.images, result.labels, images, labels, prior, spec.num_classes, settings)
+        metrics = metrics_for(cfg.scoring)
+        s = score(result.images, result.labels, images, labels, prior, spec.num_classes, settings, metrics)
         threshold = self.cfg.threshold
-        return AuditRecord(rnd, client, s["rdlv"], s["ssim"], s["psnr"], s["ssim_gain"], s["label_accuracy"], threshold,
-                           threshold is not None and s["rdlv"] > threshold, round(time.perf_counter() - started, 2))
+        return AuditRecord(rnd, client, s["rdlv"], s["ssim"], s["ssim_gain"], s["label_accuracy"], threshold,
+                           threshold is not None and s["rdlv"] > threshold, round(time.perf_counter() - started, 2),
+                           {m.name: s[m.name] for m in metrics})
 
 
 def auditor_for(cfg: AuditConfig, num_clients: int) -> AttackAudit | None:

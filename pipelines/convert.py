@@ -19,8 +19,8 @@ from common.errors import UserError
 from common.files import StagedDir, load_tensors, load_weights_only, save_tensors, write_json
 from federation.update_store import FORMAT, sha256
 from inversion.threat_model import ThreatConfig, load_knowledge
-from lightning_modules.fl_client import LOSS
-from lightning_modules.models import ModelSpec, build_model
+from federation.client import LOSS
+from model.factory import ModelSpec, build_model
 
 PREFIX = "backbone."  # the model's own keys sit under the input path's wrapper (ClientModel.backbone)
 
@@ -99,14 +99,10 @@ def convert(spec: ModelSpec, facts: ClientFacts, global_path: str | Path, out: s
     }
     staged = StagedDir(out, overwrite=overwrite, own=lambda p: (p / "meta.json").is_file() and (p / "update.safetensors").is_file(),
                        what="an update folder")
-    work = staged.open()
-    try:
+    with staged.staged() as work:
         save_tensors(work / "global_model.safetensors", before)
         save_tensors(work / "update.safetensors", delta)
         meta.update(global_model="global_model.safetensors", global_model_sha256=sha256(work / "global_model.safetensors"))
         write_json(work / "meta.json", meta)
         load_knowledge(work, ThreatConfig(), trusted_models=[spec.name])  # what the attack will check, checked now
-    except BaseException as err:
-        staged.fail(f"{type(err).__name__}: {err}")
-        raise
-    return staged.commit()
+    return staged.final

@@ -1,9 +1,11 @@
 """Privacy filters on the outgoing update (the chain runs on the client, before the update leaves).
 
-Importing the package registers the built-in filters; a new filter is one more module with a
-``@register`` class, imported here (or anywhere before the chain is built).
+Importing the package registers every filter: each module of this folder is imported, so a new
+filter is one new file with a ``@register``ed :class:`PrivacyFilter` subclass (docs/privacy-filters.md).
 """
-from privacy import dp, filters  # noqa: F401  (register the built-in and the differential-privacy filters)
+from common.registry import load_plugins
 from privacy.base import REGISTRY, FilterChain, FilterContext, PrivacyFilter, register
+
+load_plugins(__name__)
 
 __all__ = ["REGISTRY", "FilterChain", "FilterContext", "PrivacyFilter", "register"]

@@ -13,6 +13,7 @@ import torch
 
 from common.config import build, to_dict
 from common.errors import UserError
+from common.registry import Registry
 
 Update = dict[str, torch.Tensor]
 
@@ -50,12 +51,8 @@ class PrivacyFilter(abc.ABC):
         return {"name": self.name, **to_dict(self.params)}
 
 
-REGISTRY: dict[str, type[PrivacyFilter]] = {}
-
-
-def register(cls: type[PrivacyFilter]) -> type[PrivacyFilter]:
-    REGISTRY[cls.name] = cls
-    return cls
+REGISTRY: Registry[type[PrivacyFilter]] = Registry("privacy filter", "privacy.filters")
+register = REGISTRY.register
 
 
 def float_keys(update: Update) -> list[str]:
@@ -78,7 +75,7 @@ def make_filter(spec: dict[str, Any], where: str) -> PrivacyFilter:
         raise UserError(f"{where} must be a mapping with a 'name' (one of {sorted(REGISTRY)})")
     name = spec["name"]
     if name not in REGISTRY:
-        raise UserError(f"{where}: unknown privacy filter '{name}' (known: {', '.join(sorted(REGISTRY))})")
+        raise UserError(f"{where}: unknown privacy filter '{name}' (known: {', '.join(REGISTRY.names())})")
     cls = REGISTRY[name]
     params = build(cls.Params, {k: v for k, v in spec.items() if k != "name"}, where)
     return cls(params)

@@ -1,16 +1,22 @@
-"""Turn a finished study folder into pictures and a markdown summary, as its spec's `report` asks."""
+"""Turn a finished study folder into pictures and a summary, as its spec's `report` asks.
+
+The summary is data first (``summary.json``: title, lead line, tables as header + rows, figures),
+then text rendered from it (``summary.md``); the HTML report renders the same data with its own
+templates, so nothing is parsed back from markdown.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
 from common.files import load_tensors, read_json
-from federation.update_store import locate
+from federation.run_layout import RunLayout
 from leakage.ground_truth import load_ground_truth
 from studies import plots
 from studies.reference import REFERENCES
 from studies.spec import StudySpec
-from studies.tables import group, pivot_markdown, read_rows
+from common.files import write_json
+from studies.tables import group, markdown_table, pivot, read_rows
 
 
 def _split_by(rows: list[dict[str, Any]], by: str | None) -> dict[Any, list[dict[str, Any]]]:
@@ -20,12 +26,11 @@ def _split_by(rows: list[dict[str, Any]], by: str | None) -> dict[Any, list[dict
 
 
 def analyze(study_dir: Path, spec: StudySpec) -> dict[str, Any]:
-    """Writes PNGs and summary.md into ``study_dir``; returns {"figures": [...], "tables": [...], "markdown": str}."""
+    """Writes the PNGs, summary.json and summary.md into ``study_dir``; returns the summary (and the figures' paths)."""
     rows = read_rows(study_dir / "results.csv")
     report = spec.report or {}
     figures: list[Path] = []
-    tables: list[str] = []
-    md = [f"# {report.get('title', spec.name)}", "", f"{len(rows)} attacked updates; seeds {spec.seeds}.", ""]
+    tables: list[dict[str, Any]] = []
     for k, plot in enumerate(report.get("plots", [])):
         kind = plot.get("kind")
         metric = plot.get("metric", "rdlv")
@@ -47,16 +52,24 @@ def analyze(study_dir: Path, spec: StudySpec) -> dict[str, Any]:
     for t in report.get("tables", []):
         for value, sel in _split_by(rows, t.get("by")).items():
             heading = f"{t['metric']} by {t['row']}" + (f" x {t['col']}" if t.get("col") else "") + (f", {t['by']} {value}" if t.get("by") else "")
-            table = pivot_markdown(sel, t["row"], t.get("col"), t["metric"], row_order=t.get("row_order"), col_order=t.get("col_order"))
-            tables.append(f"### {heading} (mean ± std over seeds)\n\n{table}\n")
-    md += tables
+            header, body = pivot(sel, t["row"], t.get("col"), t["metric"], row_order=t.get("row_order"), col_order=t.get("col_order"))
+            tables.append({"heading": f"{heading} (mean ± std over seeds)", "header": header, "rows": body})
     if report.get("gallery", True):
         path = gallery(study_dir, study_dir / "gallery.png", limit=int(report.get("gallery_limit", 24)))
         if path is not None:
             figures.append(path)
-    md += ["", "## Figures", ""] + [f"![{p.stem}]({p.name})" for p in figures]
-    (study_dir / "summary.md").write_text("\n".join(md) + "\n")
-    return {"figures": figures, "tables": tables, "markdown": "\n".join(md)}
+    summary = {"title": str(report.get("title", spec.name)), "lead": f"{len(rows)} attacked updates; seeds {spec.seeds}.",
+               "tables": tables, "figures": [p.name for p in figures]}
+    write_json(study_dir / "summary.json", summary)
+    (study_dir / "summary.md").write_text(summary_markdown(summary))
+    return {**summary, "figure_paths": figures}
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    md = [f"# {summary['title']}", "", summary["lead"], ""]
+    md += [f"### {t['heading']}\n\n{markdown_table(t['header'], t['rows'])}\n" for t in summary["tables"]]
+    md += ["", "## Figures", ""] + [f"![{Path(name).stem}]({name})" for name in summary["figures"]]
+    return "\n".join(md) + "\n"
 
 
 def gallery(study_dir: Path, path: Path, limit: int = 24) -> Path | None:
@@ -67,7 +80,7 @@ def gallery(study_dir: Path, path: Path, limit: int = 24) -> Path | None:
             continue
         info = read_json(cell / "cell.json")
         metrics = read_json(cell / "metrics.json")
-        where = locate(metrics["update"])
+        where = RunLayout.of_update(metrics["update"])
         if where is None:
             continue
         gt = load_ground_truth(*where)

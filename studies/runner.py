@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,22 +14,30 @@ from tqdm.auto import tqdm
 
 from common.config import load
 from common.errors import UserError
-from common.files import StagedDir, read_json, write_json
-from common.interrupt import failure_note
+from common.files import read_json, write_json
 from federation.config import TrainConfig
-from federation.update_store import update_dir
+from federation.run_layout import RunLayout
 from inversion.config import AttackConfig
+from leakage.image_metrics import metric_names
 from studies.spec import Cell, StudySpec, cells, config_fingerprint, overrides_list
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_DEFAULT = ROOT / "configs" / "default.yaml"
 ATTACK_DEFAULT = ROOT / "configs" / "attack" / "default.yaml"
 
-ROW_FIELDS = ["cell", "seed", "round", "client", "num_images", "batch_size", "local_steps", "ssim", "psnr", "rdlv", "rdlv_mean",
+# results.csv / per_image.csv columns; the registered image metrics (leakage/image_metrics/) follow "ssim"
+# when any cell computed them
+ROW_FIELDS = ["cell", "seed", "round", "client", "num_images", "batch_size", "local_steps", "ssim", "rdlv", "rdlv_mean",
               "ssim_gain", "rdlv_class_prior", "identification_top1", "label_accuracy", "test_accuracy", "final_test_accuracy",
               "epsilon", "noise_std", "attack_seconds", "train_key"]
-IMAGE_FIELDS = ["cell", "seed", "round", "client", "image", "label", "ssim", "psnr", "rdlv", "ssim_gain", "prior_ssim",
+IMAGE_FIELDS = ["cell", "seed", "round", "client", "image", "label", "ssim", "rdlv", "ssim_gain", "prior_ssim",
                 "nearest_ssim", "rdlv_class_prior", "identification_rank", "label_correct"]
+SCORE_KEYS = ["ssim", "rdlv", "rdlv_mean", "ssim_gain", "rdlv_class_prior", "identification_top1", "label_accuracy"]
+
+
+def with_metrics(fields: list[str], metrics: list[str]) -> list[str]:
+    at = fields.index("ssim") + 1
+    return fields[:at] + metrics + fields[at:]
 
 
 def _config_file(stage_config: str, default: Path) -> list[str]:
@@ -60,7 +67,7 @@ class StudyRunner:
 
     def train_config(self, cell: Cell) -> TrainConfig:
         over = overrides_list(cell.train_overrides) + [f"out={self.out / 'train' / cell.train_key}",
-                                                       f"logging.progress=false", f"logging.wandb={str(self.wandb).lower()}"]
+                                                       "logging.progress=false", f"logging.wandb={str(self.wandb).lower()}"]
         return load(TrainConfig, _config_file(self.spec.train.config, TRAIN_DEFAULT), over)
 
     def attack_config(self, cell: Cell, update: Path, out: Path) -> AttackConfig:
@@ -70,25 +77,14 @@ class StudyRunner:
 
     def ensure_trained(self, cell: Cell) -> Path:
         cfg = self.train_config(cell)
-        run = Path(cfg.out)
-        if (run / "run.json").is_file():
-            return run
-        from federation.simulation import FederatedSimulation
-        from pipelines.audit import AttackAudit
+        run = RunLayout(cfg.out)
+        if run.is_complete():
+            return run.root
+        from pipelines.train_job import TrainJob
 
-        sim = FederatedSimulation(cfg, auditor=AttackAudit)
-        staged = StagedDir(run)
-        work = staged.open()
-        started = time.time()
-        try:
-            records = sim.run(work)
-            write_json(work / "run.json", {"state": "complete", "seconds": round(time.time() - started, 2), "rounds": len(records),
-                                           "final_test_accuracy": records[-1].test_accuracy, "overrides": cell.train_overrides})
-        except BaseException as err:
-            staged.fail(failure_note(err))
-            raise
+        result = TrainJob(cfg).run(record={"overrides": cell.train_overrides})
         self.trainings_run += 1
-        return staged.commit()
+        return result.run.root
 
     def targets(self, run: Path) -> list[tuple[int, int]]:
         rounds = int(read_json(run / "run.json")["rounds"])
@@ -106,7 +102,7 @@ class StudyRunner:
         cell_dir = self.out / "cells" / cell.attack_key(rnd, client)
         if (cell_dir / "metrics.json").is_file():
             return cell_dir
-        update = update_dir(run, rnd, client)
+        update = RunLayout(run).update(rnd, client)
         if not (update / "meta.json").is_file():
             raise UserError(f"study target round {rnd} client {client} was not captured in {run} (check capture.clients/rounds)")
         from pipelines.attack_job import run_attack_job
@@ -153,9 +149,10 @@ class StudyRunner:
             rows.append(row)
             for img in metrics.get("per_image", []):
                 images.append({"cell": cell_dir.name, "seed": info["seed"], "round": info["round"], "client": info["client"],
-                               **{k: info["axes"].get(k) for k in axes}, **{k: img.get(k) for k in IMAGE_FIELDS if k in img}})
-        _write_csv(self.out / "results.csv", axes + ROW_FIELDS, rows)
-        _write_csv(self.out / "per_image.csv", axes + IMAGE_FIELDS, images)
+                               **{k: info["axes"].get(k) for k in axes}, **{k: v for k, v in img.items() if k in IMAGE_FIELDS or k in metric_names()}})
+        measured = [name for name in metric_names() if any(name in r for r in rows)]
+        _write_csv(self.out / "results.csv", axes + with_metrics(ROW_FIELDS, measured), rows)
+        _write_csv(self.out / "per_image.csv", axes + with_metrics(IMAGE_FIELDS, measured), images)
         return self.out / "results.csv"
 
     def _known_targets(self, cell: Cell) -> list[tuple[int, int]]:
@@ -165,15 +162,16 @@ class StudyRunner:
     def _row(self, name: str, info: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
         run = Path(info["run"])
         rnd, client = info["round"], info["client"]
-        meta = read_json(update_dir(run, rnd, client) / "meta.json")
-        acc = _accuracy(run / "metrics.csv")
+        meta = read_json(RunLayout(run).update(rnd, client) / "meta.json")
+        acc = _accuracy(RunLayout(run).metrics)
         effects = _filter_effects(run, rnd, client)
         row = {"cell": name, "seed": info["seed"], "round": rnd, "client": client, "num_images": meta["num_images"],
                "batch_size": meta["batch_size"], "local_steps": meta["local_steps"], "test_accuracy": acc.get(rnd),
                "final_test_accuracy": acc.get(max(acc)) if acc else None, "attack_seconds": metrics.get("seconds"),
                "train_key": info["train_key"], "epsilon": effects.get("epsilon"), "noise_std": effects.get("noise_std")}
-        for key in ("ssim", "psnr", "rdlv", "rdlv_mean", "ssim_gain", "rdlv_class_prior", "identification_top1", "label_accuracy"):
+        for key in SCORE_KEYS:
             row[key] = metrics.get(key)
+        row.update({name: metrics[name] for name in metric_names() if name in metrics})
         row.update(info["axes"])
         return row
 
@@ -187,7 +185,7 @@ def _accuracy(path: Path) -> dict[int, float]:
 
 def _filter_effects(run: Path, rnd: int, client: int) -> dict[str, Any]:
     """The last filter effect values recorded for this client and round (epsilon, noise std)."""
-    path = run / "ground_truth" / f"round_{rnd}" / f"client_{client}" / "batches.json"
+    path = RunLayout(run).batches(rnd, client)
     if not path.is_file():
         return {}
     out: dict[str, Any] = {}

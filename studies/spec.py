@@ -72,10 +72,6 @@ class Cell:
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> StudySpec:
-    from common.config import load
-
-    return load(StudySpec, [path], overrides or [])
 
 
 def _base(base: dict[str, str], stage: str) -> dict[str, str]:
@@ -118,8 +114,3 @@ def cells(spec: StudySpec, base: dict[str, str] | None = None) -> list[Cell]:
             out.append(Cell({name: str(label) for (name, _), (label, _) in zip(axes, combo)}, seed, train, attack, dict(base or {})))
     return out
 
-
-def validate(spec: StudySpec) -> None:
-    if not spec.seeds:
-        raise UserError("a study needs at least one seed")
-    build(StudySpec, dataclasses.asdict(spec))

@@ -51,19 +51,25 @@ def group(rows: list[dict[str, Any]], keys: list[str]) -> dict[tuple, list[dict[
     return out
 
 
-def pivot_markdown(rows: list[dict[str, Any]], row_key: str, col_key: str | None, metric: str, digits: int = 3,
-                   row_order: list[Any] | None = None, col_order: list[Any] | None = None) -> str:
-    """A markdown table of ``metric`` as 'mean ± std (n)' with rows = row_key values, columns = col_key values."""
+def pivot(rows: list[dict[str, Any]], row_key: str, col_key: str | None, metric: str, digits: int = 3,
+          row_order: list[Any] | None = None, col_order: list[Any] | None = None) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of ``metric`` as 'mean ± std (n=k)', rows = row_key values, columns = col_key values."""
     cols = col_order or sorted({r.get(col_key) for r in rows}, key=_natural) if col_key else [None]
     rws = row_order or sorted({r.get(row_key) for r in rows}, key=_natural)
-    header = f"| {row_key} | " + " | ".join(f"{col_key} = {c}" if col_key else metric for c in cols) + " |"
-    lines = [header, "|" + "---|" * (len(cols) + 1)]
+    header = [row_key] + [f"{col_key} = {c}" if col_key else metric for c in cols]
+    body = []
     cells = group(rows, [row_key] + ([col_key] if col_key else []))
     for r in rws:
-        out = []
+        out = [str(r)]
         for c in cols:
             sel = cells.get((r, c) if col_key else (r,), [])
             mean, std, _, n = mean_ci(x.get(metric) for x in sel)
             out.append("n/a" if n == 0 else f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})")
-        lines.append(f"| {r} | " + " | ".join(out) + " |")
+        body.append(out)
+    return header, body
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)

@@ -174,7 +174,7 @@ def test_attack_lr_must_be_a_positive_number(tiny_run, tmp_path, capsys, value):
 
 def test_model_metadata_without_optional_fields_is_complete():
     """A converter may leave out fields with defaults (width, depth, zero_init_last, kwargs)."""
-    from lightning_modules.models import ModelSpec
+    from model.factory import ModelSpec
 
     spec = ModelSpec.from_dict({"name": "bn_convnet", "in_chans": 1, "num_classes": 2, "image_size": 16, "resize_to": 0,
                                 "norm_mean": [0.5], "norm_std": [0.5], "bn_momentum": 0.1})

@@ -1,5 +1,5 @@
-"""The attack's mathematics, asserted; each of the official code's eight defects (paper.md section 4)
-has its correct behaviour checked here."""
+"""The attack's mathematics, asserted; each defect of the paper's official code (listed in
+docs/attack.md) has its correct behaviour checked here."""
 import copy
 import math
 
@@ -9,8 +9,9 @@ import torch.nn.functional as F
 
 from common.config import build
 from common.errors import UserError
-from federation.update_store import update_dir
-from inversion.bn_sources import MultiStepSource, make_bn_source, one_step_inference
+from federation.run_layout import RunLayout
+from inversion.bn_sources import make_bn_source, one_step_inference
+from inversion.bn_sources.multi_step import MultiStepSource
 from inversion.config import AttackConfig
 from inversion.functional import BNStat, FunctionalModel
 from inversion.labels import recover_labels
@@ -18,12 +19,12 @@ from inversion.objective import Objective, conv_layout
 from inversion.replay import ClientProcedure, LocalTrainingReplay
 from inversion.threat_model import ThreatConfig, load_knowledge
 from leakage.ground_truth import load_ground_truth
-from lightning_modules.inversion_attack import GradientInversionAttack
-from lightning_modules.models import ModelSpec, batch_norm_layers, build_model
+from inversion.attack_module import GradientInversionAttack
+from model.factory import ModelSpec, batch_norm_layers, build_model
 
 
 def _knowledge(run, rnd, client):
-    return load_knowledge(update_dir(run, rnd, client), ThreatConfig())
+    return load_knowledge(RunLayout(run).update(rnd, client), ThreatConfig())
 
 
 def _replay_true(kn, gt):
@@ -331,7 +332,7 @@ def _attack(kn, **optim):
 def test_langevin_noise_changes_the_iterate(tiny_run):
     """Defect 4: the noise acts on the optimised images, not on a copy."""
     from pipelines.attack_job import make_trainer
-    from lightning_modules.inversion_attack import iteration_loader
+    from inversion.attack_module import iteration_loader
 
     kn = _knowledge(tiny_run, 1, 2)
     finals = {}

@@ -9,8 +9,9 @@ import torch
 
 from common.config import build
 from common.errors import UserError
-from federation.update_store import update_dir
-from inversion.bn_sources import MultiStepSource, layer_scales, make_bn_source, weighted_mean_inference
+from federation.run_layout import RunLayout
+from inversion.bn_sources import layer_scales, make_bn_source, weighted_mean_inference
+from inversion.bn_sources.multi_step import MultiStepSource
 from inversion.config import AttackConfig
 from inversion.functional import BNStat
 from inversion.objective import Objective
@@ -18,13 +19,13 @@ from inversion.replay import ReplayOutput
 from inversion.terms import AttackSetting, BNStatistics, BNStatisticsParams, TermInput
 from inversion.threat_model import ThreatConfig, load_knowledge
 from leakage.ground_truth import load_ground_truth
-from lightning_modules.models import batch_norm_layers
+from model.factory import batch_norm_layers
 from pipelines.attack_job import run_attack
 from tests.test_attack_math import _replay_true
 
 
 def _knowledge(run, rnd, client):
-    return load_knowledge(update_dir(run, rnd, client), ThreatConfig())
+    return load_knowledge(RunLayout(run).update(rnd, client), ThreatConfig())
 
 
 def _true_stats(kn, gt):

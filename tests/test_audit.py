@@ -7,7 +7,8 @@ from common.files import load_tensors
 from federation.fedavg import client_weights
 from federation.simulation import FederatedSimulation
 from pipelines.audit import AttackAudit
-from federation.update_store import global_model_path, load_update, update_dir
+from federation.run_layout import RunLayout
+from federation.update_store import load_update
 from tests.conftest import tiny_train_config
 
 
@@ -21,9 +22,9 @@ def test_withheld_update_is_absent_from_the_aggregate_and_weights_renormalise(tm
     audit = list(csv.DictReader(open(tmp_path / "audit.csv")))
     assert len(audit) == 1 and audit[0]["client"] == "2" and audit[0]["withheld"] == "True"
     assert float(audit[0]["rdlv"]) == float(audit[0]["rdlv"])  # a number
-    start = load_tensors(global_model_path(tmp_path, 0))
-    end = load_tensors(global_model_path(tmp_path, 1))
-    updates = {c: load_update(update_dir(tmp_path, 0, c)) for c in (0, 1)}
+    start = load_tensors(RunLayout(tmp_path).global_model(0))
+    end = load_tensors(RunLayout(tmp_path).global_model(1))
+    updates = {c: load_update(RunLayout(tmp_path).update(0, c)) for c in (0, 1)}
     w = client_weights([u[1]["num_images"] for u in updates.values()], [u[1]["local_steps"] for u in updates.values()], "steps")
     assert abs(sum(w) - 1) < 1e-12 and w == [0.5, 0.5]  # both took 2 steps; client 2's step is not counted
     for key, value in start.items():
@@ -32,7 +33,7 @@ def test_withheld_update_is_absent_from_the_aggregate_and_weights_renormalise(tm
         expected = value.double() + sum(wi * updates[c][0][key].double() for wi, c in zip(w, (0, 1)))
         assert torch.allclose(end[key].double(), expected, atol=1e-6), key
     # and the withheld client's update was really different: including it would move the model elsewhere
-    d2, _ = load_update(update_dir(tmp_path, 0, 2))
+    d2, _ = load_update(RunLayout(tmp_path).update(0, 2))
     assert any(float(d2[k].abs().max()) > 0 for k in d2 if d2[k].is_floating_point())
     assert (tmp_path / "metrics.csv").read_text().splitlines()[1].split(",")[3] == "2"
 

@@ -63,7 +63,7 @@ def test_medmnist_npz_read_from_a_local_path(tmp_path):
 
 
 def test_medmnist_download_only_when_asked(tmp_path, monkeypatch):
-    import datamodules.sources as sources
+    import datamodules.datasets.medmnist as sources
 
     calls = []
 
@@ -88,3 +88,25 @@ def test_embedded_sources():
     digits = load_pool(DataConfig(source="digits", image_size=16))
     assert digits.images.shape[1:] == (1, 16, 16) and digits.num_classes == 10
     assert torch.isfinite(digits.images).all()
+
+
+def test_a_dataset_registered_at_run_time_is_a_data_source(tmp_path):
+    """One new file in datamodules/datasets/ is all a dataset needs: here the registration runs in the test."""
+    from datamodules.datasets import REGISTRY, register
+    from datamodules.pool import ImagePool
+
+    @register(name="checkers")
+    def load(cfg: DataConfig) -> ImagePool:
+        n = int(cfg.options.get("n", 4))
+        images = torch.zeros(2 * n, 1, cfg.image_size, cfg.image_size)
+        images[n:, :, ::2, ::2] = 1.0
+        return ImagePool(images, torch.tensor([0] * n + [1] * n), ["blank", "checkers"], "checkers")
+
+    try:
+        pool = load_pool(DataConfig(source="checkers", image_size=8, channels=3, options={"n": 5}, max_images=6))
+        assert pool.images.shape == (6, 3, 8, 8) and pool.labels.tolist().count(1) == 3  # shared steps applied
+        assert float(pool.images[pool.labels == 1].mean()) == 0.25
+        with pytest.raises(UserError, match="unknown dataset 'nope' .*checkers.*lfw"):
+            load_pool(DataConfig(source="nope"))
+    finally:
+        REGISTRY.unregister("checkers")

@@ -10,7 +10,7 @@ from scipy.signal import correlate2d
 
 from common.config import build
 from common.errors import UserError
-from federation.update_store import update_dir
+from federation.run_layout import RunLayout
 from inversion.bn_sources import make_bn_source
 from inversion.config import AttackConfig
 from inversion.functional import BNStat, FunctionalModel, relu_with_smooth_grad
@@ -23,7 +23,7 @@ from leakage.ground_truth import load_ground_truth
 from leakage.metrics import SSIMSettings, ssim_pairs
 from leakage.rdlv import rdlv_client, rdlv_per_image
 from leakage.scoring import hungarian, score
-from lightning_modules.inversion_attack import GradientInversionAttack
+from inversion.attack_module import GradientInversionAttack
 
 # ----------------------------------------------------------------------------- objective terms
 
@@ -84,7 +84,7 @@ def test_update_matching_layer_weights_by_hand():
 
 
 def _knowledge(run, rnd, client):
-    return load_knowledge(update_dir(run, rnd, client), ThreatConfig())
+    return load_knowledge(RunLayout(run).update(rnd, client), ThreatConfig())
 
 
 def test_forward_only_bn_path_uses_interpolated_weights_per_step(tiny_run):

@@ -241,7 +241,7 @@ def test_attack_resume_refuses_an_unsafe_checkpoint_in_one_line(run_copy, tmp_pa
 
 def test_ctrl_c_in_an_attack_is_exit_130_and_an_interrupted_partial(run_copy, tmp_path, capsys, monkeypatch):
     """Lightning catches KeyboardInterrupt inside fit and exits 1; the CLI must still say 'interrupted' and exit 130."""
-    from lightning_modules.inversion_attack import GradientInversionAttack
+    from inversion.attack_module import GradientInversionAttack
 
     original = GradientInversionAttack.training_step
 
@@ -258,7 +258,7 @@ def test_ctrl_c_in_an_attack_is_exit_130_and_an_interrupted_partial(run_copy, tm
 
 
 def test_ctrl_c_in_training_is_exit_130_and_an_interrupted_partial(tmp_path, capsys, monkeypatch):
-    from lightning_modules.fl_client import FLClient
+    from federation.client import FLClient
 
     def press_ctrl_c(self, batch, batch_idx):
         raise KeyboardInterrupt

@@ -14,7 +14,7 @@ import yaml
 
 from common.errors import run_cli
 from common.files import load_tensors
-from federation.update_store import global_model_path, list_updates
+from federation.run_layout import RunLayout
 
 if not os.environ.get("CI"):  # in CI (requirements.txt pins it) a missing NVFlare is a failure, not a skip
     pytest.importorskip("nvflare")
@@ -71,7 +71,7 @@ def _metrics(run):
 def test_nvflare_run_is_complete_and_round_0_updates_equal_the_in_process_engine(runs):
     flare, sim = runs
     assert json.loads((flare / "run.json").read_text())["state"] == "complete"
-    assert [(r, c) for r, c, _ in list_updates(flare)] == [(r, c) for r in range(2) for c in range(3)]
+    assert [(r, c) for r, c, _ in RunLayout(flare).updates()] == [(r, c) for r in range(2) for c in range(3)]
     for client in range(3):
         a = load_tensors(flare / "updates" / "round_0" / f"client_{client}" / "update.safetensors")
         b = load_tensors(sim / "updates" / "round_0" / f"client_{client}" / "update.safetensors")
@@ -84,7 +84,7 @@ def test_nvflare_run_is_complete_and_round_0_updates_equal_the_in_process_engine
         b = load_tensors(sim / "updates" / "round_1" / f"client_{client}" / "update.safetensors")
         assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a if k.endswith("weight")) <= 1e-4, client
     # the counters carry the exact local step count (NVFlare's own DIFF of the float global counter is fractional)
-    for rnd, client, folder in list_updates(flare):
+    for rnd, client, folder in RunLayout(flare).updates():
         update = load_tensors(folder / "update.safetensors")
         steps = json.loads((folder / "meta.json").read_text())["local_steps"]
         counters = [v for k, v in update.items() if k.endswith("num_batches_tracked")]
@@ -97,8 +97,8 @@ def test_nvflare_run_is_complete_and_round_0_updates_equal_the_in_process_engine
 def test_filters_act_inside_nvflare_and_the_server_averages_what_was_sent(runs):
     flare, sim = runs
     for rnd in range(2):
-        before = load_tensors(global_model_path(flare, rnd))
-        after = load_tensors(global_model_path(flare, rnd + 1))
+        before = load_tensors(RunLayout(flare).global_model(rnd))
+        after = load_tensors(RunLayout(flare).global_model(rnd + 1))
         sent = {}
         for client in range(3):
             folder = flare / "updates" / f"round_{rnd}" / f"client_{client}"
@@ -158,7 +158,7 @@ def test_exported_job_runs_in_nvflare_simulator_command(tmp_path):
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     sites = [tmp_path / "fl_leakage_site"] + sorted(workspace.glob("**/fl_leakage_site"))
-    updates = [u for site in sites if site.is_dir() for u in list_updates(site)]
+    updates = [u for site in sites if site.is_dir() for u in RunLayout(site).updates()]
     assert len(updates) == 3  # every site wrote the update it sent in round 0
 
 

@@ -153,15 +153,35 @@ def test_report_is_self_contained(study: Path, report: Path):
     assert "<title>Tiny &lt;sigma0&gt; &amp; &quot;study&quot;</title>" in text
 
 
-def test_markdown_tables_and_escaping():
-    from studies.report import markdown_to_html
+def test_summary_tables_come_from_the_data_and_are_escaped(study: Path, tmp_path: Path):
+    """The report renders summary.json (the data summary.md is made from): cells escaped, numbers right-aligned."""
+    import json
 
-    out = markdown_to_html("# T\n\ntext <b>x</b> `a<b`\n\n| k | v |\n|---|--:|\n| <i>1</i> | 2 \\| 3 |\n| 4 |\n")
-    assert "<h2>T</h2>" in out
-    assert "text &lt;b&gt;x&lt;/b&gt; <code>a&lt;b</code>" in out
-    assert "<th>k</th><th>v</th>" in out
-    assert '<td>&lt;i&gt;1&lt;/i&gt;</td><td style="text-align:right">2 | 3</td>' in out
-    assert '<td class="num">4</td><td style="text-align:right"></td>' in out
+    from studies.report import render
+
+    copy = tmp_path / "study"
+    shutil.copytree(study, copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    summary["tables"] = [{"heading": "x <b>by</b> y", "header": ["k", "v & w"],
+                          "rows": [["<i>1</i>", "0.5 ± 0.1 (n=2)"], ["a", "n/a"]]}]
+    (copy / "summary.json").write_text(json.dumps(summary))
+    page = render(copy)
+    assert "<h4>x &lt;b&gt;by&lt;/b&gt; y</h4>" in page
+    assert "<thead><tr><th>k</th><th>v &amp; w</th></tr></thead>" in page
+    assert '<tr><td>&lt;i&gt;1&lt;/i&gt;</td><td class="num">0.5 ± 0.1 (n=2)</td></tr>' in page
+    assert '<tr><td>a</td><td class="num">n/a</td></tr>' in page
+    (copy / "summary.json").unlink()
+    assert "No <code>summary.json</code> in the study folder" in render(copy)
+
+
+def test_summary_markdown_is_rendered_from_the_same_data(study: Path):
+    import json
+
+    from studies.analyze import summary_markdown
+
+    summary = json.loads((study / "summary.json").read_text())
+    assert (study / "summary.md").read_text() == summary_markdown(summary)
+    assert "| sigma0 | rdlv |\n|---|---|\n| 0 | " in summary_markdown(summary)
 
 
 # ----------------------------------------------------------------------------- the browser

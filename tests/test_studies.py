@@ -59,7 +59,7 @@ def test_reduced_study_runs_end_to_end(path: Path, tmp_path: Path):
         for axis in spec.grid:
             assert row[axis] in spec.grid[axis]
     summary = analyze(Path(spec.out), spec)
-    assert len(summary["figures"]) >= len(spec.report.get("plots", [])) and all(p.is_file() for p in summary["figures"])
+    assert len(summary["figure_paths"]) >= len(spec.report.get("plots", [])) and all(p.is_file() for p in summary["figure_paths"])
     assert len(summary["tables"]) >= len(spec.report.get("tables", []))
 
 

@@ -9,7 +9,7 @@ import torch
 from common.errors import UserError
 from common.files import load_tensors
 from federation.simulation import FederatedSimulation
-from federation.update_store import global_model_path
+from federation.run_layout import RunLayout
 from tests.conftest import tiny_train_config
 
 
@@ -25,8 +25,8 @@ def test_two_cpu_workers_give_the_single_process_federation(tmp_path):
     two = _run(tmp_path / "two", **{"fl.workers": 2, "privacy.filters": filters})
     assert [r.test_accuracy for r in one] == pytest.approx([r.test_accuracy for r in two])
     for rnd in range(len(one) + 1):
-        a = load_tensors(global_model_path(tmp_path / "one", rnd))
-        b = load_tensors(global_model_path(tmp_path / "two", rnd))
+        a = load_tensors(RunLayout(tmp_path / "one").global_model(rnd))
+        b = load_tensors(RunLayout(tmp_path / "two").global_model(rnd))
         assert a.keys() == b.keys()
         for k in a:  # threads differ (2 here, 1 per worker): float summation order only
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6, msg=k)

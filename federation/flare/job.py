@@ -30,8 +30,8 @@ from common.errors import UserError
 from common.files import load_tensors, load_weights_only, save_tensors
 from federation.flare.outbox_filter import PREFIX, SITE_LOG, strip_prefix
 from federation.simulation import FederatedSimulation, RoundRecord, append_metrics_csv
-from federation.update_store import global_model_path
-from lightning_modules.fl_client import evaluate
+from federation.run_layout import RunLayout
+from federation.client import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "flare_site.py"
@@ -131,7 +131,7 @@ def run_simulator(sim: FederatedSimulation, run_dir: Path) -> list[RoundRecord]:
     check_supported(sim)
     started = time.perf_counter()
     sim.write_setup(run_dir)
-    save_tensors(global_model_path(run_dir, 0), {k: v.detach().clone() for k, v in sim.global_model.state_dict().items()})
+    save_tensors(RunLayout(run_dir).global_model(0), {k: v.detach().clone() for k, v in sim.global_model.state_dict().items()})
     workspace = run_dir / "nvflare"
     initial = workspace / INITIAL
     save_initial_model(sim, initial)
@@ -158,12 +158,12 @@ def collect(sim: FederatedSimulation, run_dir: Path, job_workspace: Path, second
     saved = load_weights_only(final_model_file(job_workspace), "NVFlare's final global model")
     final = strip_prefix(saved.get("model", saved))
     reference = sim.global_model.state_dict()
-    save_tensors(global_model_path(run_dir, rounds), {k: final[k].to(reference[k].dtype) for k in reference})
+    save_tensors(RunLayout(run_dir).global_model(rounds), {k: final[k].to(reference[k].dtype) for k in reference})
     with open(run_dir / SITE_LOG, newline="") as fh:
         site_rows = list(csv.DictReader(fh))
     records = []
     for rnd in range(rounds):
-        path = global_model_path(run_dir, rnd + 1)
+        path = RunLayout(run_dir).global_model(rnd + 1)
         if not path.is_file():
             raise UserError(f"NVFlare run incomplete: no global model of round {rnd + 1} in {run_dir / 'global'}")
         sim.global_model.load_state_dict(load_tensors(path, "global model"))
@@ -172,7 +172,7 @@ def collect(sim: FederatedSimulation, run_dir: Path, job_workspace: Path, second
         record = RoundRecord(rnd, sim.round_lr(rnd), sorted(int(r["client"]) for r in rows), acc, loss,
                              float(np.mean([float(r["train_loss"]) for r in rows])) if rows else float("nan"),
                              seconds / rounds, {}, sorted(int(r["client"]) for r in rows if int(r["withheld"])))
-        append_metrics_csv(run_dir / "metrics.csv", record)
+        append_metrics_csv(RunLayout(run_dir).metrics, record)
         records.append(record)
     return records
 

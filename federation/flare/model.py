@@ -6,7 +6,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from lightning_modules.models import ModelSpec, build_model
+from model.factory import ModelSpec, build_model
 
 
 class GlobalModule(nn.Module):

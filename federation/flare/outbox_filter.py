@@ -20,7 +20,7 @@ from nvflare.apis.fl_context import FLContext
 from nvflare.apis.shareable import Shareable
 from nvflare.app_common.app_constant import AppConstants
 
-from callbacks.update_capture import LocalResult
+from federation.capture import LocalResult
 from federation.flare import state
 
 PREFIX = "model."

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from common.config import option
 from common.errors import UserError
-from lightning_modules.models import ClientModel
+from model.factory import ClientModel
 
 
 @dataclasses.dataclass

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from common.errors import UserError
 from inversion.config import LabelConfig, OptimConfig
-from inversion.labels import assign_labels, label_ambiguity, recover_labels
+from inversion.labels import assign_labels, choose_labels, recover_labels
 from inversion.objective import Objective
 from inversion.threat_model import AttackerKnowledge
 
@@ -99,7 +99,7 @@ def restart_generator(seed: int, restart: int) -> torch.Generator:
 
 class GradientInversionAttack(pl.LightningModule):
     def __init__(self, knowledge: AttackerKnowledge, objective: dict[str, dict[str, Any]], optim: OptimConfig,
-                 labels: LabelConfig, restart_ids: list[int] | None = None, trace_every: int = 0):
+                 labels: LabelConfig, trace_every: int = 0):
         super().__init__()
         if optim.iterations < 1:
             raise UserError(f"optim.iterations must be at least 1, got {optim.iterations}")
@@ -115,7 +115,7 @@ class GradientInversionAttack(pl.LightningModule):
             raise UserError(f"optim.select must be one of {', '.join(SELECTIONS)}, got {optim.select}")
         self.knowledge = knowledge
         self.optim_cfg = optim
-        self.restart_ids = list(restart_ids) if restart_ids is not None else list(range(optim.restarts))
+        self.restart_ids = list(range(optim.restarts))
         self.objective = Objective(knowledge, objective, batch_seed=optim.seed, vectorize=optim.vectorize, compile=optim.compile,
                                    memory_format=optim.memory_format, restarts=len(self.restart_ids), grid=optim.grid,
                                    restart_ids=self.restart_ids)
@@ -126,7 +126,8 @@ class GradientInversionAttack(pl.LightningModule):
         init = torch.stack([self._initial(r) for r in self.restart_ids])
         self.images = nn.Parameter(init)
         self.label_cfg = labels
-        self.label_strategy, fixed, start = self._labels(labels.strategy)
+        choice = choose_labels(labels.strategy, knowledge, self.objective.model, self.objective.proc)
+        self.label_strategy, self.label_warning, fixed, start = choice.strategy, choice.warning, choice.fixed, choice.start
         if fixed is not None:
             self.register_buffer("fixed_labels", fixed.expand(len(self.restart_ids), n).clone())
             self.label_logits = None
@@ -159,36 +160,6 @@ class GradientInversionAttack(pl.LightningModule):
             return torch.rand(self.shape, generator=gen)
         prior = self.knowledge.prior.expand(self.shape)
         return (prior + self.optim_cfg.init_noise * torch.randn(self.shape, generator=gen)).clamp(0, 1)
-
-    def _labels(self, strategy: str) -> tuple[str, torch.Tensor | None, torch.Tensor | None]:
-        """(strategy used, fixed labels or None, starting guess for joint soft labels or None)."""
-        if strategy not in ("auto", "analytic", "joint", "oracle"):
-            raise UserError(f"labels.strategy must be auto, analytic, joint or oracle, got {strategy}")
-        self.label_warning: str | None = None
-        if strategy == "oracle":
-            if self.knowledge.oracle.labels is None:
-                raise UserError("labels.strategy=oracle needs the oracle labels (threat.oracle_labels=true)")
-            return "oracle", self.knowledge.oracle.labels.long(), None
-        labels = recover_labels(self.knowledge.update, self.knowledge.global_state, self.objective.model,
-                                self.knowledge.spec.num_classes, self.objective.proc, self._mean_probs())
-        self.label_warning = label_ambiguity(self.knowledge.update, self.knowledge.global_state, self.objective.model,
-                                             self.knowledge.spec.num_classes, self.objective.proc, labels)
-        if strategy == "joint":
-            return "joint", None, labels
-        if labels is None:
-            if strategy == "analytic":
-                raise UserError("analytic label recovery needs the classifier's update, which this update withholds")
-            return "joint", None, None
-        return "analytic", labels, None
-
-    @torch.no_grad()
-    def _mean_probs(self) -> torch.Tensor:
-        model = self.objective.model
-        was = model.training
-        model.eval()
-        probs = model(self.knowledge.prior[None]).softmax(-1)[0]
-        model.train(was)
-        return probs
 
     def current_labels(self) -> torch.Tensor:
         """Hard labels [R, N] (soft ones argmax-ed)."""

@@ -15,12 +15,13 @@ from typing import Any, Callable
 import pytorch_lightning as pl
 import torch
 
-from callbacks.batch_statistics import BatchStatisticsRecorder
+from federation.batch_statistics import BatchStatisticsRecorder
 from common.files import save_tensors, write_json
 from datamodules.sources import ImagePool
-from federation.update_store import FORMAT, global_model_path, ground_truth_dir, save_update, sha256, update_dir
-from lightning_modules.fl_client import LOSS, OptimizerConfig
-from lightning_modules.models import ModelSpec
+from federation.run_layout import RunLayout
+from federation.update_store import FORMAT, save_update, sha256
+from federation.client import LOSS, OptimizerConfig
+from model.factory import ModelSpec
 from privacy.base import FilterChain
 
 
@@ -121,7 +122,7 @@ class UpdateCapture(pl.Callback):
             "privacy_filters": self.filters.describe(),
         }
         if self.run_dir is not None:
-            gm = global_model_path(self.run_dir, job.round)
+            gm = RunLayout(self.run_dir).global_model(job.round)
             if gm.is_file():
                 meta["global_model"] = str(Path("../../../global") / gm.name)
                 meta["global_model_sha256"] = sha256(gm)
@@ -132,8 +133,8 @@ class UpdateCapture(pl.Callback):
 def save_round(run_dir: Path, job: ClientRound, result: ClientResult, filtered: bool,
                recorder: BatchStatisticsRecorder | None = None) -> None:
     """The ground truth (site-local, for scoring), then the update exactly as it left the client."""
-    gt = ground_truth_dir(run_dir, job.round, job.client)
-    save_tensors(gt / "images.safetensors", {
+    gt = RunLayout(run_dir).ground_truth(job.round, job.client)
+    save_tensors(RunLayout(run_dir).ground_truth_images(job.round, job.client), {
         "images": job.pool.images[job.indices],
         "labels": job.pool.labels[job.indices],
         "indices": job.indices,
@@ -143,14 +144,14 @@ def save_round(run_dir: Path, job: ClientRound, result: ClientResult, filtered: 
     steps = recorder.steps if recorder else []
     if recorder:
         save_tensors(gt / "bn_stats.safetensors", recorder.tensors())
-    write_json(gt / "batches.json", {
+    write_json(RunLayout(run_dir).batches(job.round, job.client), {
         "pool_indices": [int(i) for i in job.indices],
         "steps": [{"indices": s["indices"], "positions": _positions(job.indices, s["indices"]), "lr": s["lr"]} for s in steps],
         "bn_layers": list(steps[0]["bn"]) if steps else [],
         "filter_effects": result.filter_effects,
         "train_loss": result.train_loss,
     })
-    save_update(update_dir(run_dir, job.round, job.client), result.outgoing, result.meta)
+    save_update(RunLayout(run_dir).update(job.round, job.client), result.outgoing, result.meta)
 
 
 def _positions(indices: torch.Tensor, picked: list[int]) -> list[int]:

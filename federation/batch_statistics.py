@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 
-from lightning_modules.models import batch_norm_layers
+from model.factory import batch_norm_layers
 
 
 def batch_stats(x: torch.Tensor) -> dict[str, torch.Tensor]:

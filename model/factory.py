@@ -101,7 +101,7 @@ class BNConvNet(nn.Module):
     """conv-BN-ReLU blocks (stride 2 after the first) and a flatten->linear head.
 
     A flatten head rather than global pooling: pooled ConvNets are nearly translation invariant and
-    leak far less (paper.md section 8); tests want a model that leaks quickly.
+    leak far less (translation-invariant features say little about where things are); tests want a model that leaks quickly.
     """
 
     def __init__(self, in_chans: int, num_classes: int, image_size: int, width: int = 32, depth: int = 4):

@@ -1,0 +1,102 @@
+"""Every path of a training run and of an update in it, in one place (documented in docs/update-format.md).
+
+    RUN/config.yaml, split.json, prior.safetensors        the run's setup (written before round 0)
+    RUN/metrics.csv, audit.csv, accuracy.png              per round
+    RUN/run.json                                          written last: a run with it is complete
+    RUN/global/round_<r>.safetensors                      global model sent to clients in round r
+    RUN/updates/round_<r>/client_<c>/update.safetensors   what left the client (state-dict deltas)
+    RUN/updates/round_<r>/client_<c>/meta.json            what the attacker is told
+    RUN/ground_truth/round_<r>/client_<c>/                scoring only; never read by the attack
+        images.safetensors, batches.json
+    RUN/attacks/round_<r>_client_<c>/                     attack.py's default output folder
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # the run's own files
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split.json"
+
+    @property
+    def prior(self) -> Path:
+        return self.root / "prior.safetensors"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def audit(self) -> Path:
+        return self.root / "audit.csv"
+
+    @property
+    def accuracy_figure(self) -> Path:
+        return self.root / "accuracy.png"
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    def is_complete(self) -> bool:
+        return self.run_json.is_file()
+
+    # per round and client
+    def global_model(self, rnd: int) -> Path:
+        return self.root / "global" / f"round_{rnd}.safetensors"
+
+    def update(self, rnd: int, client: int) -> Path:
+        return self.root / "updates" / f"round_{rnd}" / f"client_{client}"
+
+    def ground_truth(self, rnd: int, client: int) -> Path:
+        return self.root / "ground_truth" / f"round_{rnd}" / f"client_{client}"
+
+    def batches(self, rnd: int, client: int) -> Path:
+        """Which pool images each local step used, and the privacy filters' effects (scoring only)."""
+        return self.ground_truth(rnd, client) / "batches.json"
+
+    def ground_truth_images(self, rnd: int, client: int) -> Path:
+        return self.ground_truth(rnd, client) / "images.safetensors"
+
+    def attack(self, rnd: int, client: int) -> Path:
+        return self.root / "attacks" / f"round_{rnd}_client_{client}"
+
+    def updates(self) -> list[tuple[int, int, Path]]:
+        """(round, client, folder) for every complete update (one with meta.json), sorted."""
+        found = []
+        for meta in (self.root / "updates").glob("round_*/client_*/meta.json"):
+            try:
+                rnd = int(meta.parent.parent.name.split("_")[1])
+                client = int(meta.parent.name.split("_")[1])
+            except (IndexError, ValueError):
+                continue
+            found.append((rnd, client, meta.parent))
+        return sorted(found)
+
+    @classmethod
+    def of_update(cls, update_directory: str | Path) -> tuple["RunLayout", int, int] | None:
+        """(layout, round, client) of an update folder laid out as RUN/updates/round_<r>/client_<c>, else None."""
+        d = Path(update_directory).resolve()
+        try:
+            rnd = int(d.parent.name.removeprefix("round_"))
+            client = int(d.name.removeprefix("client_"))
+        except ValueError:
+            return None
+        if d.parent.parent.name != "updates":
+            return None
+        return cls(d.parent.parent.parent), rnd, client
+

@@ -1,0 +1,156 @@
+"""Where the BN-statistics prior takes its targets from: the interface, the shared maths and the factory.
+
+Every source compares the dummy batch statistics with targets in the same convention: the mean,
+and the *unbiased* variance (what running_var accumulates), so biased never meets unbiased.
+PyTorch's update is r_new = (1 - m) r_old + m s, applied once per local step.
+
+A source is one small class in its own file of this folder, registered under the name that
+``objective.bn_statistics.source`` uses; it builds itself from :class:`SourceInputs`, which holds
+only what the threat model lets the attacker see.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from typing import ClassVar
+
+import torch
+
+from common.errors import UserError
+from common.registry import Registry
+from inversion.functional import BNStat
+
+Targets = list[tuple[torch.Tensor, torch.Tensor]]  # per BN layer: (mean, unbiased var)
+
+
+def layer_distance(stat: BNStat, mean: torch.Tensor, var: torch.Tensor, scale: tuple[float, float] = (1.0, 1.0)) -> torch.Tensor:
+    """DeepInversion's per-layer term: ||mu(x) - mu*||_2 + ||var(x) - var*||_2, each times its scale."""
+    return scale[0] * torch.linalg.vector_norm(stat.mean - mean) + scale[1] * torch.linalg.vector_norm(stat.var_unbiased - var)
+
+
+NORMALIZATIONS = ("layer", "none")
+UPDATE_SCALES = ("known", "fit")
+
+
+def layer_scales(variances: list[torch.Tensor], normalize: str) -> list[tuple[float, float]]:
+    """Per BN layer, the factors that make its two distances scale-free: 1 / (s sqrt(C)) for the mean
+    and 1 / (s^2 sqrt(C)) for the variance, s^2 the layer's mean target variance (C channels).
+
+    Why: BN output does not change when its input is rescaled, so neither does the network, but raw
+    distances do. At random initialisation the stem BN's input is ~100x smaller than the deep
+    layers', and the layer closest to the pixels then weighs nothing in the sum. The scaled
+    distances are RMS relative errors, comparable between layers and between early and trained
+    models. ``variances``: each layer's target variance per channel (any source; averaging over the
+    channels keeps noisy targets usable; the floor only avoids a division by zero).
+    """
+    if normalize not in NORMALIZATIONS:
+        raise UserError(f"objective.bn_statistics.normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize}")
+    if normalize == "none":
+        return [(1.0, 1.0)] * len(variances)
+    out = []
+    for var in variances:
+        s2 = max(float(var.double().mean()), 1e-12)
+        root = math.sqrt(var.numel())
+        out.append((1.0 / (math.sqrt(s2) * root), 1.0 / (s2 * root)))
+    return out
+
+
+def one_step_inference(r_old: torch.Tensor, r_new: torch.Tensor, m: float) -> torch.Tensor:
+    """The paper's formula, exact for one local step: s = (r_new - (1 - m) r_old) / m."""
+    return (r_new.double() - (1 - m) * r_old.double()) / m
+
+
+def weighted_mean_inference(r_old: torch.Tensor, r_new: torch.Tensor, m: float, steps: int) -> torch.Tensor:
+    """For T steps, the momentum-weighted mean of the T batch statistics: (r_T - (1-m)^T r_0) / (1 - (1-m)^T)."""
+    decay = (1 - m) ** steps
+    return (r_new.double() - decay * r_old.double()) / (1 - decay)
+
+
+
+@dataclasses.dataclass
+class SourceInputs:
+    """What a source may be built from. ``observed`` is None when the update withholds the running buffers."""
+
+    initial: Targets  # the global model's running buffers, float64
+    observed: Targets | None  # initial + the update's buffer changes, float64
+    momentum: float
+    steps: int
+    normalize: str = "none"
+    update_scale: str = "known"
+    oracle_stats: list[Targets] | None = None  # true per-step statistics: only with threat.oracle_bn_statistics
+
+
+class BNSource(abc.ABC):
+    name: ClassVar[str]
+    fits_update_scale: ClassVar[bool] = False  # can fit an unknown update scale (a clipped update)
+    layers: int = 0  # BN layers with targets
+
+    @abc.abstractmethod
+    def layer_losses(self, stats: list[list[BNStat]]) -> torch.Tensor:
+        """[L]: the prior's value per BN layer for the dummy statistics of every step."""
+
+    def loss(self, stats: list[list[BNStat]]) -> torch.Tensor:
+        """Scalar prior: the sum over BN layers."""
+        return self.layer_losses(stats).sum()
+
+    @classmethod
+    @abc.abstractmethod
+    def build(cls, inputs: SourceInputs) -> "BNSource":
+        """The source from what the attacker holds (a one-line UserError when that is not enough)."""
+
+
+REGISTRY: Registry[type[BNSource]] = Registry("BN-statistics source", "objective.bn_statistics.source")
+register = REGISTRY.register
+
+
+class PerStepTargets(BNSource):
+    """Match every step's statistics to per-step targets; averaged over steps, summed over layers."""
+
+    def __init__(self, targets: list[Targets], normalize: str = "none"):
+        self.targets = targets  # per step
+        self.layers = len(targets[0])
+        self.scales = layer_scales([torch.stack([step[i][1] for step in targets]).mean(0) for i in range(len(targets[0]))], normalize)
+
+    def layer_losses(self, stats: list[list[BNStat]]) -> torch.Tensor:
+        per_step = [torch.stack([layer_distance(stat, mean, var, scale) for stat, (mean, var), scale in zip(step_stats, step_targets, self.scales)])
+                    for step_stats, step_targets in zip(stats, self.targets)]
+        return torch.stack(per_step).mean(0)
+
+
+def needs_buffers(name: str, inputs: SourceInputs) -> Targets:
+    """The observed running buffers, or a one-line error naming the source that needs them."""
+    if inputs.observed is None:
+        raise UserError(f"bn.source={name} infers statistics from the running-statistics update, which this update withholds")
+    return inputs.observed
+
+
+def source_names() -> tuple[str, ...]:
+    """``auto`` and every registered source."""
+    return ("auto", *REGISTRY.names())
+
+
+def make_bn_source(name: str, bn_names: list[str], global_state: dict[str, torch.Tensor], update: dict[str, torch.Tensor],
+                   momentum: float, steps: int, oracle_stats: list[Targets] | None = None, normalize: str = "none",
+                   update_scale: str = "known") -> BNSource:
+    """Build the named source from what the attacker holds; ``auto`` = multi_step if buffers were sent."""
+    if name != "auto" and name not in REGISTRY:
+        raise UserError(f"unknown bn.source '{name}' ({', '.join(source_names())})")
+    keys = [(f"{n}.running_mean", f"{n}.running_var") for n in bn_names]
+    have_buffers = all(km in update and kv in update for km, kv in keys)
+    if name == "auto":
+        name = "multi_step" if have_buffers else "none"
+    if update_scale not in UPDATE_SCALES:
+        raise UserError(f"objective.bn_statistics.update_scale must be one of {', '.join(UPDATE_SCALES)}, got {update_scale}")
+    cls = REGISTRY.get(name)
+    if update_scale != "known" and not cls.fits_update_scale:
+        raise UserError(f"objective.bn_statistics.update_scale={update_scale} needs source multi_step (or auto), not {name}")
+    initial = [(global_state[km].double(), global_state[kv].double()) for km, kv in keys]
+    observed = ([(initial[i][0] + update[km].double(), initial[i][1] + update[kv].double()) for i, (km, kv) in enumerate(keys)]
+                if have_buffers else None)
+    return cls.build(SourceInputs(initial, observed, momentum, steps, normalize, update_scale, oracle_stats))
+
+
+def _f32(targets: Targets) -> Targets:
+    """Inference runs in float64 (it divides by m); matching runs in the images' float32."""
+    return [(m.float(), v.float()) for m, v in targets]

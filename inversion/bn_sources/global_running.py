@@ -1,0 +1,15 @@
+"""The global model's running statistics: what attacks that assume eval-mode BN use."""
+from __future__ import annotations
+
+from inversion.bn_sources.base import PerStepTargets, SourceInputs, _f32, register
+
+
+@register
+class GlobalSource(PerStepTargets):
+    """The global model's running statistics: what attacks that assume eval-mode BN use."""
+
+    name = "global"
+
+    @classmethod
+    def build(cls, inputs: SourceInputs) -> "GlobalSource":
+        return cls([_f32(inputs.initial)] * inputs.steps, inputs.normalize)

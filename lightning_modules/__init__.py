@@ -1,1 +1,0 @@
-"""LightningModules: the FL client, the client models, and the gradient-inversion attack."""
