@@ -32,6 +32,7 @@ class FilterContext:
 class PrivacyFilter(abc.ABC):
     name: ClassVar[str]
     Params: ClassVar[type]
+    columns: ClassVar[tuple[str, ...]] = ()  # effect numbers that become columns of a study's results.csv
 
     def __init__(self, params: Any):
         self.params = params

@@ -71,6 +71,7 @@ class DPGaussian(PrivacyFilter):
     """Clip the whole update to L2 norm C, add N(0, (zC)^2); per-client epsilon from Opacus' RDP accountant."""
 
     name = "dp_gaussian"
+    columns = ("epsilon", "noise_std")
     Params = DPGaussianParams
 
     def __init__(self, params: DPGaussianParams):
@@ -163,6 +164,7 @@ class SVTPrivacy(PrivacyFilter):
     """Sparse vector technique (after NVFlare's SVTPrivacy): share a noisy selection of clipped, Laplace-noised values."""
 
     name = "svt"
+    columns = ("shared_fraction",)
     Params = SVTParams
 
     def validate(self) -> None:

@@ -32,6 +32,7 @@ class GaussianNoise(PrivacyFilter):
     """
 
     name = "gaussian"
+    columns = ("noise_std",)
     Params = GaussianParams
 
     def validate(self) -> None:
@@ -114,6 +115,7 @@ class PercentilePrivacy(PrivacyFilter):
     """Share the largest fraction of values (Shokri & Shmatikov 2015), clipped; the rest are sent as 0."""
 
     name = "percentile"
+    columns = ("shared_fraction",)
     Params = PercentileParams
 
     def validate(self) -> None:

@@ -151,7 +151,10 @@ class StudyRunner:
                 images.append({"cell": cell_dir.name, "seed": info["seed"], "round": info["round"], "client": info["client"],
                                **{k: info["axes"].get(k) for k in axes}, **{k: v for k, v in img.items() if k in IMAGE_FIELDS or k in metric_names()}})
         measured = [name for name in metric_names() if any(name in r for r in rows)]
-        _write_csv(self.out / "results.csv", axes + with_metrics(ROW_FIELDS, measured), rows)
+        fields = with_metrics(ROW_FIELDS, measured)
+        at = fields.index("noise_std") + 1  # filter columns beyond the two every study has
+        effects = list(dict.fromkeys(k for r in rows for k in r.get("_effects", {}) if k not in fields))
+        _write_csv(self.out / "results.csv", axes + fields[:at] + effects + fields[at:], [{**r, **r.get("_effects", {})} for r in rows])
         _write_csv(self.out / "per_image.csv", axes + with_metrics(IMAGE_FIELDS, measured), images)
         return self.out / "results.csv"
 
@@ -168,7 +171,8 @@ class StudyRunner:
         row = {"cell": name, "seed": info["seed"], "round": rnd, "client": client, "num_images": meta["num_images"],
                "batch_size": meta["batch_size"], "local_steps": meta["local_steps"], "test_accuracy": acc.get(rnd),
                "final_test_accuracy": acc.get(max(acc)) if acc else None, "attack_seconds": metrics.get("seconds"),
-               "train_key": info["train_key"], "epsilon": effects.get("epsilon"), "noise_std": effects.get("noise_std")}
+               "train_key": info["train_key"], "epsilon": effects.get("epsilon"), "noise_std": effects.get("noise_std"),
+               "_effects": effects}
         for key in SCORE_KEYS:
             row[key] = metrics.get(key)
         row.update({name: metrics[name] for name in metric_names() if name in metrics})
@@ -184,15 +188,16 @@ def _accuracy(path: Path) -> dict[int, float]:
 
 
 def _filter_effects(run: Path, rnd: int, client: int) -> dict[str, Any]:
-    """The last filter effect values recorded for this client and round (epsilon, noise std)."""
+    """The numbers the client's privacy filters declare as columns (``PrivacyFilter.columns``), last filter wins."""
+    from privacy import REGISTRY as FILTERS
+
     path = RunLayout(run).batches(rnd, client)
     if not path.is_file():
         return {}
     out: dict[str, Any] = {}
     for effect in json.loads(path.read_text()).get("filter_effects", []):
-        for key in ("epsilon", "noise_std"):
-            if key in effect:
-                out[key] = effect[key]
+        declared = FILTERS[effect["filter"]].columns if effect.get("filter") in FILTERS else ()
+        out.update({key: effect[key] for key in declared if key in effect})
     return out
 
 

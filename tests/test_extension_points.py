@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import dataclasses
+
 from common.errors import UserError
 from common.registry import Registry, load_plugins
 from federation.simulation import FederatedSimulation
@@ -16,6 +18,9 @@ from leakage.image_metrics import ImageMetric, register
 from leakage.metrics import SSIMSettings
 from leakage.scoring import score
 from pipelines.audit import AttackAudit
+from privacy import REGISTRY as FILTERS
+from privacy import FilterChain, FilterContext, PrivacyFilter
+from privacy import register as register_filter
 from tests.conftest import tiny_train_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +36,29 @@ class MaxAbsError(ImageMetric):
 
     def __call__(self, reconstruction: torch.Tensor, original: torch.Tensor) -> float:
         return float((reconstruction - original).abs().max())
+
+
+@dataclasses.dataclass
+class ScaleParams:
+    factor: float = 0.5
+
+
+class Scale(PrivacyFilter):
+    """A throwaway filter: the update times a factor, reported as a results.csv column."""
+
+    name = "scale"
+    Params = ScaleParams
+    columns = ("factor",)
+
+    def apply(self, update, ctx):
+        return {k: v * self.params.factor if v.is_floating_point() else v for k, v in update.items()}, {"factor": self.params.factor}
+
+
+@pytest.fixture
+def scale_filter():
+    register_filter(Scale)
+    yield Scale
+    FILTERS.unregister(Scale.name)
 
 
 @pytest.fixture
@@ -80,7 +108,7 @@ def test_a_registered_metric_is_scored_per_image_and_aggregated_as_declared(max_
     assert MaxAbsError.format(0.75) == "max |error| 0.75"
 
 
-def test_a_registered_metric_reaches_the_audit_and_a_study_and_its_report(max_abs_error, tmp_path):
+def test_a_registered_metric_and_filter_reach_the_audit_and_a_study_and_its_report(max_abs_error, scale_filter, tmp_path):
     # the leakage audit inside FL: audit.csv gets the column right after SSIM
     (tmp_path / "fl").mkdir()
     cfg = tiny_train_config(tmp_path / "fl", **{"fl.rounds": 1, "audit": {"every": 1, "clients": [2], "attack": {"optim.iterations": 3}}})
@@ -101,19 +129,20 @@ def test_a_registered_metric_reaches_the_audit_and_a_study_and_its_report(max_ab
 
     spec = reduce(load(StudySpec, [ROOT / "configs" / "studies" / "sigma0.yaml"], []))
     spec.out = str(tmp_path / "study")
-    spec.grid = {"sigma0": {"0": spec.grid["sigma0"]["0"]}}
+    spec.grid = {"scale": {"half": {"train": {"privacy.filters": [{"name": "scale", "factor": 0.5}]}}}}
     spec.train.overrides = {**spec.train.overrides, **TINY_TRAIN}
     spec.attack.overrides = {**spec.attack.overrides, **TINY_ATTACK, "optim.iterations": 3}
-    spec.report = {"title": "t", "tables": [{"row": "sigma0", "metric": "max_abs_error"}]}
+    spec.report = {"title": "t", "tables": [{"row": "scale", "metric": "max_abs_error"}]}
     results = StudyRunner(spec, progress=False).run()
     with open(results) as fh:
         row = next(csv.DictReader(fh))
     assert 0.0 < float(row["max_abs_error"]) <= 1.0
+    assert float(row["factor"]) == 0.5  # the filter's declared column
     with open(Path(spec.out) / "per_image.csv") as fh:
         assert float(next(csv.DictReader(fh))["max_abs_error"]) == float(row["max_abs_error"])  # one image: max = itself
     analyze(Path(spec.out), spec)
     page = write_report(spec.out).read_text()
-    assert "<th>max_abs_error</th>" in page and "max_abs_error by sigma0" in page
+    assert "<th>max_abs_error</th>" in page and "max_abs_error by scale" in page and ">factor</th>" in page
 
 
 def test_a_registered_bn_source_is_selectable_by_name():
@@ -144,33 +173,10 @@ def test_a_registered_bn_source_is_selectable_by_name():
         make_bn_source("half_global", ["bn"], state, {}, 0.1, 2)
 
 
-def test_a_registered_privacy_filter_runs_in_the_chain():
-    import dataclasses
-
-    from privacy import REGISTRY as FILTERS
-    from privacy import FilterChain, FilterContext, PrivacyFilter
-    from privacy import register as register_filter
-
-    @dataclasses.dataclass
-    class ScaleParams:
-        factor: float = 0.5
-
-    @register_filter
-    class Scale(PrivacyFilter):
-        """A throwaway filter: the update times a factor."""
-
-        name = "scale"
-        Params = ScaleParams
-
-        def apply(self, update, ctx):
-            return {k: v * self.params.factor if v.is_floating_point() else v for k, v in update.items()}, {"factor": self.params.factor}
-
-    try:
-        chain = FilterChain.from_config([{"name": "scale", "factor": 0.25}])
-        out, effects = chain.apply({"w": torch.tensor([4.0, -8.0]), "n": torch.tensor(3)}, FilterContext(torch.Generator()))
-        assert out["w"].tolist() == [1.0, -2.0] and int(out["n"]) == 3
-        assert effects == [{"filter": "scale", "factor": 0.25}]
-        with pytest.raises(UserError, match="unknown config key .privacy.filters.0.oops."):
-            FilterChain.from_config([{"name": "scale", "factor": 0.25, "oops": 1}])
-    finally:
-        FILTERS.unregister("scale")
+def test_a_registered_privacy_filter_runs_in_the_chain(scale_filter):
+    chain = FilterChain.from_config([{"name": "scale", "factor": 0.25}])
+    out, effects = chain.apply({"w": torch.tensor([4.0, -8.0]), "n": torch.tensor(3)}, FilterContext(torch.Generator()))
+    assert out["w"].tolist() == [1.0, -2.0] and int(out["n"]) == 3
+    assert effects == [{"filter": "scale", "factor": 0.25}]
+    with pytest.raises(UserError, match="unknown config key .privacy.filters.0.oops."):
+        FilterChain.from_config([{"name": "scale", "factor": 0.25, "oops": 1}])
