@@ -4,7 +4,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
+
 from common.config import option
+from common.errors import UserError
 from federation.audit import AuditConfig
 from datamodules.federated import SplitConfig
 from datamodules.sources import DataConfig
@@ -65,3 +68,22 @@ class TrainConfig:
     privacy: PrivacyConfig = option(help="privacy filters", factory=PrivacyConfig)
     audit: AuditConfig = option(help="leakage audit of outgoing updates (runs after the privacy filters)", factory=AuditConfig)
     logging: LoggingConfig = option(help="logging", factory=LoggingConfig)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """The federation's own settings (data, split, model and filters are checked where they are built)."""
+    if cfg.fl.workers < 0:
+        raise UserError(f"fl.workers must be >= 0, got {cfg.fl.workers}")
+    if cfg.fl.rounds < 1:
+        raise UserError(f"fl.rounds must be at least 1, got {cfg.fl.rounds}")
+    if not 0 < cfg.fl.client_fraction <= 1:
+        raise UserError(f"fl.client_fraction must be in (0, 1], got {cfg.fl.client_fraction}")
+    if cfg.fl.weighting not in ("steps", "samples", "uniform"):
+        raise UserError(f"unknown fl.weighting '{cfg.fl.weighting}' (steps, samples, uniform)")
+    if cfg.local.epochs < 1 and cfg.local.steps < 1:
+        raise UserError("local.epochs or local.steps must be at least 1")
+    cfg.optimizer.validate()
+    if cfg.accelerator not in ("cpu", "gpu", "auto", "cuda"):
+        raise UserError(f"unknown accelerator '{cfg.accelerator}' (cpu, gpu, auto)")
+    if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError("accelerator gpu requested but no CUDA device is available")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import gc
 import math
@@ -17,9 +16,9 @@ from tqdm.auto import tqdm
 
 from federation.batch_statistics import BatchStatisticsRecorder
 from federation.capture import ClientResult, ClientRound, LocalResult, UpdateCapture
-from common.config import build, dump_yaml, to_dict
+from common.config import build, to_dict
 from common.errors import UserError
-from common.files import load_tensors, save_tensors, write_json
+from common.files import save_tensors
 from common.interrupt import fit
 from common.quiet import quiet_lightning
 from common.tracking import start_run
@@ -27,9 +26,10 @@ from datamodules.client import ClientDataModule, test_loader
 from datamodules.federated import FederatedSplit, local_steps, make_split
 from datamodules.sources import ImagePool, load_pool
 from federation.audit import AuditConfig, Auditor, AuditRecord, NoAudit, append_audit_csv, check_audit_config
-from federation.config import TrainConfig
+from federation.config import TrainConfig, check_train_config
 from federation.fedavg import apply_update, average_updates, client_weights
 from federation.outbox import ClientOutbox
+from federation.run_files import append_metrics_csv, finished_rounds, write_setup
 from federation.run_layout import RunLayout
 from federation.client import FLClient, evaluate
 from model.factory import ClientModel, ModelSpec, build_model, check_batch_norm_viable
@@ -37,9 +37,6 @@ from privacy.base import FilterChain, FilterContext
 
 # (job, local result, its BN-statistics recorder) -> the result as sent, or None when the engine sends it later
 HandOver = Callable[[ClientRound, LocalResult, BatchStatisticsRecorder | None], ClientResult | None]
-
-METRIC_FIELDS = ["round", "lr", "clients", "withheld", "test_accuracy", "test_loss", "train_loss", "seconds"]
-
 
 def client_seed(seed: int, rnd: int, client: int) -> int:
     return (seed * 1_000_003 + rnd * 10_007 + client * 101) % (2**31)
@@ -67,17 +64,7 @@ class FederatedSimulation:
         quiet_lightning()
         self.cfg = cfg
         self.device_index = device_index
-        if cfg.fl.workers < 0:
-            raise UserError(f"fl.workers must be >= 0, got {cfg.fl.workers}")
-        if cfg.fl.rounds < 1:
-            raise UserError(f"fl.rounds must be at least 1, got {cfg.fl.rounds}")
-        if not 0 < cfg.fl.client_fraction <= 1:
-            raise UserError(f"fl.client_fraction must be in (0, 1], got {cfg.fl.client_fraction}")
-        if cfg.fl.weighting not in ("steps", "samples", "uniform"):
-            raise UserError(f"unknown fl.weighting '{cfg.fl.weighting}' (steps, samples, uniform)")
-        if cfg.local.epochs < 1 and cfg.local.steps < 1:
-            raise UserError("local.epochs or local.steps must be at least 1")
-        cfg.optimizer.validate()
+        check_train_config(cfg)
         self.pool: ImagePool = load_pool(cfg.data)
         self.split: FederatedSplit = make_split(self.pool, cfg.fl.split, cfg.data.test_fraction, cfg.seed)
         self.spec = ModelSpec.from_config(cfg.model, self.pool.channels, self.pool.num_classes, cfg.data.image_size)
@@ -101,10 +88,6 @@ class FederatedSimulation:
         self.audit: Auditor = auditor(cfg.audit, self.num_clients) if auditor is not None and cfg.audit.every else NoAudit(cfg.audit)
         self.prior = self.pool.images[self.split.train_indices].mean(0)
         self.accelerator = cfg.accelerator
-        if self.accelerator not in ("cpu", "gpu", "auto", "cuda"):
-            raise UserError(f"unknown accelerator '{cfg.accelerator}' (cpu, gpu, auto)")
-        if self.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-            raise UserError("accelerator gpu requested but no CUDA device is available")
 
     # ------------------------------------------------------------------ pieces
 
@@ -204,25 +187,9 @@ class FederatedSimulation:
                            f"audit/withheld_client{client}": int(record.withheld)}, step=rnd)
         return record
 
-    def write_prior(self, run_dir: Path) -> None:
-        """The population prior image (mean of the training pool), and per-class means."""
-        pool = self.pool.images[self.split.train_indices]
-        labels = self.pool.labels[self.split.train_indices]
-        tensors = {"mean": self.prior}
-        for k, name in enumerate(self.pool.class_names):
-            if (labels == k).any():
-                tensors[f"class/{name}"] = pool[labels == k].mean(0)
-        save_tensors(RunLayout(run_dir).prior, tensors, metadata={"population": f"{self.pool.name} training pool", "images": str(len(pool))})
-
     def write_setup(self, run_dir: Path) -> None:
         """What a run holds before its first round: resolved config, population prior, client split."""
-        RunLayout(run_dir).config.write_text(dump_yaml(self.cfg))
-        self.write_prior(run_dir)
-        write_json(RunLayout(run_dir).split, {
-            "clients": [{"images": s.images, "batch_size": s.batch_size, "pool_indices": idx.tolist()}
-                        for s, idx in zip(self.split.specs, self.split.client_indices)],
-            "test_indices": self.split.test_indices.tolist(), "class_names": self.pool.class_names,
-        })
+        write_setup(RunLayout(run_dir), self.cfg, self.pool, self.split, self.prior)
 
     # ------------------------------------------------------------------ the loop
 
@@ -234,18 +201,12 @@ class FederatedSimulation:
         client), so the resumed run ends exactly where an uninterrupted one would; stateful filters
         (the DP accountants) replay the applications of the finished rounds.
         """
-        metrics = RunLayout(run_dir).metrics
-        if not metrics.is_file():
+        point = finished_rounds(RunLayout(run_dir))
+        if point is None:
             return None
-        with open(metrics) as fh:
-            done = [int(r["round"]) for r in csv.DictReader(fh)]
-        nxt = max(done) + 1 if done else 0
-        path = RunLayout(run_dir).global_model(nxt)
-        if not path.is_file():
-            raise UserError(f"cannot resume {run_dir}: round {nxt - 1} finished but {path.name} is missing")
-        _truncate_csv(RunLayout(run_dir).audit, nxt)
+        nxt, state = point
         self.replay_filters(nxt)
-        return nxt, load_tensors(path, "global model")
+        return nxt, state
 
     def replay_filters(self, first_round: int) -> None:
         """Bring stateful filters (DP accountants) to where they stand after rounds < first_round."""
@@ -331,30 +292,3 @@ def worker_simulation(cfg_tree: dict[str, Any], index: int, first_round: int) ->
     sim = FederatedSimulation(cfg, device_index=index)
     sim.replay_filters(first_round)
     return sim
-
-
-def append_metrics_csv(path: Path, record: RoundRecord) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
-        if new:
-            writer.writeheader()
-        row: dict[str, Any] = {f: getattr(record, f) for f in METRIC_FIELDS}
-        row["clients"] = " ".join(map(str, record.clients))
-        row["withheld"] = " ".join(map(str, record.withheld))
-        writer.writerow(row)
-
-
-def _truncate_csv(path: Path, before_round: int) -> None:
-    """Drop rows of rounds >= before_round (left by an interrupted round)."""
-    if not path.is_file():
-        return
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-        fields = list(rows[0].keys()) if rows else []
-    if not fields:
-        return
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(r for r in rows if int(r["round"]) < before_round)

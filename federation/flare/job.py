@@ -29,7 +29,8 @@ from common.config import to_dict
 from common.errors import UserError
 from common.files import load_tensors, load_weights_only, save_tensors
 from federation.flare.outbox_filter import PREFIX, SITE_LOG, strip_prefix
-from federation.simulation import FederatedSimulation, RoundRecord, append_metrics_csv
+from federation.run_files import append_metrics_csv
+from federation.simulation import FederatedSimulation, RoundRecord
 from federation.run_layout import RunLayout
 from federation.client import evaluate
 

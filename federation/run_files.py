@@ -1,0 +1,86 @@
+"""The files a federation writes into its run (besides the updates): setup, per-round metrics, and
+what a resume reads back. Paths come from :class:`RunLayout`."""
+from __future__ import annotations
+
+import csv
+from typing import Any
+
+import torch
+
+from common.config import dump_yaml
+from common.errors import UserError
+from common.files import load_tensors, save_tensors, write_json
+from datamodules.federated import FederatedSplit
+from datamodules.sources import ImagePool
+from federation.config import TrainConfig
+from federation.run_layout import RunLayout
+
+METRIC_FIELDS = ["round", "lr", "clients", "withheld", "test_accuracy", "test_loss", "train_loss", "seconds"]
+
+
+def write_setup(run: RunLayout, cfg: TrainConfig, pool: ImagePool, split: FederatedSplit, prior: torch.Tensor) -> None:
+    """What a run holds before its first round: resolved config, population prior, client split."""
+    run.config.write_text(dump_yaml(cfg))
+    write_prior(run, pool, split, prior)
+    write_json(run.split, {
+        "clients": [{"images": s.images, "batch_size": s.batch_size, "pool_indices": idx.tolist()}
+                    for s, idx in zip(split.specs, split.client_indices)],
+        "test_indices": split.test_indices.tolist(), "class_names": pool.class_names,
+    })
+
+
+def write_prior(run: RunLayout, pool: ImagePool, split: FederatedSplit, prior: torch.Tensor) -> None:
+    """The population prior image (mean of the training pool), and per-class means."""
+    images = pool.images[split.train_indices]
+    labels = pool.labels[split.train_indices]
+    tensors = {"mean": prior}
+    for k, name in enumerate(pool.class_names):
+        if (labels == k).any():
+            tensors[f"class/{name}"] = images[labels == k].mean(0)
+    save_tensors(run.prior, tensors, metadata={"population": f"{pool.name} training pool", "images": str(len(images))})
+
+
+def append_metrics_csv(path: Any, record: Any) -> None:
+    """One metrics.csv row from a ``RoundRecord`` (any object with the METRIC_FIELDS attributes)."""
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+        if new:
+            writer.writeheader()
+        row: dict[str, Any] = {f: getattr(record, f) for f in METRIC_FIELDS}
+        row["clients"] = " ".join(map(str, record.clients))
+        row["withheld"] = " ".join(map(str, record.withheld))
+        writer.writerow(row)
+
+
+def finished_rounds(run: RunLayout) -> tuple[int, dict[str, torch.Tensor]] | None:
+    """(first round to run, global model) of an interrupted run; None if it finished no round.
+
+    Rounds are the unit of resumption: a round counts as done once its metrics row is written, which
+    happens after the aggregated model is saved; audit rows of an unfinished round are dropped.
+    """
+    if not run.metrics.is_file():
+        return None
+    with open(run.metrics) as fh:
+        done = [int(r["round"]) for r in csv.DictReader(fh)]
+    nxt = max(done) + 1 if done else 0
+    path = run.global_model(nxt)
+    if not path.is_file():
+        raise UserError(f"cannot resume {run.root}: round {nxt - 1} finished but {path.name} is missing")
+    truncate_csv(run.audit, nxt)
+    return nxt, load_tensors(path, "global model")
+
+
+def truncate_csv(path: Any, before_round: int) -> None:
+    """Drop rows of rounds >= before_round (left by an interrupted round)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+        fields = list(rows[0].keys()) if rows else []
+    if not fields:
+        return
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(r for r in rows if int(r["round"]) < before_round)
