@@ -67,7 +67,6 @@ def weighted_mean_inference(r_old: torch.Tensor, r_new: torch.Tensor, m: float, 
     return (r_new.double() - decay * r_old.double()) / (1 - decay)
 
 
-
 @dataclasses.dataclass
 class SourceInputs:
     """What a source may be built from. ``observed`` is None when the update withholds the running buffers."""
@@ -151,6 +150,6 @@ def make_bn_source(name: str, bn_names: list[str], global_state: dict[str, torch
     return cls.build(SourceInputs(initial, observed, momentum, steps, normalize, update_scale, oracle_stats))
 
 
-def _f32(targets: Targets) -> Targets:
+def as_float32(targets: Targets) -> Targets:
     """Inference runs in float64 (it divides by m); matching runs in the images' float32."""
     return [(m.float(), v.float()) for m, v in targets]

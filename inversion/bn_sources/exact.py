@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from common.errors import UserError
-from inversion.bn_sources.base import PerStepTargets, SourceInputs, _f32, register
+from inversion.bn_sources.base import PerStepTargets, SourceInputs, as_float32, register
 
 
 @register
@@ -15,4 +15,4 @@ class ExactSource(PerStepTargets):
     def build(cls, inputs: SourceInputs) -> "ExactSource":
         if inputs.oracle_stats is None:
             raise UserError("bn.source=exact needs the oracle BN statistics (threat.oracle_bn_statistics=true)")
-        return cls([_f32(t) for t in inputs.oracle_stats], inputs.normalize)
+        return cls([as_float32(t) for t in inputs.oracle_stats], inputs.normalize)

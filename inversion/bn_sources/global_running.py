@@ -1,7 +1,7 @@
 """The global model's running statistics: what attacks that assume eval-mode BN use."""
 from __future__ import annotations
 
-from inversion.bn_sources.base import PerStepTargets, SourceInputs, _f32, register
+from inversion.bn_sources.base import PerStepTargets, SourceInputs, as_float32, register
 
 
 @register
@@ -12,4 +12,4 @@ class GlobalSource(PerStepTargets):
 
     @classmethod
     def build(cls, inputs: SourceInputs) -> "GlobalSource":
-        return cls([_f32(inputs.initial)] * inputs.steps, inputs.normalize)
+        return cls([as_float32(inputs.initial)] * inputs.steps, inputs.normalize)

@@ -1,7 +1,7 @@
 """The official code's choice: the one-step formula applied whatever the number of steps."""
 from __future__ import annotations
 
-from inversion.bn_sources.base import PerStepTargets, SourceInputs, _f32, needs_buffers, one_step_inference, register
+from inversion.bn_sources.base import PerStepTargets, SourceInputs, as_float32, needs_buffers, one_step_inference, register
 
 
 @register
@@ -14,4 +14,4 @@ class OneStepSource(PerStepTargets):
     def build(cls, inputs: SourceInputs) -> "OneStepSource":
         observed, m = needs_buffers(cls.name, inputs), inputs.momentum
         target = [(one_step_inference(r0m, rm, m), one_step_inference(r0v, rv, m)) for (r0m, r0v), (rm, rv) in zip(inputs.initial, observed)]
-        return cls([_f32(target)] * inputs.steps, inputs.normalize)
+        return cls([as_float32(target)] * inputs.steps, inputs.normalize)

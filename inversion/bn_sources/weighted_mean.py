@@ -1,7 +1,7 @@
 """The momentum-weighted mean target for T steps, shared by all steps."""
 from __future__ import annotations
 
-from inversion.bn_sources.base import PerStepTargets, SourceInputs, _f32, needs_buffers, register, weighted_mean_inference
+from inversion.bn_sources.base import PerStepTargets, SourceInputs, as_float32, needs_buffers, register, weighted_mean_inference
 
 
 @register
@@ -15,4 +15,4 @@ class WeightedMeanSource(PerStepTargets):
         observed, m, steps = needs_buffers(cls.name, inputs), inputs.momentum, inputs.steps
         target = [(weighted_mean_inference(r0m, rm, m, steps), weighted_mean_inference(r0v, rv, m, steps))
                   for (r0m, r0v), (rm, rv) in zip(inputs.initial, observed)]
-        return cls([_f32(target)] * steps, inputs.normalize)
+        return cls([as_float32(target)] * steps, inputs.normalize)
