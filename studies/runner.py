@@ -12,14 +12,14 @@ from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
-from common.config import load
+from common.config import load, overrides_list
 from common.errors import UserError
 from common.files import read_json, write_json
 from federation.config import TrainConfig
 from federation.run_layout import RunLayout
 from inversion.config import AttackConfig
 from leakage.image_metrics import metric_names
-from studies.spec import Cell, StudySpec, cells, config_fingerprint, overrides_list
+from studies.spec import Cell, StudySpec, cells, config_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_DEFAULT = ROOT / "configs" / "default.yaml"
@@ -87,12 +87,12 @@ class StudyRunner:
         return result.run.root
 
     def targets(self, run: Path) -> list[tuple[int, int]]:
-        rounds = int(read_json(run / "run.json")["rounds"])
+        rounds = int(read_json(RunLayout(run).run_json)["rounds"])
         out = []
         for t in self.spec.targets:
             rnd = t.round % rounds
             if self.spec.all_clients:
-                found = sorted(int(p.name.split("_")[1]) for p in (run / "updates" / f"round_{rnd}").glob("client_*") if (p / "meta.json").is_file())
+                found = sorted(c for r, c, _ in RunLayout(run).updates() if r == rnd)
                 out.extend((rnd, c) for c in found)
             else:
                 out.append((rnd, t.client))
@@ -159,8 +159,8 @@ class StudyRunner:
         return self.out / "results.csv"
 
     def _known_targets(self, cell: Cell) -> list[tuple[int, int]]:
-        run = self.out / "train" / cell.train_key
-        return self.targets(run) if (run / "run.json").is_file() else []
+        run = RunLayout(self.out / "train" / cell.train_key)
+        return self.targets(run.root) if run.is_complete() else []
 
     def _row(self, name: str, info: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
         run = Path(info["run"])
@@ -175,7 +175,7 @@ class StudyRunner:
                "_effects": effects}
         for key in SCORE_KEYS:
             row[key] = metrics.get(key)
-        row.update({name: metrics[name] for name in metric_names() if name in metrics})
+        row.update({metric: metrics[metric] for metric in metric_names() if metric in metrics})
         row.update(info["axes"])
         return row
 

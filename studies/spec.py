@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.config import build, option, overrides_list  # noqa: F401  (re-exported for study code)
+from common.config import option
 from common.errors import UserError
 
 
