@@ -31,6 +31,7 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
     need no config, leakage/image_metrics/).
     """
     metrics = metrics_for(None) if metrics is None else metrics
+    available = [m for m in metrics if not m.unavailable()]  # an unavailable one: a note, no per-image values
     recs, origs = recs.float().clamp(0, 1), origs.float().clamp(0, 1)
     sim = ssim_matrix(recs, origs, settings)  # [M, N]
     prior_ssim = ssim_pairs(prior[None].expand_as(origs), origs, settings)  # [N]
@@ -53,7 +54,7 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
             "label": int(labels[i]) if labels is not None else None,
             "matched_reconstruction": j,
             "ssim": float(sim[j, i]) if j is not None else None,
-            **{m.name: m(recs[j:j + 1], origs[i:i + 1]) if j is not None else None for m in metrics},
+            **{m.name: m(recs[j:j + 1], origs[i:i + 1]) if j is not None else None for m in available},
             "nearest_reconstruction": nearest,
             "nearest_ssim": float(sim[nearest, i]),
             "prior_ssim": float(prior_ssim[i]),
@@ -70,7 +71,7 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
     matched_rows = [r for r in per_image if r["ssim"] is not None]
     out: dict[str, Any] = {
         "ssim": _mean([r["ssim"] for r in matched_rows]),
-        **{m.name: m.combine([r[m.name] for r in matched_rows]) for m in metrics},
+        **{m.name: m.combine([r[m.name] for r in matched_rows]) if m in available else None for m in metrics},
         "rdlv": float(rdlv.max()),
         "rdlv_mean": _mean([r["rdlv"] for r in per_image]),
         "ssim_gain": float(gain.max()),

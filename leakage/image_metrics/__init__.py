@@ -10,7 +10,6 @@ printout and W&B.
 from __future__ import annotations
 
 import abc
-import math
 from typing import Any, ClassVar
 
 import torch
@@ -42,7 +41,7 @@ class ImageMetric(abc.ABC):
         """The value for one matched pair."""
 
     def combine(self, values: list[float]) -> float | None:
-        values = [v for v in values if v is not None and math.isfinite(v)]
+        values = [v for v in values if v is not None]
         if not values:
             return None
         if self.aggregate == "max":
