@@ -76,8 +76,8 @@ def gallery(study_dir: Path, path: Path, limit: int = 24) -> Path | None:
     """Each training image beside its best (matched) reconstruction, over the study's cells."""
     pairs = []
     for cell in sorted((study_dir / "cells").glob("*")):
-        if not (cell / "metrics.json").is_file() or not (cell / "cell.json").is_file():
-            continue
+        if not all((cell / name).is_file() for name in ("metrics.json", "cell.json", "reconstruction.safetensors")):
+            continue  # unfinished, or an attack that failed (no reconstruction)
         info = read_json(cell / "cell.json")
         metrics = read_json(cell / "metrics.json")
         where = RunLayout.of_update(metrics["update"])

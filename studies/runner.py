@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -107,7 +109,16 @@ class StudyRunner:
             raise UserError(f"study target round {rnd} client {client} was not captured in {run} (check capture.clients/rounds)")
         from pipelines.attack_job import run_attack_job
 
-        run_attack_job(self.attack_config(cell, update, cell_dir))
+        try:
+            run_attack_job(self.attack_config(cell, update, cell_dir))
+        except UserError as err:
+            # an attack that cannot run on this update (e.g. every restart diverges on an update a filter blew
+            # up) is a result of the grid point, not a reason to stop the study: recorded, and not retried
+            shutil.rmtree(cell_dir.with_name(cell_dir.name + ".partial"), ignore_errors=True)
+            cell_dir.mkdir(parents=True)
+            write_json(cell_dir / "metrics.json", {"ssim": None, "rdlv": None, "update": str(update), "per_image": [],
+                                                   "attack_error": str(err)})
+            print(f"warning: {cell_dir.name} (round {rnd}, client {client}): attack failed: {err}", file=sys.stderr)
         write_json(cell_dir / "cell.json", {"axes": cell.axes, "seed": cell.seed, "round": rnd, "client": client,
                                             "train_key": cell.train_key, "run": str(run)})
         self.attacks_run += 1
@@ -154,7 +165,9 @@ class StudyRunner:
         fields = with_metrics(ROW_FIELDS, measured)
         at = fields.index("noise_std") + 1  # filter columns beyond the two every study has
         effects = list(dict.fromkeys(k for r in rows for k in r.get("_effects", {}) if k not in fields))
-        _write_csv(self.out / "results.csv", axes + fields[:at] + effects + fields[at:], [{**r, **r.get("_effects", {})} for r in rows])
+        errors = ["attack_error"] if any(r.get("attack_error") for r in rows) else []  # only when an attack failed
+        _write_csv(self.out / "results.csv", axes + fields[:at] + effects + fields[at:] + errors,
+                   [{**r, **r.get("_effects", {})} for r in rows])
         _write_csv(self.out / "per_image.csv", axes + with_metrics(IMAGE_FIELDS, measured), images)
         return self.out / "results.csv"
 
@@ -176,6 +189,8 @@ class StudyRunner:
         for key in SCORE_KEYS:
             row[key] = metrics.get(key)
         row.update({metric: metrics[metric] for metric in metric_names() if metric in metrics})
+        if metrics.get("attack_error"):
+            row["attack_error"] = metrics["attack_error"]
         row.update(info["axes"])
         return row
 

@@ -94,6 +94,35 @@ def test_rerun_after_an_interruption_completes_only_the_missing_cells(tmp_path: 
     assert len(_rows(third.run())) == 6 and third.attacks_run == 0 and third.trainings_run == 0
 
 
+def test_an_attack_that_cannot_run_is_recorded_and_the_study_goes_on(tmp_path: Path, monkeypatch):
+    """A grid point whose update makes the attack fail (e.g. a filter blew the update up) is a result, not a crash."""
+    import pipelines.attack_job as attack_job
+    from common.errors import UserError
+
+    spec = tiny_quick(ROOT / "configs" / "studies" / "sigma0.yaml", tmp_path / "sigma0")
+    real = attack_job.run_attack_job
+    calls = []
+
+    def first_fails(cfg, *args, **kwargs):
+        calls.append(cfg.out)
+        if len(calls) == 1:
+            raise UserError("every restart diverged (non-finite objective): lower optim.lr or change the objective weights")
+        return real(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(attack_job, "run_attack_job", first_fails)
+    runner = StudyRunner(spec, progress=False)
+    rows = _rows(runner.run())
+    assert len(rows) == len(runner.cells) == 3  # the study went on after the failure
+    failed = [r for r in rows if r["attack_error"]]
+    assert len(failed) == 1 and failed[0]["ssim"] == "" and "every restart diverged" in failed[0]["attack_error"]
+    assert all(float(r["ssim"]) >= -1 for r in rows if not r["attack_error"])
+    assert not list((tmp_path / "sigma0" / "cells").glob("*.partial"))
+    analyze(Path(spec.out), spec)  # tables and gallery skip the missing reconstruction
+    again = StudyRunner(spec, progress=False)
+    again.run()
+    assert again.attacks_run == 0 and len(calls) == 3  # recorded: not retried
+
+
 def test_editing_a_stage_config_file_gives_new_cache_keys(tmp_path: Path):
     """A study must not reuse training runs or attacks made with an older version of its config files."""
     train_cfg = tmp_path / "train.yaml"
