@@ -19,6 +19,7 @@ from common.config import option
 from common.errors import UserError
 from model.factory import ModelSpec
 
+
 @dataclasses.dataclass
 class AuditConfig:
     every: int = option(0, "audit every this many rounds (0 = no audit); rounds 0, every, 2*every, ...")
