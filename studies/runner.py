@@ -21,6 +21,7 @@ from federation.config import TrainConfig
 from federation.run_layout import RunLayout
 from inversion.config import AttackConfig
 from leakage.image_metrics import metric_names
+from privacy import REGISTRY as FILTERS
 from studies.spec import Cell, StudySpec, cells, config_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,10 +165,10 @@ class StudyRunner:
         measured = [name for name in metric_names() if any(name in r for r in rows)]
         fields = with_metrics(ROW_FIELDS, measured)
         at = fields.index("noise_std") + 1  # filter columns beyond the two every study has
-        effects = list(dict.fromkeys(k for r in rows for k in r.get("_effects", {}) if k not in fields))
         errors = ["attack_error"] if any(r.get("attack_error") for r in rows) else []  # only when an attack failed
-        _write_csv(self.out / "results.csv", axes + fields[:at] + effects + fields[at:] + errors,
-                   [{**r, **r.get("_effects", {})} for r in rows])
+        known = set(axes) | set(fields) | {"attack_error"}
+        effects = list(dict.fromkeys(k for r in rows for k in r if k not in known))  # filters' declared columns
+        _write_csv(self.out / "results.csv", axes + fields[:at] + effects + fields[at:] + errors, rows)
         _write_csv(self.out / "per_image.csv", axes + with_metrics(IMAGE_FIELDS, measured), images)
         return self.out / "results.csv"
 
@@ -184,8 +185,7 @@ class StudyRunner:
         row = {"cell": name, "seed": info["seed"], "round": rnd, "client": client, "num_images": meta["num_images"],
                "batch_size": meta["batch_size"], "local_steps": meta["local_steps"], "test_accuracy": acc.get(rnd),
                "final_test_accuracy": acc.get(max(acc)) if acc else None, "attack_seconds": metrics.get("seconds"),
-               "train_key": info["train_key"], "epsilon": effects.get("epsilon"), "noise_std": effects.get("noise_std"),
-               "_effects": effects}
+               "train_key": info["train_key"], "epsilon": None, "noise_std": None, **effects}
         for key in SCORE_KEYS:
             row[key] = metrics.get(key)
         row.update({metric: metrics[metric] for metric in metric_names() if metric in metrics})
@@ -204,8 +204,6 @@ def _accuracy(path: Path) -> dict[int, float]:
 
 def _filter_effects(run: Path, rnd: int, client: int) -> dict[str, Any]:
     """The numbers the client's privacy filters declare as columns (``PrivacyFilter.columns``), last filter wins."""
-    from privacy import REGISTRY as FILTERS
-
     path = RunLayout(run).batches(rnd, client)
     if not path.is_file():
         return {}
