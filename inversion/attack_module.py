@@ -120,6 +120,9 @@ class GradientInversionAttack(pl.LightningModule):
                                    memory_format=optim.memory_format, restarts=len(self.restart_ids), grid=optim.grid,
                                    restart_ids=self.restart_ids)
         self.select = selection(optim.select, self.objective)
+        # each restart's learning rate relative to optim.lr (the grid's lr axis); None when all share optim.lr
+        scale = [self.objective.grid.weight(r, "lr", optim.lr) / optim.lr for r in self.restart_ids]
+        self.lr_scale = torch.tensor(scale) if any(v != 1.0 for v in scale) else None
         spec = knowledge.spec
         n = self.objective.proc.num_images
         self.shape = (n, spec.in_chans, spec.image_size, spec.image_size)
@@ -234,7 +237,14 @@ class GradientInversionAttack(pl.LightningModule):
                 torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
 
     def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        before = self.images.detach().clone() if self.lr_scale is not None else None
         optimizer.step(closure=optimizer_closure)
+        if before is not None:
+            # Adam's step is linear in its lr and its moments do not depend on it: scaling restart r's step by
+            # lr_r / lr is exactly Adam at lr_r for that restart, on the one stacked parameter
+            with torch.no_grad():
+                scale = self.lr_scale.to(self.images).view(-1, *([1] * (self.images.dim() - 1)))
+                self.images.copy_(torch.lerp(before, self.images, scale))
         self.after_step()
 
     def after_step(self) -> None:

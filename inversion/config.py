@@ -24,8 +24,9 @@ class OptimConfig:
     warmup: int = option(50, "linear warm-up steps")
     schedule: str = option("cosine", "lr schedule after warm-up: cosine or constant")
     restarts: int = option(1, "independent restarts (an extra batch dimension); each keeps its best iterate by objective, optim.select picks the one returned")
-    grid: dict[str, list[float]] = option(help="term weights tried side by side as restarts, e.g. {total_variation: [0.003, 0.03, 0.3]}: "
-                                               "restart r takes combination r mod the grid size ({} = every restart uses the objective's weights)",
+    grid: dict[str, list[float]] = option(help="term weights (and Adam learning rates, axis lr) tried side by side as restarts, e.g. "
+                                               "{total_variation: [0.003, 0.03], lr: [0.1, 0.3]}: restart r takes combination r mod the grid size "
+                                               "({} = every restart uses the objective's weights and optim.lr)",
                                           factory=dict)
     select: str = option("auto", "which restart is returned: objective (lowest objective with the configured weights, the same for every restart), "
                                  "holdout (lowest mismatch of the BN layers held out of the prior, objective.bn_statistics.holdout), "

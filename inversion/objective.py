@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Any
 
 import torch
@@ -35,17 +36,27 @@ def conv_layout(memory_format: str, conv_batch: int) -> torch.memory_format:
 
 
 class WeightGrid:
-    """Term weights tried side by side as restarts: restart r takes combination r mod the grid size.
+    """Term weights (and learning rates) tried side by side as restarts: restart r takes combination r
+    mod the grid size.
 
     ``{total_variation: [0.01, 0.1]}`` and 4 restarts -> TV 0.01, 0.1, 0.01, 0.1. Which restart is
-    returned is then decided by a criterion that does not depend on the weights (optim.select).
+    returned is then decided by a criterion that does not depend on the weights (optim.select). The
+    axis ``lr`` is not a term: it is the restart's Adam learning rate (the attack applies it), because
+    a step size that converges on one update stalls on another (docs/attack.md).
     """
+
+    STEP_AXES = ("lr",)  # axes the optimiser applies, not the objective
 
     def __init__(self, axes: dict[str, list[float]], spec: dict[str, dict[str, Any]]):
         self.axes = {str(k): [float(v) for v in vs] for k, vs in axes.items()}
         for name, values in self.axes.items():
+            if name in self.STEP_AXES:
+                if not values or not all(math.isfinite(v) and v > 0 for v in values):
+                    raise UserError(f"optim.grid.{name} needs one or more learning rates > 0, got {values}")
+                continue
             if name not in (spec or {}):
-                raise UserError(f"optim.grid names '{name}', which is not a term of the objective ({', '.join(spec or {})})")
+                raise UserError(f"optim.grid names '{name}', which is not a term of the objective ({', '.join(spec or {})}) "
+                                f"or an optimiser axis ({', '.join(self.STEP_AXES)})")
             if not values or min(values) < 0:
                 raise UserError(f"optim.grid.{name} needs one or more weights >= 0, got {values}")
         self.combos = list(itertools.product(*self.axes.values())) if self.axes else [()]
@@ -60,7 +71,7 @@ class WeightGrid:
         """The objective spec with every grid term built (weight > 0) even if its configured weight is 0."""
         out = {k: dict(v or {}) for k, v in (spec or {}).items()}
         for name, values in self.axes.items():
-            if max(values) > 0:
+            if name not in self.STEP_AXES and max(values) > 0:
                 out[name]["weight"] = max(values)
         return out
 
@@ -126,6 +137,7 @@ class Objective:
             torch._dynamo.reset()
         self.per_restart = torch.compile(self.restart_values, dynamic=False) if compile else self.restart_values
         ids = restart_ids if restart_ids is not None else list(range(restarts))
+        self.restart_ids = ids
         # [R, terms + diagnostics]: restart r's weights (its grid setting); diagnostics weigh 0
         self.weights = torch.tensor([[self.grid.weight(r, t.name, t.weight) for t in self.terms] + [0.0] * len(self.diagnostics)
                                      for r in ids])
@@ -190,7 +202,9 @@ class Objective:
 
     def grid_setting(self, restart: int) -> dict[str, float]:
         """The grid setting of the restart at position ``restart`` ({} without a grid)."""
-        return {name: round(float(self.weights[restart, i]), 6) for i, name in enumerate(t.name for t in self.terms) if name in self.grid.axes}
+        setting = {name: round(float(self.weights[restart, i]), 6) for i, name in enumerate(t.name for t in self.terms) if name in self.grid.axes}
+        setting.update({name: self.grid.weight(self.restart_ids[restart], name, 0.0) for name in WeightGrid.STEP_AXES if name in self.grid.axes})
+        return setting
 
     @property
     def update_matching(self) -> UpdateMatching | None:

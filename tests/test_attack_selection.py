@@ -157,6 +157,35 @@ def test_grid_rejects_unknown_terms(tiny_run):
         Objective(kn, build(AttackConfig, GRID).objective, grid={"total_variation": [-0.1]})
 
 
+def test_grid_lr_axis_is_a_restart_setting_not_a_term(tiny_run):
+    kn = _knowledge(tiny_run, 1, 2)
+    cfg = build(AttackConfig, GRID)
+    obj = Objective(kn, cfg.objective, grid={"total_variation": [0.0, 0.5], "lr": [0.1, 0.3]}, restarts=4)
+    assert obj.names == ["bn_statistics", "total_variation", "bn_holdout"]  # no term called lr
+    # the product TV x lr; the last axis varies fastest
+    assert [obj.grid_setting(r) for r in range(4)] == [{"total_variation": 0.0, "lr": 0.1}, {"total_variation": 0.0, "lr": 0.3},
+                                                      {"total_variation": 0.5, "lr": 0.1}, {"total_variation": 0.5, "lr": 0.3}]
+    assert obj.weights[:, 1].tolist() == [0.0, 0.0, 0.5, 0.5]
+    with pytest.raises(UserError, match="learning rates > 0"):
+        Objective(kn, cfg.objective, grid={"lr": [0.1, 0.0]})
+
+
+def test_a_restart_of_the_lr_axis_follows_the_same_path_as_an_attack_run_at_that_lr(tiny_run):
+    """Restart r of grid {lr: [0.02, 0.2]} (optim.lr 0.05) takes exactly the steps of restart r of a plain attack at lr 0.02
+    or 0.2: Adam's step is linear in lr and its moments do not see it, so rescaling the step per restart is Adam at that lr."""
+    kn = _knowledge(tiny_run, 1, 2)
+    base = {**GRID, "objective": {"bn_statistics": {"weight": 1.0, "holdout": 2}, "total_variation": {"weight": 0.01, "norm": "l1"}}}
+    optim = {"restarts": 2, "iterations": 6, "warmup": 0}
+    grid, attack = run_attack(kn, build(AttackConfig, {**base, "optim": {**optim, "lr": 0.05, "grid": {"lr": [0.02, 0.2]}}}))
+    assert attack.lr_scale.tolist() == pytest.approx([0.4, 4.0])
+    assert [grid.restart_settings[r] for r in (0, 1)] == [{"lr": 0.02}, {"lr": 0.2}]
+    slow, _ = run_attack(kn, build(AttackConfig, {**base, "optim": {**optim, "lr": 0.02}}))
+    fast, _ = run_attack(kn, build(AttackConfig, {**base, "optim": {**optim, "lr": 0.2}}))
+    assert torch.allclose(grid.restart_images[0], slow.restart_images[0], atol=1e-5)
+    assert torch.allclose(grid.restart_images[1], fast.restart_images[1], atol=1e-5)
+    assert not torch.allclose(slow.restart_images[1], fast.restart_images[1], atol=1e-3)  # the two rates do differ here
+
+
 def test_objective_selection_scores_every_restart_with_the_configured_weights(tiny_run):
     """With select=objective a grid's restarts are compared on the configured weights (TV 0.01 here),
     not on each restart's own (0 or 0.5), which would favour the restarts without TV."""
