@@ -93,14 +93,30 @@ def privacy_utility(rows: list[dict[str, Any]], x: str, path: Path, metric: str 
 METRIC_BOUNDS = {"ssim": (-1.0, 1.0), "test_accuracy": (0.0, 1.0), "label_accuracy": (0.0, 1.0), "identification_top1": (0.0, 1.0)}
 
 
+def band_limits(stats: list[tuple[float, float, float, int]], bounds: tuple[float, float] = (-math.inf, math.inf)
+                ) -> tuple[list[float], list[float]]:
+    """Lower and upper edge of the 95% band, clipped to ``bounds`` (an accuracy is never above 1). A point
+    without values (every attack of a cell failed: mean NaN) stays NaN, a gap in the band, rather than
+    being clipped to the whole range (max(-1, nan) is -1 in Python)."""
+    lo, hi = bounds
+    lows, highs = [], []
+    for mean, _, half, _ in stats:
+        half = 0.0 if math.isnan(half) else half
+        if math.isnan(mean):
+            lows.append(math.nan)
+            highs.append(math.nan)
+        else:
+            lows.append(max(lo, mean - half))
+            highs.append(min(hi, mean + half))
+    return lows, highs
+
+
 def _line_band(ax, xs: list[float], stats: list[tuple[float, float, float, int]], color: str, label: str,
                bounds: tuple[float, float] = (-math.inf, math.inf)) -> None:
-    """Mean and 95% t-interval; ``bounds`` clip the band to the metric's range (an accuracy is never above 1)."""
-    means = [s[0] for s in stats]
-    half = [0 if math.isnan(s[2]) else s[2] for s in stats]
-    lo, hi = bounds
-    ax.plot(xs, means, color=color, marker="o", label=label)
-    ax.fill_between(xs, [max(lo, m - h) for m, h in zip(means, half)], [min(hi, m + h) for m, h in zip(means, half)], color=color, alpha=0.2)
+    """Mean and 95% t-interval, clipped to the metric's range."""
+    ax.plot(xs, [s[0] for s in stats], color=color, marker="o", label=label)
+    lows, highs = band_limits(stats, bounds)
+    ax.fill_between(xs, lows, highs, color=color, alpha=0.2)
 
 
 def heatmap(rows: list[dict[str, Any]], path: Path, metric: str = "rdlv", x: str = "num_images", y: str = "batch_size") -> Path:

@@ -161,3 +161,19 @@ def test_interval_bands_stay_inside_the_metric_range():
     band = ax.collections[0].get_paths()[0].vertices
     assert band[:, 1].max() <= 1.0 and band[:, 1].min() >= 0.0
     plt.close(fig)
+
+
+def test_a_point_whose_attacks_all_failed_leaves_a_gap_in_the_band():
+    """sigma0 = 40 of the per-tensor sweep: every attack failed, no SSIM. The band had spanned the whole
+    range [-1, 1] there (max(-1, nan) is -1); it must be a gap. Values by hand: SSIM 0.2, 0.3, 0.4 -> mean
+    0.3, std 0.1, half-width t(0.975, 2) * 0.1 / sqrt(3) = 4.302653 * 0.057735 = 0.248414."""
+    import math
+
+    from studies.plots import band_limits
+    from studies.tables import mean_ci
+
+    stats = [mean_ci([0.2, 0.3, 0.4]), mean_ci([None, None]), mean_ci([0.9])]
+    lows, highs = band_limits(stats, bounds=(-1.0, 1.0))
+    assert lows[0] == pytest.approx(0.3 - 0.248414, abs=1e-5) and highs[0] == pytest.approx(0.3 + 0.248414, abs=1e-5)
+    assert math.isnan(lows[1]) and math.isnan(highs[1])
+    assert lows[2] == highs[2] == pytest.approx(0.9)  # one value: no interval, a point
