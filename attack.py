@@ -15,7 +15,7 @@ from pathlib import Path
 os.environ.setdefault("WANDB_MODE", "offline")
 
 from common.cli import load_config, parser  # noqa: E402
-from common.errors import UserError, run_cli  # noqa: E402
+from common.errors import run_cli  # noqa: E402
 from inversion.config import AttackConfig  # noqa: E402
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "attack" / "default.yaml")

@@ -3,7 +3,6 @@ import json
 import shutil
 
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from common.errors import UserError, run_cli

@@ -15,12 +15,12 @@ from inversion.bn_sources.multi_step import MultiStepSource
 from inversion.config import AttackConfig
 from inversion.functional import BNStat, FunctionalModel
 from inversion.labels import recover_labels
-from inversion.objective import Objective, conv_layout
+from inversion.objective import conv_layout
 from inversion.replay import ClientProcedure, LocalTrainingReplay
 from inversion.threat_model import ThreatConfig, load_knowledge
 from leakage.ground_truth import load_ground_truth
 from inversion.attack_module import GradientInversionAttack
-from model.factory import ModelSpec, batch_norm_layers, build_model
+from model.factory import ModelSpec, build_model
 
 
 def _knowledge(run, rnd, client):

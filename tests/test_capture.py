@@ -1,5 +1,4 @@
 """The capture callback records exactly what left the client, and ground truth that checks out."""
-import copy
 
 import torch
 import torch.nn.functional as F
