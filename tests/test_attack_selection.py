@@ -228,10 +228,11 @@ def test_chosen_restart_is_the_lowest_score_among_finite_ones(tiny_run):
 
 
 def test_selection_reads_no_ground_truth(tiny_run, tmp_path):
-    """The same attack with the ground-truth folder removed picks the same restart and the same images."""
+    """The same attack with the ground-truth folder removed picks the same restart and the same images
+    (a grid over TV weights and learning rates: every hyperparameter the rule chooses)."""
     copy = tmp_path / "run"
     shutil.copytree(tiny_run, copy)
-    cfg = build(AttackConfig, GRID)
+    cfg = build(AttackConfig, {**GRID, "optim": {**GRID["optim"], "restarts": 4, "grid": {"total_variation": [0.0, 0.5], "lr": [0.05, 0.15]}}})
     with_truth, _ = run_attack(_knowledge(copy, 1, 2), cfg)
     shutil.rmtree(copy / "ground_truth")
     assert not (copy / "ground_truth").exists()
