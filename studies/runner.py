@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -16,7 +15,7 @@ from tqdm.auto import tqdm
 
 from common.config import load, overrides_list
 from common.errors import UserError
-from common.files import read_json, write_json
+from common.files import StagedDir, read_json, write_json
 from federation.config import TrainConfig
 from federation.run_layout import RunLayout
 from inversion.config import AttackConfig
@@ -115,9 +114,9 @@ class StudyRunner:
         except UserError as err:
             # an attack that cannot run on this update (e.g. every restart diverges on an update a filter blew
             # up) is a result of the grid point, not a reason to stop the study: recorded, and not retried
-            shutil.rmtree(cell_dir.with_name(cell_dir.name + ".partial"), ignore_errors=True)
-            cell_dir.mkdir(parents=True)
-            write_json(cell_dir / "metrics.json", {"ssim": None, "rdlv": None, "update": str(update), "per_image": [],
+            # staged like every result: the failed attack's own .partial is replaced, the record appears whole
+            with StagedDir(cell_dir, what="a study cell").staged() as work:
+                write_json(work / "metrics.json", {"ssim": None, "rdlv": None, "update": str(update), "per_image": [],
                                                    "attack_error": str(err)})
             print(f"warning: {cell_dir.name} (round {rnd}, client {client}): attack failed: {err}", file=sys.stderr)
         write_json(cell_dir / "cell.json", {"axes": cell.axes, "seed": cell.seed, "round": rnd, "client": client,
