@@ -29,10 +29,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ground-truth", default=None, metavar="FILE", help="score against these images (same as ground_truth=FILE)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted attack from OUT.partial/checkpoints/last.ckpt "
                    "(written every optim.checkpoint_every steps)")
+    p.add_argument("--no-escalation", action="store_true", help="run the configured attack only, even if it does not converge "
+                   "(same as escalation.enabled=false; docs/attack.md, 'Convergence and escalation')")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier output of attack.py (anything else is never replaced)")
     args = p.parse_intermixed_args(argv)
     cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run,
                                                                  "ground_truth": args.ground_truth})
+    if args.no_escalation:
+        cfg.escalation.enabled = False
 
     from pipelines.attack_job import run_attack_job
 
@@ -46,8 +50,17 @@ def main(argv: list[str] | None = None) -> None:
         extra = "".join(f"{cls.format(m[name])}  " for name, cls in REGISTRY.items() if m.get(name) is not None)
         print(f"SSIM {m['ssim']:.3f}  {extra}RDLV {m['rdlv']:.2f}  label accuracy {m['label_accuracy']:.2f}  "
               f"({m['iterations']} iterations, {m['seconds']:.0f}s) -> {summary['out']}")
+        print(f"verdict: {m['verdict']} ({m['leaked_images']} of {len(m['per_image'])} image(s) at SSIM >= {m['leak_ssim']:g}); {convergence_line(m)}")
     else:
         print(f"reconstruction written ({m['iterations']} iterations, {m['seconds']:.0f}s; no ground truth to score) -> {summary['out']}")
+        print(convergence_line(m))
+
+
+def convergence_line(m: dict) -> str:
+    conv, esc = m["convergence"], m["escalation"]
+    state = {True: "converged", False: "did not converge", None: "convergence not judged"}[conv["converged"]]
+    climbed = f", rung {esc['returned_rung']} of {len(esc['rungs'])} run ({esc['stopped']})" if len(esc["rungs"]) > 1 else ""
+    return f"{state}: {conv['reason']}{climbed}"
 
 
 if __name__ == "__main__":

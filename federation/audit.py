@@ -1,8 +1,10 @@
 """Leakage audit inside FL: the client attacks its own outgoing update before sending it.
 
 Like the official RDLV filter, it runs last (after the privacy filters, on exactly what would leave
-the client) every N rounds on chosen clients, and with a threshold it withholds an update whose
-RDLV exceeds it. This module holds what the FL layer needs (the config, the record, the
+the client) every N rounds on chosen clients. Unlike it, its answer has three values
+(``leakage.verdict``): an update that ``leaks`` is withheld; one on which the attack did not
+converge is ``inconclusive``, and follows ``audit.inconclusive`` (withheld by default: a stalled
+attack is no evidence of safety); ``no leak found`` (converged, nothing close) is sent. This module holds what the FL layer needs (the config, the record, the
 :class:`Auditor` interface); the auditor that attacks and scores is ``pipelines.audit.AttackAudit``,
 handed to the federation by the entry point, so that the FL layer never imports the attack.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -24,7 +26,12 @@ from model.factory import ModelSpec
 class AuditConfig:
     every: int = option(0, "audit every this many rounds (0 = no audit); rounds 0, every, 2*every, ...")
     clients: list[int] = option(help="clients to audit (empty = all)", factory=list)
-    threshold: float | None = option(None, "withhold an update whose RDLV exceeds this (null = only measure); the official filter uses 1.0")
+    threshold: float | None = option(None, "an update whose RDLV exceeds this also counts as leaking (null = judged by audit.leak_ssim alone); "
+                                           "the official filter uses 1.0")
+    leak_ssim: float = option(0.75, "an update leaks when a reconstructed image reaches this SSIM with the client's image")
+    inconclusive: Literal["withhold", "send"] = option("withhold", "what happens to an update on which the attack did not converge (verdict "
+                                                                   "inconclusive): withhold (a stalled attack is no evidence of safety) or send")
+    enforce: bool = option(True, "withhold as the verdicts say; false = only measure (every update is sent, verdicts recorded)")
     attack_config: str = option("configs/attack/default.yaml", "attack config file")
     attack: dict[str, Any] = option(help="attack config overrides, e.g. {optim.iterations: 200}", factory=dict)
 
@@ -40,6 +47,10 @@ class AuditRecord:
     threshold: float | None
     withheld: bool
     seconds: float
+    verdict: str = ""  # leaks, no leak found, inconclusive (leakage.verdict)
+    converged: bool | None = None
+    heldout_error: float | None = None  # the convergence signal (inversion.convergence)
+    rungs: int = 1  # attack rungs run (1 = no escalation)
     metrics: dict[str, float | None] = dataclasses.field(default_factory=dict)  # the registered image metrics (PSNR, ...)
 
     def row(self) -> dict[str, Any]:
@@ -64,6 +75,13 @@ def check_audit_config(cfg: AuditConfig, num_clients: int) -> None:
     bad = [c for c in cfg.clients if not 0 <= c < num_clients]
     if bad:
         raise UserError(f"audit.clients {bad} out of range: there are {num_clients} clients")
+
+
+def withholds(cfg: AuditConfig, verdict: str) -> bool:
+    """Whether the audit keeps an update with this verdict from leaving the client."""
+    if not cfg.enforce:
+        return False
+    return verdict == "leaks" or (verdict == "inconclusive" and cfg.inconclusive == "withhold")
 
 
 def audit_due(cfg: AuditConfig, rnd: int, client: int) -> bool:

@@ -184,7 +184,8 @@ class FederatedSimulation:
             append_audit_csv(RunLayout(run_dir).audit, record)
         if wandb_run is not None:
             wandb_run.log({f"audit/rdlv_client{client}": record.rdlv, f"audit/ssim_client{client}": record.ssim,
-                           f"audit/withheld_client{client}": int(record.withheld)}, step=rnd)
+                           f"audit/withheld_client{client}": int(record.withheld),
+                           f"audit/converged_client{client}": int(bool(record.converged))}, step=rnd)
         return record
 
     def write_setup(self, run_dir: Path) -> None:

@@ -56,6 +56,9 @@ class AttackResult:
     seconds: float
     trace: list[dict[str, Any]]
     label_warning: str | None = None  # the update did not determine the labels (what was chosen)
+    # the held-out BN mismatch of every restart's best iterate and of its starting image ({} without held-out layers)
+    restart_heldout: dict[int, float] = dataclasses.field(default_factory=dict)
+    restart_heldout_start: dict[int, float] = dataclasses.field(default_factory=dict)
 
 
 SELECTIONS = ("auto", "objective", "holdout")
@@ -145,6 +148,9 @@ class GradientInversionAttack(pl.LightningModule):
         # the selection score (held-out BN mismatch) of each restart's best iterate
         self.register_buffer("best_scores", torch.full((len(self.restart_ids),), math.inf))
         self.register_buffer("best_labels", self.current_labels().detach().clone())
+        # the held-out BN mismatch (the convergence signal, inversion.convergence) of each best iterate and of the start
+        self.register_buffer("best_heldout", torch.full((len(self.restart_ids),), math.nan))
+        self.register_buffer("start_heldout", torch.full((len(self.restart_ids),), math.nan))
         self.local = torch.arange(len(self.restart_ids))  # the restarts this process optimises (all, unless DDP)
         self.world_size = 1
         self.trace_every = trace_every
@@ -214,6 +220,11 @@ class GradientInversionAttack(pl.LightningModule):
             else:
                 score = (parts.detach() * self.objective.shared_weights.to(parts)).sum(1)
             self.best_scores[local] = torch.where(better, score, self.best_scores[local])
+            if "bn_holdout" in self.objective.names:
+                heldout = parts[:, self.objective.names.index("bn_holdout")].detach()
+                self.best_heldout[local] = torch.where(better, heldout, self.best_heldout[local])
+                if self.steps_done == 0:
+                    self.start_heldout[local] = heldout
             mask = better.view(-1, *([1] * (self.images.dim() - 1)))
             # the images are already in [0, 1]: they start there and every optimiser step ends with a clamp
             self.best_images[local] = torch.where(mask, self.images.detach()[local], self.best_images[local])
@@ -299,6 +310,7 @@ class GradientInversionAttack(pl.LightningModule):
         scores = self.all_gather(self.best_scores)
         images = self.all_gather(self.best_images)
         labels = self.all_gather(self.best_labels)
+        heldout, start = self.all_gather(self.best_heldout), self.all_gather(self.start_heldout)
         owner = torch.arange(len(self.restart_ids)) % self.world_size
         r = torch.arange(len(self.restart_ids))
         with torch.no_grad():
@@ -306,6 +318,8 @@ class GradientInversionAttack(pl.LightningModule):
             self.best_scores.copy_(scores[owner, r])
             self.best_images.copy_(images[owner, r])
             self.best_labels.copy_(labels[owner, r])
+            self.best_heldout.copy_(heldout[owner, r])
+            self.start_heldout.copy_(start[owner, r])
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["attack_state"] = {"seconds": self.seconds, "steps_done": self.steps_done, "objective_trace": self.objective_trace,
@@ -341,4 +355,10 @@ class GradientInversionAttack(pl.LightningModule):
             restart_settings={r: self.objective.grid_setting(i) for i, r in enumerate(self.restart_ids)},
             restart_images=self.best_images.detach().to("cpu", copy=True), label_strategy=self.label_strategy, iterations=self.steps_done,
             seconds=self.seconds, trace=self.trace, label_warning=self.label_warning,
+            restart_heldout=self._per_restart(self.best_heldout), restart_heldout_start=self._per_restart(self.start_heldout),
         )
+
+    def _per_restart(self, values: torch.Tensor) -> dict[int, float]:
+        if "bn_holdout" not in self.objective.names:
+            return {}
+        return {r: float(v) for r, v in zip(self.restart_ids, values)}

@@ -5,6 +5,8 @@ import dataclasses
 from typing import Any
 
 from common.config import option
+from inversion.convergence import ConvergenceConfig
+from inversion.escalation import EscalationConfig
 from inversion.threat_model import ThreatConfig
 
 
@@ -59,6 +61,8 @@ class ScoringConfig:
     ssim_kernel: int = option(0, "SSIM Gaussian window size, a check only: torchmetrics derives it from sigma (11 for 1.5, 9 for 1.0); 0 = no check")
     ssim_sigma: float = option(0.0, "SSIM Gaussian sigma (0 = 1.5 for images >= 64 px, else 1.0)")
     lpips: bool = option(True, "report LPIPS when its weights are available locally (skipped with a message otherwise)")
+    leak_ssim: float = option(0.75, "verdict 'leaks' when a reconstructed image reaches this SSIM with its matched training image")
+    leak_rdlv: float | None = option(None, "verdict 'leaks' also when the RDLV (maximum over images) exceeds this (null = SSIM alone)")
 
 
 @dataclasses.dataclass
@@ -84,6 +88,8 @@ class AttackConfig:
     threat: ThreatConfig = option(help="oracle knowledge for ablations", factory=ThreatConfig)
     objective: dict[str, dict[str, Any]] = option(help="objective terms and their parameters (see docs/attack.md)", factory=default_objective)
     optim: OptimConfig = option(help="optimisation", factory=OptimConfig)
+    convergence: ConvergenceConfig = option(help="when the attack counts as converged (judged without ground truth)", factory=ConvergenceConfig)
+    escalation: EscalationConfig = option(help="what the attack tries when it did not converge", factory=EscalationConfig)
     labels: LabelConfig = option(help="labels", factory=LabelConfig)
     prior: PriorConfig = option(help="prior image", factory=PriorConfig)
     scoring: ScoringConfig = option(help="scoring (reads the ground truth, after the attack)", factory=ScoringConfig)

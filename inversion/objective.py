@@ -207,5 +207,17 @@ class Objective:
         return setting
 
     @property
+    def heldout_layers(self) -> int:
+        """How many BN layers are held out of the prior (the convergence signal's denominator)."""
+        bn = next((t for t in self.terms if isinstance(t, BNStatistics)), None)
+        return int(bn.held_out.sum()) if bn is not None and bn.holding_out else 0
+
+    @property
+    def bn_normalized(self) -> bool:
+        """Whether the BN mismatch is a relative error per layer (a scale every model shares)."""
+        bn = next((t for t in self.terms if isinstance(t, BNStatistics)), None)
+        return bn is not None and bn.params.normalize == "layer"
+
+    @property
     def update_matching(self) -> UpdateMatching | None:
         return next((t for t in self.terms if isinstance(t, UpdateMatching)), None)

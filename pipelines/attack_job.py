@@ -33,7 +33,11 @@ from leakage.ground_truth import GroundTruth, ground_truth_for_update, load_imag
 from leakage.image_metrics import metric_names, metrics_for
 from leakage.metrics import SSIMSettings
 from leakage.scoring import score
+from leakage.verdict import verdict_record
 from inversion.attack_module import AttackResult, GradientInversionAttack, iteration_loader
+from inversion.convergence import Convergence, check_convergence_config
+from inversion.escalation import Rung, check_escalation_config
+from pipelines.escalation import Escalated, attack_until_converged
 from model.factory import batch_norm_layers, build_model
 
 
@@ -93,6 +97,8 @@ def make_trainer(cfg: AttackConfig, logger: Any = False, callbacks: list[pl.Call
 def build_attack(knowledge: AttackerKnowledge, cfg: AttackConfig,
                  trace_every: int = 0) -> GradientInversionAttack:
     """The attack module; building it validates the objective, labels and optimisation settings."""
+    check_convergence_config(cfg.convergence)
+    check_escalation_config(cfg.escalation)
     attack = GradientInversionAttack(knowledge, cfg.objective, cfg.optim, cfg.labels, trace_every)
     attack.log_every = max(1, cfg.logging.log_every)
     return attack
@@ -234,7 +240,9 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
         if unsmoothed:
             print(f"warning: update matching replays these activations with their exact (piecewise) derivative: "
                   f"{', '.join(unsmoothed[:4])}{' ...' if len(unsmoothed) > 4 else ''}", file=sys.stderr)
-        result, attack = run_attack(knowledge, cfg, logger=wandb_logger or False, attack=attack, callbacks=callbacks, ckpt_path=ckpt_path)
+        escalated = attack_until_converged(knowledge, cfg, run_attack, build_attack, first=attack, logger=wandb_logger or False,
+                                           callbacks=callbacks, ckpt_path=ckpt_path, on_rung=_say_rung)
+        result, attack = escalated.result, escalated.attack
         # the reconstruction first: a scoring failure must never lose it
         save_tensors(work / "reconstruction.safetensors", {"images": result.images, "labels": result.labels,
                                                            "restart_images": result.restart_images})
@@ -242,6 +250,7 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
         try:
             gt = given_truth if given_truth is not None else ground_truth_for_update(update_dir)
             metrics = score_result(result, knowledge, gt, cfg, update_dir)
+            add_verdict(metrics, escalated, knowledge, gt, cfg)
         except UserError as err:
             raise UserError(f"scoring failed ({err}); the reconstruction is kept in {work}") from None
         metrics["threat_model"] = knowledge.describe()
@@ -264,6 +273,35 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
             _wandb_finish(wandb_logger, work, metrics)
         shutil.rmtree(work / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished attack
     return {"out": staged.final, "metrics": metrics, "result": result}
+
+
+def add_verdict(metrics: dict[str, Any], escalated: Escalated, knowledge: AttackerKnowledge, gt: GroundTruth | None,
+                cfg: AttackConfig) -> None:
+    """Convergence, the escalation's rungs and (with ground truth) the verdict, into ``metrics``. Each rung's SSIM is
+    scored here, after the attack has chosen: it is for the record (how often the convergence rule was right), never
+    for choosing."""
+    conv = escalated.convergence
+    metrics["seconds"] = round(escalated.seconds, 3)  # the optimisation time of every rung: what the answer cost
+    metrics["converged"] = conv.converged
+    metrics["convergence"] = conv.to_dict()
+    metrics["escalation"] = escalated.record(cfg)
+    if gt is None:
+        metrics["verdict"] = None  # converged or not, without the client's images nothing is judged
+        return
+    metrics.update(verdict_record(metrics, conv.converged, cfg.scoring.leak_ssim, cfg.scoring.leak_rdlv))
+    settings = SSIMSettings.for_size(knowledge.spec.image_size, cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
+    for entry, rung_result in zip(metrics["escalation"]["rungs"], escalated.results):
+        if rung_result is not None:
+            entry["ssim"] = score(rung_result.images, rung_result.labels, gt.images, gt.labels, knowledge.prior,
+                                  knowledge.spec.num_classes, settings, [])["ssim"]
+
+
+def _say_rung(rung: Rung, conv: Convergence | None) -> None:
+    """One line per rung on stderr, so that a long escalation is never silent."""
+    if conv is None:
+        print(f"attack rung {rung.index} ({rung.name}) failed; going on", file=sys.stderr)
+    elif not conv.converged:
+        print(f"attack rung {rung.index} ({rung.name}): {conv.reason}", file=sys.stderr)
 
 
 def _write_trace(path: Path, trace: list[tuple[int, float, float]]) -> None:
@@ -294,9 +332,18 @@ def _wandb_finish(logger: Any, work: Path, metrics: dict[str, Any]) -> None:
 
     run = logger.experiment
     run.log({"reconstruction": wandb.Image(str(work / "reconstruction.png"))})
-    for key in ("ssim", *metric_names(), "rdlv", "label_accuracy", "iterations", "seconds", "objective"):
+    for key in ("ssim", *metric_names(), "rdlv", "label_accuracy", "iterations", "seconds", "objective", "converged", "verdict"):
         if metrics.get(key) is not None:
             run.summary[key] = metrics[key]
+    conv = metrics.get("convergence") or {}
+    for key in ("heldout_error", "threshold", "reason"):
+        if conv.get(key) is not None:
+            run.summary[f"convergence/{key}"] = conv[key]
+    rungs = (metrics.get("escalation") or {}).get("rungs", [])
+    if rungs:
+        columns = ["rung", "name", "iterations", "seconds", "heldout_error", "converged", "ssim", "error"]
+        run.log({"escalation": wandb.Table(columns=columns, data=[[str(r.get(c)) if c in ("name", "error") else r.get(c) for c in columns]
+                                                                    for r in rungs])})
     rows = metrics.get("per_image", [])
     extra = [name for name in metric_names() if any(name in r for r in rows)]
     table = wandb.Table(columns=["image", "label", "ssim", *extra, "rdlv", "prior_ssim"],

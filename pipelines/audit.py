@@ -12,14 +12,16 @@ import torch
 
 from common.cli import config_files
 from common.config import load, overrides_list
-from federation.audit import AuditConfig, AuditRecord, audit_due
+from federation.audit import AuditConfig, AuditRecord, audit_due, withholds
 from inversion.config import AttackConfig
 from inversion.threat_model import AttackerKnowledge, ThreatConfig
 from leakage.image_metrics import metrics_for
 from leakage.metrics import SSIMSettings
 from leakage.scoring import score
+from leakage.verdict import verdict_record
 from model.factory import ModelSpec
-from pipelines.attack_job import run_attack
+from pipelines.attack_job import build_attack, run_attack
+from pipelines.escalation import attack_until_converged
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,14 +44,18 @@ class AttackAudit:
         started = time.perf_counter()
         cfg = self.attack_cfg
         knowledge = AttackerKnowledge(ThreatConfig(), spec, global_state, update, meta, prior, "population mean of the training pool")
-        result, _ = run_attack(knowledge, cfg)
+        escalated = attack_until_converged(knowledge, cfg, run_attack, build_attack)
+        result = escalated.result
         settings = SSIMSettings.for_size(spec.image_size, cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
         metrics = metrics_for(cfg.scoring)
         s = score(result.images, result.labels, images, labels, prior, spec.num_classes, settings, metrics)
         threshold = self.cfg.threshold
+        conv = escalated.convergence
+        verdict = verdict_record(s, conv.converged, self.cfg.leak_ssim, threshold)["verdict"]
         return AuditRecord(rnd, client, s["rdlv"], s["ssim"], s["ssim_gain"], s["label_accuracy"], threshold,
-                           threshold is not None and s["rdlv"] > threshold, round(time.perf_counter() - started, 2),
-                           {m.name: s[m.name] for m in metrics})
+                           withholds(self.cfg, verdict), round(time.perf_counter() - started, 2),
+                           metrics={m.name: s[m.name] for m in metrics}, verdict=verdict, converged=conv.converged,
+                           heldout_error=conv.heldout_error, rungs=len(escalated.records))
 
 
 def auditor_for(cfg: AuditConfig, num_clients: int) -> AttackAudit | None:

@@ -16,7 +16,7 @@ from studies import plots
 from studies.reference import REFERENCES
 from studies.spec import StudySpec
 from common.files import write_json
-from studies.tables import group, markdown_table, pivot, read_rows
+from studies.tables import group, markdown_table, pivot, read_rows, verdict_pivot
 
 
 def _split_by(rows: list[dict[str, Any]], by: str | None) -> dict[Any, list[dict[str, Any]]]:
@@ -54,15 +54,34 @@ def analyze(study_dir: Path, spec: StudySpec) -> dict[str, Any]:
             heading = f"{t['metric']} by {t['row']}" + (f" x {t['col']}" if t.get("col") else "") + (f", {t['by']} {value}" if t.get("by") else "")
             header, body = pivot(sel, t["row"], t.get("col"), t["metric"], row_order=t.get("row_order"), col_order=t.get("col_order"))
             tables.append({"heading": f"{heading} (mean ± std over seeds)", "header": header, "rows": body})
+    if any(r.get("verdict") for r in rows):
+        # leak rates and inconclusive counts apart, in the layout of each table the spec asks for (once per layout)
+        layouts = list(dict.fromkeys((t["row"], t.get("col"), t.get("by")) for t in report.get("tables", []))) or [("seed", None, None)]
+        for row_key, col_key, by in layouts:
+            spec_t = next((t for t in report.get("tables", []) if (t["row"], t.get("col"), t.get("by")) == (row_key, col_key, by)), {})
+            for value, sel in _split_by(rows, by).items():
+                heading = f"verdicts by {row_key}" + (f" x {col_key}" if col_key else "") + (f", {by} {value}" if by else "")
+                header, body = verdict_pivot(sel, row_key, col_key, row_order=spec_t.get("row_order"), col_order=spec_t.get("col_order"))
+                tables.append({"heading": f"{heading} (leak rate with its 95% Clopper-Pearson interval; an inconclusive attack "
+                                          f"did not converge and counts as neither leak nor protection)", "header": header, "rows": body})
     if report.get("gallery", True):
         path = gallery(study_dir, study_dir / "gallery.png", limit=int(report.get("gallery_limit", 24)))
         if path is not None:
             figures.append(path)
-    summary = {"title": str(report.get("title", spec.name)), "lead": f"{len(rows)} attacked updates; seeds {spec.seeds}.",
+    summary = {"title": str(report.get("title", spec.name)), "lead": f"{len(rows)} attacked updates; seeds {spec.seeds}.{_verdict_lead(rows)}",
                "tables": tables, "figures": [p.name for p in figures]}
     write_json(study_dir / "summary.json", summary)
     (study_dir / "summary.md").write_text(summary_markdown(summary))
     return {**summary, "figure_paths": figures}
+
+
+def _verdict_lead(rows: list[dict[str, Any]]) -> str:
+    verdicts = [r.get("verdict") for r in rows if r.get("verdict")]
+    if not verdicts:
+        return ""
+    counts = {v: verdicts.count(v) for v in ("leaks", "no leak found", "inconclusive")}
+    return (f" Verdicts: {counts['leaks']} leak, {counts['no leak found']} no leak found (converged), "
+            f"{counts['inconclusive']} inconclusive (the attack did not converge: no evidence either way).")
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

@@ -68,6 +68,7 @@ def privacy_utility(rows: list[dict[str, Any]], x: str, path: Path, metric: str 
     acc = [mean_ci(r.get("test_accuracy") for r in groups[(v,)]) for v in xs]
     xv = [float(v) for v in xs]
     _line_band(ax, xv, leak, "tab:red", f"{metric} (ours)", bounds=METRIC_BOUNDS.get(metric, (-math.inf, math.inf)))
+    _mark_inconclusive(ax, rows, x, metric)
     ax.set_xlabel(x_label or x)
     ax.set_ylabel(metric, color="tab:red")
     ax2 = ax.twinx()
@@ -119,6 +120,16 @@ def _line_band(ax, xs: list[float], stats: list[tuple[float, float, float, int]]
     ax.fill_between(xs, lows, highs, color=color, alpha=0.2)
 
 
+def _mark_inconclusive(ax, rows: list[dict[str, Any]], x: str, metric: str) -> None:
+    """Every inconclusive cell (the attack did not converge) drawn on its own, so that its low leakage is never
+    read as protection."""
+    pts = [(float(r[x]), float(r[metric])) for r in rows if r.get("verdict") == "inconclusive" and r.get(x) is not None
+           and r.get(metric) is not None and math.isfinite(float(r[x])) and math.isfinite(float(r[metric]))]
+    if pts:
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="x", color="black", s=36, zorder=5,
+                   label=f"inconclusive: attack did not converge ({len(pts)})")
+
+
 def heatmap(rows: list[dict[str, Any]], path: Path, metric: str = "rdlv", x: str = "num_images", y: str = "batch_size") -> Path:
     xs = _order(list({r[x] for r in rows}))
     ys = _order(list({r[y] for r in rows}))
@@ -126,9 +137,11 @@ def heatmap(rows: list[dict[str, Any]], path: Path, metric: str = "rdlv", x: str
     grid = [[mean_ci(r.get(metric) for r in groups.get((yy, xx), []))[0] for xx in xs] for yy in ys]
     fig, ax = plt.subplots(figsize=(1.1 * len(xs) + 2.5, 0.9 * len(ys) + 1.8))
     im = ax.imshow(grid, cmap="magma", aspect="auto", origin="lower")
+    unsure = [[sum(r.get("verdict") == "inconclusive" for r in groups.get((yy, xx), [])) for xx in xs] for yy in ys]
     for i, row in enumerate(grid):
         for j, v in enumerate(row):
-            ax.text(j, i, "-" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=8,
+            text = ("-" if math.isnan(v) else f"{v:.2f}") + (f"\n{unsure[i][j]} inconcl." if unsure[i][j] else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize=8,
                     color="white" if not math.isnan(v) and v < (max(max(r) for r in grid) + min(min(r) for r in grid)) / 2 else "black")
     ax.set_xticks(range(len(xs)))
     ax.set_xticklabels([str(v) for v in xs])
@@ -153,6 +166,7 @@ def per_round(rows: list[dict[str, Any]], path: Path, metric: str = "rdlv") -> P
         _line_band(ax, [float(k) for k in rounds], stats, f"C{clients.index(c) % 10}",
                    f"client {c} ({meta.get('num_images')} img, batch {meta.get('batch_size')})",
                    bounds=METRIC_BOUNDS.get(metric, (-math.inf, math.inf)))
+    _mark_inconclusive(ax, rows, "round", metric)
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set_xlabel("FL round")
     ax.set_ylabel(metric)

@@ -30,7 +30,8 @@ ATTACK_DEFAULT = ROOT / "configs" / "attack" / "default.yaml"
 # results.csv / per_image.csv columns; the registered image metrics (leakage/image_metrics/) follow "ssim"
 # when any cell computed them
 ROW_FIELDS = ["cell", "seed", "round", "client", "num_images", "batch_size", "local_steps", "ssim", "rdlv", "rdlv_mean",
-              "ssim_gain", "rdlv_class_prior", "identification_top1", "label_accuracy", "test_accuracy", "final_test_accuracy",
+              "ssim_gain", "rdlv_class_prior", "identification_top1", "label_accuracy", "verdict", "converged", "heldout_error",
+              "leaked_images", "rungs", "test_accuracy", "final_test_accuracy",
               "epsilon", "noise_std", "attack_seconds", "train_key"]
 IMAGE_FIELDS = ["cell", "seed", "round", "client", "image", "label", "ssim", "rdlv", "ssim_gain", "prior_ssim",
                 "nearest_ssim", "rdlv_class_prior", "identification_rank", "label_correct"]
@@ -187,11 +188,21 @@ class StudyRunner:
                "train_key": info["train_key"], "epsilon": None, "noise_std": None, **effects}
         for key in SCORE_KEYS:
             row[key] = metrics.get(key)
+        row.update(_verdict_columns(metrics))
         row.update({metric: metrics[metric] for metric in metric_names() if metric in metrics})
         if metrics.get("attack_error"):
             row["attack_error"] = metrics["attack_error"]
         row.update(info["axes"])
         return row
+
+
+def _verdict_columns(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The verdict (leakage.verdict) and the convergence evidence behind it; an attack that could not run
+    is inconclusive: it showed nothing either way."""
+    conv = metrics.get("convergence") or {}
+    return {"verdict": metrics.get("verdict") or ("inconclusive" if metrics.get("attack_error") else None),
+            "converged": metrics.get("converged"), "heldout_error": conv.get("heldout_error"),
+            "leaked_images": metrics.get("leaked_images"), "rungs": len((metrics.get("escalation") or {}).get("rungs", [])) or None}
 
 
 def _accuracy(path: Path) -> dict[int, float]:

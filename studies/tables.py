@@ -69,6 +69,39 @@ def pivot(rows: list[dict[str, Any]], row_key: str, col_key: str | None, metric:
     return header, body
 
 
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval of a rate of k successes in n trials."""
+    if n == 0:
+        return math.nan, math.nan
+    alpha = 1 - level
+    lo = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
+    return lo, hi
+
+
+def verdict_cell(verdicts: list[Any]) -> str:
+    """'k/n leak (95% CI lo-hi), m no leak found, i inconclusive': the leak rate over every attacked update (an
+    inconclusive one is not a leak shown, so the rate is a lower bound while any are left) and the rest apart."""
+    n = len(verdicts)
+    if n == 0:
+        return "n/a"
+    leaks = sum(v == "leaks" for v in verdicts)
+    clean = sum(v == "no leak found" for v in verdicts)
+    lo, hi = clopper_pearson(leaks, n)
+    return f"{leaks}/{n} leak ({lo:.2f}-{hi:.2f}), {clean} no leak found, {n - leaks - clean} inconclusive"
+
+
+def verdict_pivot(rows: list[dict[str, Any]], row_key: str, col_key: str | None, row_order: list[Any] | None = None,
+                  col_order: list[Any] | None = None) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the verdicts (leakage.verdict) per cell, in the layout of :func:`pivot`."""
+    cols = col_order or sorted({r.get(col_key) for r in rows}, key=_natural) if col_key else [None]
+    rws = row_order or sorted({r.get(row_key) for r in rows}, key=_natural)
+    header = [row_key] + [f"{col_key} = {c}" if col_key else "verdicts" for c in cols]
+    cells = group(rows, [row_key] + ([col_key] if col_key else []))
+    body = [[str(r)] + [verdict_cell([x.get("verdict") for x in cells.get((r, c) if col_key else (r,), [])]) for c in cols] for r in rws]
+    return header, body
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]

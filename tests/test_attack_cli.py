@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 from common.errors import UserError, run_cli
 from common.files import load_tensors
 
-FAST = ["optim.iterations=20", "logging.wandb=false", "logging.progress=false"]
+FAST = ["optim.iterations=20", "logging.wandb=false", "logging.progress=false", "escalation.enabled=false"]
 
 
 def _attack(argv, capsys):

@@ -15,7 +15,7 @@ from tests.conftest import tiny_train_config
 def test_withheld_update_is_absent_from_the_aggregate_and_weights_renormalise(tmp_path):
     cfg = tiny_train_config(tmp_path, **{
         "fl.rounds": 1,
-        "audit": {"every": 1, "clients": [2], "threshold": -1.0e9, "attack": {"optim.iterations": 5}},
+        "audit": {"every": 1, "clients": [2], "threshold": -1.0e9, "attack": {"optim.iterations": 5, "escalation.enabled": False}},
     })
     records = FederatedSimulation(cfg, auditor=AttackAudit).run(tmp_path)
     assert records[0].withheld == [2]
@@ -39,7 +39,40 @@ def test_withheld_update_is_absent_from_the_aggregate_and_weights_renormalise(tm
 
 
 def test_audit_without_threshold_only_measures(tmp_path):
-    cfg = tiny_train_config(tmp_path, **{"fl.rounds": 2, "audit": {"every": 2, "attack": {"optim.iterations": 3}}})
+    cfg = tiny_train_config(tmp_path, **{"fl.rounds": 2, "audit": {"every": 2, "enforce": False, "attack": {"optim.iterations": 3, "escalation.enabled": False}}})
     records = FederatedSimulation(cfg, auditor=AttackAudit).run(tmp_path)
     assert [len(r.audits) for r in records] == [3, 0]  # round 0 only, all clients
     assert all(not r.withheld for r in records)
+
+
+def _stalled_audit(tmp_path, **audit):
+    """A 1-iteration attack without escalation cannot converge: the audit's verdict is inconclusive."""
+    cfg = tiny_train_config(tmp_path, **{"fl.rounds": 1, "audit": {"every": 1, "clients": [2], **audit,
+                                                                  "attack": {"optim.iterations": 1, "optim.warmup": 0,
+                                                                             "escalation.enabled": False}}})
+    records = FederatedSimulation(cfg, auditor=AttackAudit).run(tmp_path)
+    row = list(csv.DictReader(open(tmp_path / "audit.csv")))[0]
+    return records[0], row
+
+
+def test_an_inconclusive_update_is_withheld_by_default(tmp_path):
+    record, row = _stalled_audit(tmp_path)
+    assert record.audits[0].verdict == "inconclusive" and record.audits[0].converged is False
+    assert float(row["ssim"]) < 0.75  # nothing close: only the missing convergence keeps it back
+    assert record.withheld == [2] and row["verdict"] == "inconclusive" and row["withheld"] == "True"
+    assert float(row["heldout_error"]) > 0.05 and row["rungs"] == "1"
+
+
+def test_an_inconclusive_update_is_sent_under_the_send_policy(tmp_path):
+    record, row = _stalled_audit(tmp_path, inconclusive="send")
+    assert record.audits[0].verdict == "inconclusive"
+    assert record.withheld == [] and row["withheld"] == "False"
+
+
+def test_the_audit_policy_table():
+    from federation.audit import AuditConfig, withholds
+
+    assert withholds(AuditConfig(), "leaks") and withholds(AuditConfig(), "inconclusive")
+    assert not withholds(AuditConfig(), "no leak found")
+    assert not withholds(AuditConfig(inconclusive="send"), "inconclusive") and withholds(AuditConfig(inconclusive="send"), "leaks")
+    assert not any(withholds(AuditConfig(enforce=False), v) for v in ("leaks", "inconclusive", "no leak found"))

@@ -111,7 +111,7 @@ def test_a_registered_metric_is_scored_per_image_and_aggregated_as_declared(max_
 def test_a_registered_metric_and_filter_reach_the_audit_and_a_study_and_its_report(max_abs_error, scale_filter, tmp_path):
     # the leakage audit inside FL: audit.csv gets the column right after SSIM
     (tmp_path / "fl").mkdir()
-    cfg = tiny_train_config(tmp_path / "fl", **{"fl.rounds": 1, "audit": {"every": 1, "clients": [2], "attack": {"optim.iterations": 3}}})
+    cfg = tiny_train_config(tmp_path / "fl", **{"fl.rounds": 1, "audit": {"every": 1, "clients": [2], "attack": {"optim.iterations": 3, "escalation.enabled": False}}})
     FederatedSimulation(cfg, auditor=AttackAudit).run(tmp_path / "fl")
     with open(tmp_path / "fl" / "audit.csv") as fh:
         audit = list(csv.DictReader(fh))

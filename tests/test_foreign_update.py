@@ -18,7 +18,7 @@ from common.errors import UserError
 from tests.conftest import run_entry
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["logging.wandb=false", "logging.progress=false", "scoring.lpips=false"]
+FAST = ["logging.wandb=false", "logging.progress=false", "scoring.lpips=false", "escalation.enabled=false"]
 
 
 def _cli(module: str, argv, capsys):

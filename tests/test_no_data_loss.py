@@ -12,7 +12,7 @@ from common.files import STAGING_MARK, StagedDir, is_attack_output, is_complete_
 
 TINY = ["data.image_size=16", "model.name=bn_convnet", "model.resize_to=0", "model.width=8", "model.depth=3",
         "fl.rounds=1", "logging.wandb=false", "logging.progress=false"]
-FAST = ["optim.iterations=5", "optim.restarts=2", "logging.wandb=false", "logging.progress=false", "scoring.lpips=false"]
+FAST = ["optim.iterations=5", "optim.restarts=2", "logging.wandb=false", "logging.progress=false", "scoring.lpips=false", "escalation.enabled=false"]
 
 
 def _run(module: str, argv, capsys):

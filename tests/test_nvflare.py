@@ -30,7 +30,7 @@ CONFIG = {
     "capture": {"clients": [], "rounds": []},
     "privacy": {"filters": [{"name": "dp_gaussian", "clip_norm": 5.0, "noise_multiplier": 0.001}]},
     # the 1-image client is audited every round and always withheld (threshold far below any RDLV)
-    "audit": {"every": 1, "clients": [2], "threshold": -1.0e9, "attack": {"optim.iterations": 3, "optim.restarts": 1}},
+    "audit": {"every": 1, "clients": [2], "threshold": -1.0e9, "attack": {"optim.iterations": 3, "optim.restarts": 1, "escalation.enabled": False}},
     "logging": {"wandb": False, "progress": False},
 }
 
@@ -136,7 +136,7 @@ def test_attack_scores_the_nvflare_run(runs, tmp_path):
     flare, _ = runs
     out = tmp_path / "attack"
     try:
-        run_cli(lambda: attack.main(["--run", str(flare), "--out", str(out), "optim.iterations=5", "optim.restarts=1",
+        run_cli(lambda: attack.main(["--run", str(flare), "--out", str(out), "optim.iterations=5", "optim.restarts=1", "escalation.enabled=false",
                                      "logging.wandb=false", "logging.progress=false", "scoring.lpips=false"]))
     except SystemExit as info:
         assert info.code == 0

@@ -39,7 +39,7 @@ def study(tmp_path_factory) -> Path:
             "data.image_size": 16, "model.name": "bn_convnet", "model.resize_to": 0, "model.width": 8, "model.depth": 3,
             "fl.rounds": 2, "capture.clients": [2, 3], "capture.rounds": [-1], "logging.wandb": False}},
         "attack": {"config": "configs/attack/default.yaml",
-                   "overrides": {"optim.iterations": 5, "scoring.lpips": False, "logging.wandb": False}},
+                   "overrides": {"optim.iterations": 5, "scoring.lpips": False, "logging.wandb": False, "escalation.enabled": False}},
         "targets": [{"round": -1, "client": 3}],
         "grid": {"sigma0": {
             "0": {"train": {"privacy.filters": [{"name": "gaussian", "sigma0": 0}]}},

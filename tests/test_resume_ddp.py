@@ -69,7 +69,7 @@ def tiny_cli_run(tmp_path_factory):
 
 
 def test_attack_killed_mid_run_resumes_to_the_same_result(tiny_cli_run, tmp_path):
-    args = ["attack.py", "--run", str(tiny_cli_run), "optim.iterations=400", "optim.checkpoint_every=25", "optim.langevin=0.01",
+    args = ["attack.py", "--run", str(tiny_cli_run), "optim.iterations=400", "optim.checkpoint_every=25", "escalation.enabled=false", "optim.langevin=0.01",
             "optim.restarts=2", "logging.wandb=false", "logging.progress=false"]
     _run(args + ["--out", str(tmp_path / "full")])
     ckpt = tmp_path / "killed.partial" / "checkpoints" / "last.ckpt"
@@ -87,7 +87,7 @@ def test_attack_killed_mid_run_resumes_to_the_same_result(tiny_cli_run, tmp_path
 
 
 def test_ddp_restarts_on_two_gloo_processes_equal_one_process(tiny_cli_run, tmp_path):
-    args = ["attack.py", "--run", str(tiny_cli_run), "optim.iterations=30", "optim.restarts=4", "logging.wandb=false", "logging.progress=false"]
+    args = ["attack.py", "--run", str(tiny_cli_run), "optim.iterations=30", "optim.restarts=4", "escalation.enabled=false", "logging.wandb=false", "logging.progress=false"]
     _run(args + ["devices=2", "--out", str(tmp_path / "ddp")])
     _run(args + ["devices=1", "--out", str(tmp_path / "one")])
     a = json.loads((tmp_path / "ddp" / "metrics.json").read_text())

@@ -17,7 +17,7 @@ STUDIES = sorted((ROOT / "configs" / "studies").glob("*.yaml"))
 
 #: on top of --quick: a 16 px BN ConvNet and 5 attack iterations, so that six studies fit in the suite
 TINY_TRAIN = {"data.image_size": 16, "model.name": "bn_convnet", "model.resize_to": 0, "model.width": 8, "model.depth": 3}
-TINY_ATTACK = {"optim.iterations": 5, "scoring.lpips": False}
+TINY_ATTACK = {"optim.iterations": 5, "scoring.lpips": False, "escalation.enabled": False}
 
 
 def tiny_quick(path: Path, out: Path) -> StudySpec:
@@ -177,3 +177,19 @@ def test_a_point_whose_attacks_all_failed_leaves_a_gap_in_the_band():
     assert lows[0] == pytest.approx(0.3 - 0.248414, abs=1e-5) and highs[0] == pytest.approx(0.3 + 0.248414, abs=1e-5)
     assert math.isnan(lows[1]) and math.isnan(highs[1])
     assert lows[2] == highs[2] == pytest.approx(0.9)  # one value: no interval, a point
+
+
+def test_leak_rates_carry_exact_intervals_and_inconclusive_counts_apart():
+    from studies.tables import clopper_pearson, verdict_cell, verdict_pivot
+
+    # k = 0 or n: closed forms (alpha/2)^(1/n); k = 1 of 2: the beta quantiles 0.0126 and 0.9874
+    assert clopper_pearson(0, 5) == pytest.approx((0.0, 1 - 0.025 ** (1 / 5)))
+    assert clopper_pearson(5, 5) == pytest.approx((0.025 ** (1 / 5), 1.0))
+    assert clopper_pearson(1, 2) == pytest.approx((0.01258, 0.98742), abs=1e-5)
+    cell = verdict_cell(["leaks", "inconclusive", "no leak found", "inconclusive", "leaks"])
+    assert cell.startswith("2/5 leak (0.05-0.85)")  # beta(0.025; 2, 4) = 0.053, beta(0.975; 3, 3) = 0.853
+    assert "1 no leak found" in cell and "2 inconclusive" in cell
+    rows = [{"round": 0, "verdict": "leaks"}, {"round": 0, "verdict": "inconclusive"}, {"round": 1, "verdict": "no leak found"}]
+    header, body = verdict_pivot(rows, "round", None)
+    assert body[0][1].startswith("1/2 leak") and body[0][1].endswith("1 inconclusive")
+    assert body[1][1].startswith("0/1 leak") and "1 no leak found, 0 inconclusive" in body[1][1]
