@@ -86,7 +86,7 @@ def attack_until_converged(knowledge: AttackerKnowledge, cfg: AttackConfig, run:
         records.append({**entry, "iterations": result.iterations, "seconds": round(result.seconds, 3), "restart": result.restart,
                         "setting": result.restart_settings.get(result.restart, {}), **conv.to_dict()})
         results.append(result)
-        if on_rung is not None:
+        if on_rung is not None and escalating:  # progress of a ladder; a single attack has nothing to announce
             on_rung(rung, conv)
         if best is None or better(conv.heldout_error, best[3].heldout_error):
             best = (rung.index, result, attack, conv)
