@@ -45,6 +45,11 @@ def grouped_bars(rows: list[dict[str, Any]], x: str, hue: str | None, metric: st
         errs = [0 if math.isnan(s[2]) else s[2] for s in stats]
         pos = [i + (j - (len(hues) - 1) / 2) * width for i in range(len(xs))]
         ax.bar(pos, means, width, yerr=errs, capsize=3, label=f"{hue} = {h}" if hue else None)
+        # an inconclusive cell (the attack did not converge) is no protection: its count stands on the bar
+        unsure = [sum(r.get("verdict") == "inconclusive" for r in groups.get((v, h) if hue else (v,), [])) for v in xs]
+        for p_, m_, k in zip(pos, means, unsure):
+            if k and not math.isnan(m_):
+                ax.annotate(f"{k} inconcl.", (p_, m_), textcoords="offset points", xytext=(0, 3), ha="center", fontsize=6)
     ax.set_xticks(range(len(xs)))
     ax.set_xticklabels([str(v) for v in xs], rotation=20)
     ax.set_xlabel(x)

@@ -193,3 +193,21 @@ def test_leak_rates_carry_exact_intervals_and_inconclusive_counts_apart():
     header, body = verdict_pivot(rows, "round", None)
     assert body[0][1].startswith("1/2 leak") and body[0][1].endswith("1 inconclusive")
     assert body[1][1].startswith("0/1 leak") and "1 no leak found, 0 inconclusive" in body[1][1]
+
+
+def test_figures_draw_every_inconclusive_cell_where_it_is():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from studies.plots import _mark_inconclusive
+
+    rows = [{"round": 1, "ssim": 0.1, "verdict": "inconclusive"}, {"round": 2, "ssim": 0.9, "verdict": "leaks"},
+            {"round": 3, "ssim": 0.2, "verdict": "no leak found"}, {"round": 4, "ssim": 0.15, "verdict": "inconclusive"}]
+    fig, ax = plt.subplots()
+    _mark_inconclusive(ax, rows, "round", "ssim")
+    (points,) = ax.collections
+    assert points.get_offsets().tolist() == [[1.0, 0.1], [4.0, 0.15]]
+    assert "inconclusive" in points.get_label() and "(2)" in points.get_label()
+    plt.close(fig)
