@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted attack from OUT.partial/checkpoints/last.ckpt "
                    "(written every optim.checkpoint_every steps)")
     p.add_argument("--no-escalation", action="store_true", help="run the configured attack only, even if it does not converge "
-                   "(same as escalation.enabled=false; docs/attack.md, 'Convergence and escalation')")
+                   "(same as escalation.enabled=false; docs/attack.md, 'Convergence, escalation and the verdict')")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier output of attack.py (anything else is never replaced)")
     args = p.parse_intermixed_args(argv)
     cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run,

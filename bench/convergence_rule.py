@@ -7,8 +7,8 @@ two kinds of error are named case by case: "converged" with SSIM < 0.75 (the att
 solved the update, yet nothing is close: the verdict would be "no leak found") and "not
 converged" with SSIM >= 0.75 (a leak the rule does not vouch for; the verdict is still "leaks").
 
-    python -m bench.convergence_rule attack --tag per_round_200 --updates 'runs/studies/per_round/train/*/updates/round_*/client_3' \
-        optim.iterations=200 escalation.enabled=false
+    python -m bench.convergence_rule attack --tag per_round_200 --set optim.iterations=200 escalation.enabled=false \
+        --updates 'runs/studies/per_round/train/*/updates/round_*/client_3'
     python -m bench.convergence_rule table --group per_round='runs/studies/per_round/cells/*' \
         --group short='bench/runs/convergence/per_round_200/*'
 """
@@ -30,6 +30,9 @@ def attack(args: argparse.Namespace) -> None:
     from inversion.config import AttackConfig
     from pipelines.attack_job import run_attack_job
 
+    bad = [p for p in args.updates if "=" in p]
+    if bad:  # an override after --updates would otherwise be taken for a pattern and silently ignored
+        raise SystemExit(f"{bad[0]} looks like an override: pass overrides with --set")
     updates = sorted(p for pattern in args.updates for p in glob.glob(pattern) if (Path(p) / "meta.json").is_file())
     root = ROOT / "bench" / "runs" / "convergence" / args.tag
     for k, update in enumerate(updates):
@@ -38,7 +41,7 @@ def attack(args: argparse.Namespace) -> None:
         if (out / "metrics.json").is_file():
             continue
         cfg = load(AttackConfig, [ROOT / "configs" / "attack" / "default.yaml"],
-                   ["logging.progress=false", "logging.wandb=false", "scoring.lpips=false", f"update={update}", f"out={out}"] + args.overrides)
+                   ["logging.progress=false", "logging.wandb=false", "scoring.lpips=false", f"update={update}", f"out={out}"] + args.set)
         m = run_attack_job(cfg)["metrics"]
         print(f"[{k + 1}/{len(updates)}] {update}: SSIM {m['ssim']:.3f} {m['verdict']} "
               f"(held-out {m['convergence']['heldout_error']:.3g}, {m['seconds']:.0f}s)", flush=True)
@@ -94,7 +97,7 @@ def main() -> None:
     a = sub.add_parser("attack", help="attack update folders (skips finished ones)")
     a.add_argument("--updates", nargs="+", required=True, help="update folders or glob patterns")
     a.add_argument("--tag", required=True, help="attacks go to bench/runs/convergence/TAG/")
-    a.add_argument("overrides", nargs="*", help="attack config overrides")
+    a.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="attack config overrides")
     t = sub.add_parser("table", help="the rule against the ground truth over finished attacks")
     t.add_argument("--group", action="append", required=True, help="NAME=GLOB of attack folders (metrics.json inside)")
     t.add_argument("--tag", default="", help="results go to bench/results/convergence_rule_TAG.json")

@@ -4,9 +4,10 @@ Like the official RDLV filter, it runs last (after the privacy filters, on exact
 the client) every N rounds on chosen clients. Unlike it, its answer has three values
 (``leakage.verdict``): an update that ``leaks`` is withheld; one on which the attack did not
 converge is ``inconclusive``, and follows ``audit.inconclusive`` (withheld by default: a stalled
-attack is no evidence of safety); ``no leak found`` (converged, nothing close) is sent. This module holds what the FL layer needs (the config, the record, the
-:class:`Auditor` interface); the auditor that attacks and scores is ``pipelines.audit.AttackAudit``,
-handed to the federation by the entry point, so that the FL layer never imports the attack.
+attack is no evidence of safety); ``no leak found`` (converged, nothing close) is sent. This module
+holds what the FL layer needs (the config, the record, the :class:`Auditor` interface); the auditor
+that attacks and scores is ``pipelines.audit.AttackAudit``, handed to the federation by the entry
+point, so that the FL layer never imports the attack.
 """
 from __future__ import annotations
 

@@ -56,12 +56,13 @@ def analyze(study_dir: Path, spec: StudySpec) -> dict[str, Any]:
             tables.append({"heading": f"{heading} (mean ± std over seeds)", "header": header, "rows": body})
     if any(r.get("verdict") for r in rows):
         # leak rates and inconclusive counts apart, in the layout of each table the spec asks for (once per layout)
-        layouts = list(dict.fromkeys((t["row"], t.get("col"), t.get("by")) for t in report.get("tables", []))) or [("seed", None, None)]
-        for row_key, col_key, by in layouts:
-            spec_t = next((t for t in report.get("tables", []) if (t["row"], t.get("col"), t.get("by")) == (row_key, col_key, by)), {})
+        layouts: dict[tuple, dict[str, Any]] = {}
+        for t in report.get("tables", []) or [{"row": "seed"}]:
+            layouts.setdefault((t["row"], t.get("col"), t.get("by")), t)
+        for (row_key, col_key, by), t in layouts.items():
             for value, sel in _split_by(rows, by).items():
                 heading = f"verdicts by {row_key}" + (f" x {col_key}" if col_key else "") + (f", {by} {value}" if by else "")
-                header, body = verdict_pivot(sel, row_key, col_key, row_order=spec_t.get("row_order"), col_order=spec_t.get("col_order"))
+                header, body = verdict_pivot(sel, row_key, col_key, row_order=t.get("row_order"), col_order=t.get("col_order"))
                 tables.append({"heading": f"{heading} (leak rate with its 95% Clopper-Pearson interval; an inconclusive attack "
                                           f"did not converge and counts as neither leak nor protection)", "header": header, "rows": body})
     if report.get("gallery", True):
