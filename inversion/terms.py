@@ -298,14 +298,36 @@ class GrayscaleChannels(ObjectiveTerm):
         return (x - x.mean(-3, keepdim=True)).pow(2).mean()
 
 
+def register_restarts(images: torch.Tensor) -> torch.Tensor:
+    """For images [R, N, ...], the permutation [R, N] that lines every restart's dummies up with the first
+    restart's: ``images[r, perm[r]]`` has the image closest to ``images[0, i]`` at position i (a Hungarian
+    assignment on squared distances). Restarts reconstruct a batch in any order; averaging them unaligned
+    blends different images."""
+    from scipy.optimize import linear_sum_assignment
+
+    flat = images.detach().flatten(2).double().cpu()
+    perms = [torch.arange(images.shape[1])]
+    for r in range(1, images.shape[0]):
+        cost = torch.cdist(flat[0], flat[r]).pow(2)  # [N, N]: reference image i vs restart r's image j
+        rows, cols = linear_sum_assignment(cost.numpy())
+        perm = torch.empty(images.shape[1], dtype=torch.long)
+        perm[torch.as_tensor(rows)] = torch.as_tensor(cols)
+        perms.append(perm)
+    return torch.stack(perms).to(images.device)
+
+
 @register
 class GroupConsistency(ObjectiveTerm):
-    """Pull each restart towards the restarts' consensus (Yin et al. 2021); needs restarts > 1."""
+    """Pull each restart towards the restarts' consensus (Yin et al. 2021); needs restarts > 1. The restarts
+    are registered first (:func:`register_restarts`), so that the consensus of image i averages the
+    restarts' versions of the same image."""
 
     name = "group_consistency"
     Params = WeightOnly
     across_restarts = True
 
     def all_restarts(self, images: torch.Tensor) -> torch.Tensor:
-        consensus = images.mean(0, keepdim=True).detach()
-        return (images - consensus).pow(2).flatten(1).mean(1)
+        perm = register_restarts(images)
+        aligned = torch.stack([images[r, perm[r]] for r in range(images.shape[0])])
+        consensus = aligned.mean(0, keepdim=True).detach()
+        return (aligned - consensus).pow(2).flatten(1).mean(1)
