@@ -166,9 +166,15 @@ class GradientInversionAttack(pl.LightningModule):
     def _initial(self, restart: int) -> torch.Tensor:
         gen = restart_generator(self.optim_cfg.seed, restart)
         if self.optim_cfg.init == "noise":
-            return torch.rand(self.shape, generator=gen)
+            return self._project(torch.rand(self.shape, generator=gen))
         prior = self.knowledge.prior.expand(self.shape)
-        return (prior + self.optim_cfg.init_noise * torch.randn(self.shape, generator=gen)).clamp(0, 1)
+        return self._project((prior + self.optim_cfg.init_noise * torch.randn(self.shape, generator=gen)).clamp(0, 1))
+
+    def _project(self, images: torch.Tensor) -> torch.Tensor:
+        """Onto the grayscale images repeated to every channel (optim.grayscale), else unchanged."""
+        if not self.optim_cfg.grayscale:
+            return images
+        return images.mean(-3, keepdim=True).expand_as(images).contiguous()
 
     def current_labels(self) -> torch.Tensor:
         """Hard labels [R, N] (soft ones argmax-ed)."""
@@ -268,6 +274,8 @@ class GradientInversionAttack(pl.LightningModule):
                 noise = torch.stack([torch.randn(self.shape, generator=self._noise_gen(r)) for r in range(len(self.restart_ids))])
                 self.images.add_(noise.to(self.images) * (self.optim_cfg.langevin * scale))
             self.images.clamp_(0, 1)
+            if self.optim_cfg.grayscale:
+                self.images.copy_(self._project(self.images))
         self.steps_done += 1
         every = self.label_cfg.refine_every
         if every and self.label_strategy == "analytic" and self.shape[0] > 1 and self.steps_done % every == 0:

@@ -36,6 +36,9 @@ class OptimConfig:
     init: str = option("prior", "start from the prior image (plus init_noise) or from uniform noise")
     init_noise: float = option(0.05, "std of the Gaussian noise added to the prior start (identical starts never separate)")
     langevin: float = option(0.0, "std of Gaussian noise added to the images after each step, decaying with the lr")
+    grayscale: bool = option(False, "the client fed one grayscale image repeated to every channel (a torchvision model on X-rays): "
+                                    "optimise it as one image, every channel set to the channels' mean at the start and after each step "
+                                    "(a constraint, unlike the grayscale_channels penalty)")
     max_seconds: float = option(0.0, "attack time budget: the cosine decay follows whichever of iterations and time runs out first, and the attack stops there (0 = no limit; results then depend on machine speed)")
     vectorize: bool = option(True, "evaluate restarts with torch.func.vmap (False: a Python loop)")
     memory_format: str = option("auto", "convolution layout: channels_last, contiguous, or auto (channels-last for batch-1 convolutions, i.e. one image and one restart, where it is ~10% faster on CPU; contiguous otherwise); same values to float rounding")

@@ -412,3 +412,30 @@ def test_group_consistency_compares_the_same_image_across_restarts():
     # each restart is 0.1 away on 16 of its 32 pixels -> mean squared distance 0.01 / 2
     moved = torch.stack([torch.stack([a[0], b[0]]), torch.stack([a[0] + 0.2, b[0]])])
     assert torch.allclose(term.all_restarts(moved), torch.full((2,), 0.005), atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def rgb_run(tmp_path_factory):
+    """The tiny federation on grayscale faces repeated to 3 channels (data.channels: 3)."""
+    from federation.simulation import FederatedSimulation
+    from tests.conftest import tiny_train_config
+
+    out = tmp_path_factory.mktemp("rgb") / "run"
+    out.mkdir()
+    cfg = tiny_train_config(out, **{"data.channels": 3, "fl.rounds": 1, "model.norm_mean": [0.5, 0.5, 0.5], "model.norm_std": [0.5, 0.5, 0.5]})
+    FederatedSimulation(cfg).run(out)
+    return out
+
+
+def test_grayscale_constraint_keeps_every_channel_one_image(rgb_run):
+    from pipelines.attack_job import run_attack
+
+    kn = _knowledge(rgb_run, 0, 2)
+    assert kn.spec.in_chans == 3
+    base = {"optim": {"iterations": 6, "restarts": 2, "warmup": 0, "init_noise": 0.2}, "logging": {"progress": False, "wandb": False},
+            "escalation": {"enabled": False}}
+    free, _ = run_attack(kn, build(AttackConfig, base))
+    tied, attack = run_attack(kn, build(AttackConfig, {**base, "optim": {**base["optim"], "grayscale": True}}))
+    spread = lambda x: float((x - x.mean(-3, keepdim=True)).abs().max())  # noqa: E731
+    assert spread(free.images) > 1e-3  # without the constraint the channels drift apart (noisy start, per-channel gradients)
+    assert spread(tied.images) == 0.0 and spread(attack.images.detach()) == 0.0 and spread(tied.restart_images) == 0.0
