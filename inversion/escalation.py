@@ -40,8 +40,9 @@ def default_ladder() -> list[dict[str, Any]]:
 @dataclasses.dataclass
 class EscalationConfig:
     enabled: bool = option(True, "escalate along the ladder when the attack did not converge (attack.py --no-escalation turns it off)")
-    max_seconds: float = option(300.0, "wall-clock time of all rungs together, the first included; a rung gets what is left as its "
-                                       "optim.max_seconds, and no rung starts once it is spent (0 = no limit)")
+    max_seconds: float = option(300.0, "wall-clock time of all rungs together, counted from the start of the configured attack (which "
+                                       "always runs in full, under its own optim.max_seconds); each later rung gets what is left as its "
+                                       "optim.max_seconds, and none starts once it is spent (0 = no limit)")
     ladder: list[dict[str, Any]] = option(help="rungs tried in order after the configured attack: {name: ..., overrides: {dotted.key: value}}, "
                                                "each applied to the attack's own config (rungs do not accumulate; 'xF' multiplies the configured number)", factory=default_ladder)
 
