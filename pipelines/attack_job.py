@@ -291,7 +291,9 @@ def add_verdict(metrics: dict[str, Any], escalated: Escalated, knowledge: Attack
     metrics.update(verdict_record(metrics, conv.converged, cfg.scoring.leak_ssim, cfg.scoring.leak_rdlv))
     settings = SSIMSettings.for_size(knowledge.spec.image_size, cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
     for entry, rung_result in zip(metrics["escalation"]["rungs"], escalated.results):
-        if rung_result is not None:
+        if rung_result is escalated.result:
+            entry["ssim"] = metrics["ssim"]  # the returned rung is scored already
+        elif rung_result is not None:
             entry["ssim"] = score(rung_result.images, rung_result.labels, gt.images, gt.labels, knowledge.prior,
                                   knowledge.spec.num_classes, settings, [])["ssim"]
 

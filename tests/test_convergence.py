@@ -190,3 +190,4 @@ def test_an_escalated_attack_records_every_rung(tiny_run, tmp_path):
     best = min(range(3), key=lambda i: rungs_run[i]["heldout_error"])
     assert m["escalation"]["returned_rung"] == best and m["iterations"] == rungs_run[best]["iterations"]
     assert m["seconds"] == pytest.approx(sum(r["seconds"] for r in rungs_run), abs=0.01)
+    assert all(-1 <= r["ssim"] <= 1 for r in rungs_run) and rungs_run[best]["ssim"] == m["ssim"]  # every rung scored, for the record
