@@ -2,6 +2,7 @@
 
     python attack.py                                   # high-risk client of the latest runs/default round
     python attack.py --update runs/default/updates/round_0/client_2 optim.iterations=800
+    python attack.py --update runs/default/updates/round_11/client_2       # 8 images: configs/attack/batch.yaml, chosen automatically
     python attack.py --config configs/attack/multistep.yaml --update ... --out runs/x/attack
 
 The attack reads only the update folder, the global model and the prior image; scoring (a separate
@@ -19,10 +20,13 @@ from common.errors import run_cli  # noqa: E402
 from inversion.config import AttackConfig  # noqa: E402
 
 DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "attack" / "default.yaml")
+BATCH_CONFIG = str(Path(__file__).resolve().parent / "configs" / "attack" / "batch.yaml")
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = parser("attack.py", "Gradient inversion of a captured FL update, scored against the ground truth.", AttackConfig, "configs/attack/default.yaml")
+    p = parser("attack.py", "Gradient inversion of a captured FL update, scored against the ground truth. Without --config, an update "
+               "of a client with more than one image is attacked with configs/attack/batch.yaml on top of configs/attack/default.yaml.",
+               AttackConfig, "configs/attack/default.yaml")
     p.add_argument("--update", default=None, metavar="DIR", help="update folder (same as update=DIR)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (same as out=DIR)")
     p.add_argument("--run", default=None, metavar="RUN", help="run directory (same as run=RUN)")
@@ -35,6 +39,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_intermixed_args(argv)
     cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run,
                                                                  "ground_truth": args.ground_truth})
+    if args.config is None and batch_client(cfg):
+        args.config = [BATCH_CONFIG]
+        cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run,
+                                                                     "ground_truth": args.ground_truth})
+        print(f"the update's client had {batch_client(cfg)} images: attacking with configs/attack/batch.yaml "
+              "(--config configs/attack/default.yaml for the single-image attack)")
     if args.no_escalation:
         cfg.escalation.enabled = False
 
@@ -54,6 +64,21 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"reconstruction written ({m['iterations']} iterations, {m['seconds']:.0f}s; no ground truth to score) -> {summary['out']}")
         print(convergence_line(m))
+
+
+def batch_client(cfg: AttackConfig) -> int:
+    """The number of images of the attacked client when more than one (0 otherwise, or when the update
+    cannot be read: the attack job then says why)."""
+    from common.errors import UserError
+    from common.files import read_json
+    from pipelines.attack_job import resolve_update
+
+    try:
+        meta = read_json(resolve_update(cfg) / "meta.json")
+        n = int(meta.get("num_images", 1))
+    except (UserError, AttributeError, TypeError, ValueError):
+        return 0
+    return n if n > 1 else 0
 
 
 def convergence_line(m: dict) -> str:

@@ -181,3 +181,19 @@ def test_model_metadata_without_optional_fields_is_complete():
     with pytest.raises(UserError, match="lacks \\['bn_momentum'\\]"):
         ModelSpec.from_dict({"name": "bn_convnet", "in_chans": 1, "num_classes": 2, "image_size": 16, "resize_to": 0,
                              "norm_mean": [0.5], "norm_std": [0.5]})
+
+
+def test_a_multi_image_update_is_attacked_with_the_batch_config_unless_one_is_named(tiny_run, tmp_path, capsys):
+    import yaml
+
+    import attack
+
+    update = str(tiny_run / "updates" / "round_1" / "client_0")  # 8 images, batch 4
+    attack.main(FAST + ["optim.compile=false", "--update", update, "--out", str(tmp_path / "auto")])
+    assert "had 8 images: attacking with configs/attack/batch.yaml" in capsys.readouterr().out
+    batch = yaml.safe_load((attack.Path(attack.BATCH_CONFIG)).read_text())
+    used = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
+    assert used["objective"]["update_matching"]["weight"] == batch["objective"]["update_matching"]["weight"] > 0
+    attack.main(FAST + ["--config", attack.DEFAULT_CONFIG, "--update", update, "--out", str(tmp_path / "named")])
+    assert "batch.yaml" not in capsys.readouterr().out
+    assert yaml.safe_load((tmp_path / "named" / "config.yaml").read_text())["objective"]["update_matching"]["weight"] == 0

@@ -95,6 +95,27 @@ def test_replay_follows_the_client_batch_split(tmp_path):
     assert _rel(wrong.delta, {k: kn.update[k] for k in wrong.delta}) > 1e-2
 
 
+def test_every_dummy_image_is_tied_across_epochs():
+    """The batch attack's replay of several epochs reuses each dummy once per epoch (the same image, not a
+    copy pulled towards it): 4 images at batch 2 for 2 epochs are slots 0-3 in order, then all four again."""
+    proc = ClientProcedure({"name": "sgd", "lr": 0.1}, batch_size=2, num_images=4, local_steps=4, local_epochs=2, bn_momentum=0.1)
+    steps = proc.batches(seed=3)
+    assert [s.tolist() for s in steps[:2]] == [[0, 1], [2, 3]]
+    assert sorted(torch.cat(steps[2:]).tolist()) == [0, 1, 2, 3]
+    # the replayed update depends on a dummy through both epochs: its gradient is the sum over the two steps that saw it
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    fm = FunctionalModel(model, "exact")
+    params0 = {n: p.detach() for n, p in model.named_parameters()}
+    x = torch.rand(4, 1, 2, 2, requires_grad=True)
+    y = torch.tensor([0, 1, 0, 1])
+    out = LocalTrainingReplay(fm, params0, proc).run(x, y, steps)
+    probe = torch.arange(8.0).view(2, 4)  # the summed delta is ~0 (softmax gradients sum to 0 over classes): project instead
+    (g_all,) = torch.autograd.grad((out.delta["1.weight"] * probe).sum(), x)
+    first_epoch_only = LocalTrainingReplay(fm, params0, ClientProcedure(proc.optimizer, 2, 4, 2, 1, 0.1)).run(x, y, steps[:2])
+    (g_first,) = torch.autograd.grad((first_epoch_only.delta["1.weight"] * probe).sum(), x)
+    assert g_first.abs().min() > 0 and not torch.allclose(g_all, g_first, rtol=1e-2)  # the second epoch's step reaches the same dummies
+
+
 def test_replay_never_mutates_the_global_model(tiny_run):
     """Defect 3: the global model does not drift while the attack runs."""
     kn = _knowledge(tiny_run, 1, 0)
