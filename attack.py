@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run,
                                                                      "ground_truth": args.ground_truth})
         print(f"the update's client had {batch_client(cfg)} images: attacking with configs/attack/batch.yaml "
-              "(--config configs/attack/default.yaml for the single-image attack)")
+              f"({cfg.optim.iterations} iterations or {cfg.optim.max_seconds:g} s, whichever ends first; "
+              "--config configs/attack/default.yaml for the single-image attack)")
     if args.no_escalation:
         cfg.escalation.enabled = False
 
@@ -58,7 +59,9 @@ def main(argv: list[str] | None = None) -> None:
         from leakage.image_metrics import REGISTRY
 
         extra = "".join(f"{cls.format(m[name])}  " for name, cls in REGISTRY.items() if m.get(name) is not None)
-        print(f"SSIM {m['ssim']:.3f}  {extra}RDLV {m['rdlv']:.2f}  label accuracy {m['label_accuracy']:.2f}  "
+        # SSIM and the per-image metrics are matched means; RDLV is the paper's maximum over images (leakage-metrics.md)
+        rdlv = f"RDLV {m['rdlv']:.2f}" if len(m["per_image"]) == 1 else f"RDLV max {m['rdlv']:.2f} (mean {m['rdlv_mean']:.2f})"
+        print(f"SSIM {m['ssim']:.3f}  {extra}{rdlv}  label accuracy {m['label_accuracy']:.2f}  "
               f"({m['iterations']} iterations, {m['seconds']:.0f}s) -> {summary['out']}")
         print(f"verdict: {m['verdict']} ({m['leaked_images']} of {len(m['per_image'])} image(s) at SSIM >= {m['leak_ssim']:g}); {convergence_line(m)}")
     else:

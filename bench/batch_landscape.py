@@ -65,7 +65,10 @@ def main() -> None:
     layout = RunLayout(Path(args.run))
     rnd = args.round if args.round >= 0 else max(r for r, _, _ in layout.updates())
     update = layout.update(rnd, args.client)
-    cfg = load(AttackConfig, [args.config], ["logging.progress=false", "logging.wandb=false", *args.overrides])
+    from common.cli import config_files
+
+    files = config_files(ROOT / "configs" / "attack" / "default.yaml", [args.config])  # as attack.py --config does
+    cfg = load(AttackConfig, files, ["logging.progress=false", "logging.wandb=false", *args.overrides])
     kn = attacker_knowledge(cfg, update)
     obj = Objective(kn, cfg.objective, batch_seed=cfg.optim.seed, vectorize=False)
     gt = load_ground_truth(layout, rnd, args.client)
@@ -77,7 +80,7 @@ def main() -> None:
     def evaluate(x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
         with torch.enable_grad():
             _, parts = obj(x[None].requires_grad_(True), y[None])
-        out = {name: float(v) for name, v in zip(obj.names, parts[0])}
+        out = {name: float(v) for name, v in zip(obj.names, parts[0].detach())}
         if obj.heldout_layers:
             out["heldout_per_layer"] = out["bn_holdout"] / obj.heldout_layers
         return out

@@ -26,6 +26,24 @@ def seconds_per_iteration(update, config: str, iterations: int, overrides: list[
     return (t1 - t0) / (s1 - s0), cfg.optim.restarts, cfg.optim.compile
 
 
+def flops_per_iteration(update, config: str, overrides: list[str]) -> float:
+    """Floating-point operations of one iteration (objective and its image gradient, all restarts), counted
+    by torch's FlopCounterMode on an eager objective (convolutions and matmuls: what a GPU spends its time on)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from common.config import load
+    from inversion.config import AttackConfig
+    from pipelines.attack_job import attacker_knowledge, build_attack
+
+    files = [str(ROOT / "configs" / "attack" / "default.yaml")] + ([config] if not config.endswith("default.yaml") else [])
+    cfg = load(AttackConfig, files, ["optim.compile=false", "logging.progress=false", "logging.wandb=false", *overrides])
+    attack = build_attack(attacker_knowledge(cfg, update), cfg)
+    with FlopCounterMode(display=False) as counter:
+        total, _ = attack.objective(attack.images, attack.label_input().detach())
+        total.sum().backward()
+    return float(counter.get_total_flops())
+
+
 def main() -> None:
     p = target_parser(__doc__)
     p.add_argument("--iterations", type=int, default=20)
@@ -48,11 +66,12 @@ def main() -> None:
             times[name].append(t)
             info[name] = {"restarts": restarts, "compile": compiled}
     med = {k: statistics.median(v) for k, v in times.items()}
+    flops = {name: flops_per_iteration(update, path, args.overrides) for name, path in configs.items()}
     save(f"batch_speed_client{args.client}", {
         "update": str(update), "device": device_name("cpu"), "iterations": args.iterations, "repeats": args.repeats,
         "seconds_per_iteration": {k: round(v, 4) for k, v in med.items()},
         "seconds_per_restart_iteration": {k: round(med[k] / info[k]["restarts"], 4) for k in med},
-        "settings": info, "all": times,
+        "settings": info, "all": times, "gflop_per_iteration": {k: round(v / 1e9, 2) for k, v in flops.items()},
         "ratio_per_iteration": round(med["batch"] / med["default"], 2),
         "ratio_per_restart_iteration": round((med["batch"] / info["batch"]["restarts"]) / (med["default"] / info["default"]["restarts"]), 2),
     })
