@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
         opt = {"name": "adam", "lr": args.lr, "betas": list(args.betas), "eps": args.eps, "weight_decay": args.weight_decay}
     facts = ClientFacts(opt, args.num_images, args.batch_size, args.epochs, args.steps, args.round, args.client)
     out = convert(spec, facts, args.global_path, args.out, args.local, args.delta, args.overwrite)
-    trust = f" trusted_models=[{args.model}]" if ":" in args.model else ""
+    # quoted: unquoted brackets are a shell glob
+    trust = f" 'trusted_models=[{args.model}]'" if ":" in args.model else ""
     print(f"update folder written: {out} ({facts.local_steps} local step(s)); attack it with: python attack.py --update {out}{trust}")
 
 

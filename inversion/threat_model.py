@@ -74,7 +74,7 @@ def load_knowledge(update_directory: str | Path, threat: ThreatConfig, global_mo
         raise UserError("update metadata 'model' must be an object")
     if is_import_path(spec.name) and spec.name not in trusted_models:
         raise UserError(f"the update's metadata names its model by import path '{spec.name}': importing it runs its code; "
-                        f"if you trust it, pass trusted_models=[{spec.name}]")
+                        f"if you trust it, pass 'trusted_models=[{spec.name}]'")
     if list(meta["input_shape"]) != [spec.in_chans, spec.image_size, spec.image_size]:
         raise UserError(f"update metadata input_shape {meta['input_shape']} does not fit the model spec ({spec.in_chans}x{spec.image_size}x{spec.image_size})")
     state = load_tensors(resolve_global_model(update_directory, meta, global_model), "global model")
@@ -89,6 +89,7 @@ def load_knowledge(update_directory: str | Path, threat: ThreatConfig, global_mo
             raise UserError(f"global model entry '{key}' has shape {tuple(value.shape)}: it does not fit the metadata's model "
                             f"'{spec.name}' ({tuple(expected[key].shape)})")
     _check_update(update, meta, expected, spec.name)
+    _check_scale(update, state)
     _check_steps(update, meta, model)
     ClientProcedure.from_meta(meta)  # the optimiser and loss must be ones the replay supports
     if prior is None:
@@ -123,6 +124,23 @@ def _check_update(update: dict[str, torch.Tensor], meta: dict[str, Any], expecte
     unknown = sorted(withheld - set(expected))
     if unknown:
         raise UserError(f"withheld_keys names '{unknown[0]}', which is not an entry of model '{model_name}'")
+
+
+MAX_RELATIVE_CHANGE = 1e6
+
+
+def _check_scale(update: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> None:
+    """An entry that moved more than a million times the size of the global model's entry (plus 1) is not a
+    weight update: local training, clipping and DP noise move weights by a fraction to hundreds of times their
+    size. Attacked anyway, it would give a complete-looking result from a corrupt update."""
+    for key, value in update.items():
+        if not value.is_floating_point() or key.endswith("num_batches_tracked") or value.numel() == 0:
+            continue
+        moved = float(value.abs().max())
+        size = float(state[key].abs().max()) if state[key].numel() else 0.0
+        if moved > MAX_RELATIVE_CHANGE * (size + 1.0):
+            raise UserError(f"update entry '{key}' changes by up to {moved:.3g}, more than {MAX_RELATIVE_CHANGE:.0e} times the global "
+                            f"model's entry (max |.| {size:.3g}) plus 1: not a weight update (corrupt or mis-scaled)")
 
 
 def _check_steps(update: dict[str, torch.Tensor], meta: dict[str, Any], model: ClientModel) -> None:

@@ -38,6 +38,7 @@ from inversion.attack_module import AttackResult, GradientInversionAttack, itera
 from inversion.convergence import Convergence, check_convergence_config
 from inversion.escalation import Rung, check_escalation_config
 from pipelines.escalation import Escalated, attack_until_converged
+from inversion.terms import REGISTRY as TERMS
 from model.factory import batch_norm_layers, build_model
 
 
@@ -78,6 +79,12 @@ def make_trainer(cfg: AttackConfig, logger: Any = False, callbacks: list[pl.Call
     strategy: Any = "auto"
     if cfg.devices > 1:
         from pytorch_lightning.strategies import DDPStrategy
+
+        coupled = [name for name, params in (cfg.objective or {}).items()
+                   if name in TERMS and TERMS[name].across_restarts and float((params or {}).get("weight", 0.0)) > 0]
+        if coupled:
+            raise UserError(f"objective term {coupled[0]} couples the restarts, which devices={cfg.devices} spreads over processes "
+                            "that do not see each other's: use devices=1 (or set its weight to 0)")
 
         # every rank keeps its own best iterates: buffers must not be overwritten by rank 0's
         strategy = DDPStrategy(broadcast_buffers=False, process_group_backend="nccl" if accelerator in ("gpu", "cuda") else "gloo")

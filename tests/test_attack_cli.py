@@ -97,6 +97,10 @@ def _corrupt(case, dst, meta):
         t = load_tensors(upd)
         t["backbone.features.0.weight"].view(-1)[3] = float("inf")
         save_file(t, str(upd))
+    elif case == "huge":
+        t = load_tensors(upd)
+        t["backbone.fc.weight"].view(-1)[1] = 1e30
+        save_file(t, str(upd))
     elif case == "model mismatch":
         meta["model"]["width"] = 16
         (dst / "meta.json").write_text(json.dumps(meta))
@@ -136,6 +140,7 @@ def _corrupt(case, dst, meta):
     ("corrupt", "is truncated or corrupt"),
     ("nan", "holds NaN values in 'backbone.fc.weight'"),
     ("inf", "holds Inf values in 'backbone.features.0.weight'"),
+    ("huge", "update entry 'backbone.fc.weight' changes by up to 1e+30, more than 1e+06 times"),
     ("model mismatch", "does not fit the metadata's model"),
     ("shape mismatch", "input_shape [3, 16, 16] does not fit"),
     ("optimizer", "does not support optimizer 'rmsprop'"),

@@ -76,9 +76,19 @@ def test_custom_module_by_import_path_is_converted_attacked_and_scored(converted
     assert (tmp_path / "att" / "reconstruction.png").stat().st_size > 1000
 
 
+def test_the_converter_hint_quotes_the_trusted_model_for_the_shell(tmp_path, capsys, monkeypatch):
+    import convert
+
+    monkeypatch.chdir(tmp_path)
+    _plain_client(tmp_path)
+    convert.main(CONVERT + ["--out", "upd"])
+    out = capsys.readouterr().out
+    assert "python attack.py --update upd 'trusted_models=[tests.foreign_models:TinyNet]'" in out, out  # unquoted [...] is a glob
+
+
 def test_an_import_path_from_metadata_is_not_imported_unless_trusted(converted, capsys):
     code, err = _cli("attack", ["--update", str(converted), "--out", "att", *FAST], capsys)
-    assert code == 2 and len(err.splitlines()) == 1 and "trusted_models=[tests.foreign_models:TinyNet]" in err, err
+    assert code == 2 and len(err.splitlines()) == 1 and "'trusted_models=[tests.foreign_models:TinyNet]'" in err, err
 
 
 def test_converter_prints_a_key_diff_when_the_model_does_not_fit(tmp_path, capsys, monkeypatch):

@@ -69,7 +69,8 @@ def tiny_cli_run(tmp_path_factory):
 
 
 def test_attack_killed_mid_run_resumes_to_the_same_result(tiny_cli_run, tmp_path):
-    args = ["attack.py", "--run", str(tiny_cli_run), "optim.iterations=400", "optim.checkpoint_every=25", "escalation.enabled=false", "optim.langevin=0.01",
+    # the default (single-image) attack named: the run's captured client has 8 images, which would pick batch.yaml
+    args = ["attack.py", "--config", "configs/attack/default.yaml", "--run", str(tiny_cli_run), "optim.iterations=400", "optim.checkpoint_every=25", "escalation.enabled=false", "optim.langevin=0.01",
             "optim.restarts=2", "logging.wandb=false", "logging.progress=false"]
     _run(args + ["--out", str(tmp_path / "full")])
     ckpt = tmp_path / "killed.partial" / "checkpoints" / "last.ckpt"
@@ -87,7 +88,7 @@ def test_attack_killed_mid_run_resumes_to_the_same_result(tiny_cli_run, tmp_path
 
 
 def test_ddp_restarts_on_two_gloo_processes_equal_one_process(tiny_cli_run, tmp_path):
-    args = ["attack.py", "--run", str(tiny_cli_run), "optim.iterations=30", "optim.restarts=4", "escalation.enabled=false", "logging.wandb=false", "logging.progress=false"]
+    args = ["attack.py", "--config", "configs/attack/default.yaml", "--run", str(tiny_cli_run), "optim.iterations=30", "optim.restarts=4", "escalation.enabled=false", "logging.wandb=false", "logging.progress=false"]
     _run(args + ["devices=2", "--out", str(tmp_path / "ddp")])
     _run(args + ["devices=1", "--out", str(tmp_path / "one")])
     a = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
@@ -99,3 +100,17 @@ def test_ddp_restarts_on_two_gloo_processes_equal_one_process(tiny_cli_run, tmp_
     rb = load_tensors(tmp_path / "one" / "reconstruction.safetensors")
     assert torch.allclose(ra["restart_images"], rb["restart_images"], atol=1e-5)  # every restart, not only the best
     assert torch.allclose(ra["images"], rb["images"], atol=1e-5)
+
+
+def test_a_term_that_couples_restarts_is_refused_across_processes():
+    """group_consistency compares restarts; DDP gives each process only its own: refused, not silently weakened."""
+    from common.config import build
+    from common.errors import UserError
+    from inversion.config import AttackConfig
+    from pipelines.attack_job import make_trainer
+
+    cfg = build(AttackConfig, {"devices": 2, "objective": {"bn_statistics": {"weight": 1.0}, "group_consistency": {"weight": 0.1}}})
+    with pytest.raises(UserError, match="group_consistency couples the restarts"):
+        make_trainer(cfg)
+    cfg.objective["group_consistency"]["weight"] = 0.0
+    assert make_trainer(cfg) is not None
