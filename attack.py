@@ -61,9 +61,13 @@ def main(argv: list[str] | None = None) -> None:
         extra = "".join(f"{cls.format(m[name])}  " for name, cls in REGISTRY.items() if m.get(name) is not None)
         # SSIM and the per-image metrics are matched means; RDLV is the paper's maximum over images (leakage-metrics.md)
         rdlv = f"RDLV {m['rdlv']:.2f}" if len(m["per_image"]) == 1 else f"RDLV max {m['rdlv']:.2f} (mean {m['rdlv_mean']:.2f})"
+        rdlv += f" against {m['prior']}"  # RDLV is relative to the prior image the attacker started from
         print(f"SSIM {m['ssim']:.3f}  {extra}{rdlv}  label accuracy {m['label_accuracy']:.2f}  "
               f"({m['iterations']} iterations, {m['seconds']:.0f}s) -> {summary['out']}")
         print(f"verdict: {m['verdict']} ({m['leaked_images']} of {len(m['per_image'])} image(s) at SSIM >= {m['leak_ssim']:g}); {convergence_line(m)}")
+        if m["prior"].startswith("uniform grey"):
+            print("no population prior: the attack started from uniform grey and RDLV is measured against it; "
+                  "prior.path=FILE (a safetensors 'mean' [C, H, W] of public images like the client's) gives the attack one")
     else:
         print(f"reconstruction written ({m['iterations']} iterations, {m['seconds']:.0f}s; no ground truth to score) -> {summary['out']}")
         print(convergence_line(m))

@@ -261,6 +261,7 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
         except UserError as err:
             raise UserError(f"scoring failed ({err}); the reconstruction is kept in {work}") from None
         metrics["threat_model"] = knowledge.describe()
+        metrics["prior"] = knowledge.prior_source  # the attack's start and RDLV's reference image
         metrics["bn_source"] = attack.objective.bn_source
         metrics["activations_not_smoothed"] = unsmoothed
         metrics["update"] = str(update_dir)

@@ -86,6 +86,16 @@ def test_the_converter_hint_quotes_the_trusted_model_for_the_shell(tmp_path, cap
     assert "python attack.py --update upd 'trusted_models=[tests.foreign_models:TinyNet]'" in out, out  # unquoted [...] is a glob
 
 
+def test_the_prior_is_said_beside_rdlv_and_a_missing_one_is_pointed_out(converted, capsys):
+    import attack
+
+    attack.main(["--update", str(converted), "--ground-truth", "ground_truth.safetensors", "--out", "att",
+                 "optim.iterations=3", "optim.restarts=1", *TRUST, *FAST])
+    out = capsys.readouterr().out
+    assert "against uniform grey (no population prior given)" in out and "no population prior: " in out and "prior.path=FILE" in out, out
+    assert json.loads((converted.parent / "att" / "metrics.json").read_text())["prior"].startswith("uniform grey")
+
+
 def test_an_import_path_from_metadata_is_not_imported_unless_trusted(converted, capsys):
     code, err = _cli("attack", ["--update", str(converted), "--out", "att", *FAST], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and "'trusted_models=[tests.foreign_models:TinyNet]'" in err, err
