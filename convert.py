@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     s.add_argument("--global", dest="global_path", required=True, help="the global model the client started from")
     s.add_argument("--local", default=None, help="the client's model after local training")
     s.add_argument("--delta", default=None, help="or: the client's update (after - before)")
+    s.add_argument("--strip-prefix", default="", metavar="PREFIX", help="drop this prefix from every key of the given models "
+                   "(e.g. net. when your model sits in a wrapper's attribute 'net'); 'module.' (DDP) is always dropped")
     f = p.add_argument_group("the client's local round")
     f.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
     f.add_argument("--lr", type=float, required=True)
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         opt = {"name": "adam", "lr": args.lr, "betas": list(args.betas), "eps": args.eps, "weight_decay": args.weight_decay}
     facts = ClientFacts(opt, args.num_images, args.batch_size, args.epochs, args.steps, args.round, args.client)
-    out = convert(spec, facts, args.global_path, args.out, args.local, args.delta, args.overwrite)
+    out = convert(spec, facts, args.global_path, args.out, args.local, args.delta, args.overwrite, args.strip_prefix)
     # quoted: unquoted brackets are a shell glob
     trust = f" 'trusted_models=[{args.model}]'" if ":" in args.model else ""
     print(f"update folder written: {out} ({facts.local_steps} local step(s)); attack it with: python attack.py --update {out}{trust}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -54,35 +55,56 @@ def load_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     return dict(data)
 
 
-def align_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
-    """The user's keys under the wrapper's prefix (a DDP 'module.' prefix dropped); a one-line diff if they do not fit."""
+def align_keys(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str,
+               strip_prefix: str = "") -> dict[str, torch.Tensor]:
+    """The user's keys under the wrapper's prefix (a DDP 'module.' prefix and ``strip_prefix`` dropped); a one-line
+    diff if they do not fit, with the option to pass when one prefix of the user's explains every mismatch."""
     out = {}
     for key, value in state.items():
         key = key.removeprefix("module.")
+        if strip_prefix:
+            key = key.removeprefix(strip_prefix)
         out[key if key.startswith(PREFIX) else PREFIX + key] = value
     missing, extra = sorted(set(expected) - set(out)), sorted(set(out) - set(expected))
     if missing or extra:
         raise UserError(f"{what} does not fit the model: missing {[k.removeprefix(PREFIX) for k in missing[:4]]}"
                         f"{f' (+{len(missing) - 4})' if len(missing) > 4 else ''}, unexpected {[k.removeprefix(PREFIX) for k in extra[:4]]}"
-                        f"{f' (+{len(extra) - 4})' if len(extra) > 4 else ''}")
+                        f"{f' (+{len(extra) - 4})' if len(extra) > 4 else ''}{_prefix_hint(missing, extra)}")
     for key, value in out.items():
         if tuple(value.shape) != tuple(expected[key].shape):
             raise UserError(f"{what}: '{key.removeprefix(PREFIX)}' has shape {tuple(value.shape)}, the model {tuple(expected[key].shape)}")
+    cast = sorted({(str(out[k].dtype), str(expected[k].dtype)) for k in expected if out[k].dtype != expected[k].dtype})
+    if cast:
+        count = sum(out[k].dtype != expected[k].dtype for k in expected)
+        kinds = ", ".join(f"{a.removeprefix('torch.')} -> {b.removeprefix('torch.')}" for a, b in cast)
+        print(f"note: {what}: {count} entries cast to the model's dtype ({kinds})", file=sys.stderr)
     return {k: out[k].to(expected[k].dtype) for k in expected}
 
 
+def _prefix_hint(missing: list[str], extra: list[str]) -> str:
+    """'; every unexpected key carries 'net.' ...' when dropping one leading component of the user's keys fits them all."""
+    user = [k.removeprefix(PREFIX) for k in extra]
+    heads = {k.split(".", 1)[0] for k in user}
+    if len(heads) != 1 or not all("." in k for k in user):
+        return ""
+    head = heads.pop() + "."
+    if sorted(PREFIX + k.removeprefix(head) for k in user) == missing:
+        return f"; every key of yours carries the prefix '{head}': pass --strip-prefix {head}"
+    return ""
+
+
 def convert(spec: ModelSpec, facts: ClientFacts, global_path: str | Path, out: str | Path, local_path: str | Path | None = None,
-            delta_path: str | Path | None = None, overwrite: bool = False) -> Path:
+            delta_path: str | Path | None = None, overwrite: bool = False, strip_prefix: str = "") -> Path:
     if (local_path is None) == (delta_path is None):
         raise UserError("give the client's model after training (--local) or its delta (--delta), one of them")
     if min(facts.num_images, facts.batch_size, facts.epochs) < 1 or facts.batch_size > facts.num_images:
         raise UserError(f"num_images {facts.num_images}, batch_size {facts.batch_size}, epochs {facts.epochs}: not a local procedure")
     expected = build_model(spec).state_dict()
-    before = align_keys(load_state_dict(global_path, "global model"), expected, "the global model")
+    before = align_keys(load_state_dict(global_path, "global model"), expected, "the global model", strip_prefix)
     if delta_path is not None:
-        delta = align_keys(load_state_dict(delta_path, "delta"), expected, "the delta")
+        delta = align_keys(load_state_dict(delta_path, "delta"), expected, "the delta", strip_prefix)
     else:
-        after = align_keys(load_state_dict(local_path, "local model"), expected, "the local model")
+        after = align_keys(load_state_dict(local_path, "local model"), expected, "the local model", strip_prefix)
         delta = {k: after[k] - before[k] for k in expected}
     counters = {int(v) for k, v in delta.items() if k.endswith("num_batches_tracked")}
     if counters and counters != {facts.local_steps}:

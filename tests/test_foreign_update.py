@@ -206,3 +206,26 @@ def test_converter_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, mo
     code, err = _cli("convert", CONVERT + extra + ["--out", "upd"], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ") and message in err, err
     assert not (tmp_path / "upd").exists() and not (tmp_path / "upd.partial").exists()
+
+
+def test_a_wrapper_prefix_is_named_in_the_error_and_stripped_on_request(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _plain_client(tmp_path)
+    for name in ("global.pt", "client_after.pt"):
+        state = torch.load(tmp_path / name, weights_only=True)
+        torch.save({f"net.{k}": v for k, v in state.items()}, tmp_path / name)  # the model lives in a wrapper's .net
+    code, err = _cli("convert", CONVERT + ["--out", "upd"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "every key of yours carries the prefix 'net.': pass --strip-prefix net." in err, err
+    assert not (tmp_path / "upd").exists()
+    code, err = _cli("convert", CONVERT + ["--out", "upd", "--strip-prefix", "net."], capsys)
+    assert code == 0, err
+    assert (tmp_path / "upd" / "meta.json").is_file()
+
+
+def test_a_dtype_cast_is_said(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _plain_client(tmp_path)
+    state = torch.load(tmp_path / "global.pt", weights_only=True)
+    torch.save({k: v.double() if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "global.pt")
+    code, err = _cli("convert", CONVERT + ["--out", "upd"], capsys)
+    assert code == 0 and "note: the global model:" in err and "cast to the model's dtype (float64 -> float32)" in err, err
