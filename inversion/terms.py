@@ -133,6 +133,11 @@ class UpdateMatching(ObjectiveTerm):
                 self.weights.append(w)
                 self.masks.append(setting.observed_delta[key] != 0 if params.ignore_zeros else None)
         if not self.keys:
+            withheld = sum(key not in setting.observed_delta for key in setting.param_names)
+            if self.skipped_noise:
+                raise UserError(f"update matching has nothing to match: {len(self.skipped_noise)} parameter entries moved by zero or by less than "
+                                f"float32 rounding noise ({withheld} withheld; a confident global model sends zero weight deltas, and then "
+                                "only the BN statistics carry information): set objective.update_matching.weight=0")
             raise UserError("update matching has no parameter entries to match (all withheld or weighted 0)")
         self.observed = [setting.observed_delta[k].float() for k in self.keys]
         self.observed_sq = [float(o.pow(2).sum()) for o in self.observed]

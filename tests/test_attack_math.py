@@ -460,3 +460,15 @@ def test_grayscale_constraint_keeps_every_channel_one_image(rgb_run):
     spread = lambda x: float((x - x.mean(-3, keepdim=True)).abs().max())  # noqa: E731
     assert spread(free.images) > 1e-3  # without the constraint the channels drift apart (noisy start, per-channel gradients)
     assert spread(tied.images) == 0.0 and spread(attack.images.detach()) == 0.0 and spread(tied.restart_images) == 0.0
+
+
+def test_update_matching_on_an_all_zero_weight_delta_says_why_not_withheld():
+    from inversion.terms import AttackSetting, UpdateMatching, UpdateMatchingParams
+
+    params0 = {"w": torch.ones(3, 3), "b": torch.ones(3)}
+    zero = AttackSetting({k: torch.zeros_like(v) for k, v in params0.items()}, list(params0), params0, None, None, None, None)
+    with pytest.raises(UserError, match="2 parameter entries moved by zero or by less than float32 rounding noise \\(0 withheld"):
+        UpdateMatching(UpdateMatchingParams(), zero)
+    withheld = AttackSetting({}, list(params0), params0, None, None, None, None)
+    with pytest.raises(UserError, match="all withheld or weighted 0"):
+        UpdateMatching(UpdateMatchingParams(), withheld)
