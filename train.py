@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> None:
         job.export(Path(args.export_job))
         print(f"NVFlare job written to {args.export_job}: submit it to your FL server (docs/nvflare.md)")
         return
+    from common import interrupt
+
+    interrupt.install()  # a Ctrl-C that lands in a destructor still stops training (common/interrupt.py)
     result = job.run(overwrite=args.overwrite, record={"argv": sys.argv[1:]})
     print(f"test accuracy per round: {accuracy_line(result.run.metrics)} (curve: {result.run.accuracy_figure})")
     print(f"done in {result.seconds:.0f}s: {cfg.fl.rounds} rounds, test accuracy {result.accuracy:.3f} -> {result.run.root}")

@@ -19,6 +19,7 @@ from federation.capture import ClientResult, ClientRound, LocalResult, UpdateCap
 from common.config import build, to_dict
 from common.errors import UserError
 from common.files import save_tensors
+from common import interrupt
 from common.interrupt import fit
 from common.quiet import quiet_lightning
 from common.tracking import start_run
@@ -251,6 +252,7 @@ class FederatedSimulation:
                     if pool is None:
                         bar.set_description(f"round {rnd + 1}/{cfg.fl.rounds} client {client}")
                         results[client] = self.train_client(rnd, client, global_state, lr, run_dir)
+                        interrupt.check()  # a Ctrl-C swallowed by a Trainer's destructor still stops the run
                         bar.update(1)
                     if self.audit.due(rnd, client):
                         bar.set_description(f"round {rnd + 1}/{cfg.fl.rounds} client {client} (audit)")
