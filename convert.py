@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--batch-size", type=int, required=True)
     f.add_argument("--epochs", type=int, default=1)
     f.add_argument("--steps", type=int, default=0, help="a fixed number of steps instead of epochs (0 = epochs x ceil(images / batch))")
+    f.add_argument("--no-shuffle", dest="shuffle", action="store_false", help="the client's data loader did not reshuffle between "
+                   "epochs (shuffle=False): the replay repeats the first epoch's order instead of assuming an unknown one")
     f.add_argument("--round", type=int, default=0)
     f.add_argument("--client", type=int, default=0)
     p.add_argument("--out", required=True, help="the update folder to write (a new folder)")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                "weight_decay": args.weight_decay}
     else:
         opt = {"name": "adam", "lr": args.lr, "betas": list(args.betas), "eps": args.eps, "weight_decay": args.weight_decay}
-    facts = ClientFacts(opt, args.num_images, args.batch_size, args.epochs, args.steps, args.round, args.client)
+    facts = ClientFacts(opt, args.num_images, args.batch_size, args.epochs, args.steps, args.round, args.client, args.shuffle)
     out = convert(spec, facts, args.global_path, args.out, args.local, args.delta, args.overwrite, args.strip_prefix)
     # quoted: unquoted brackets are a shell glob
     trust = f" 'trusted_models=[{args.model}]'" if ":" in args.model else ""

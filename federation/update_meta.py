@@ -93,8 +93,6 @@ class UpdateMeta(_Strict):
         if not (self.local_epochs - 1) * per_epoch < self.local_steps <= self.local_epochs * per_epoch:
             raise ValueError(f"local_steps {self.local_steps} does not fit local_epochs {self.local_epochs} of "
                              f"ceil({self.num_images}/{self.batch_size}) = {per_epoch} steps")
-        if not self.shuffle and self.local_steps > per_epoch:
-            raise ValueError("shuffle false with more than one epoch is not supported (the replay reshuffles every later epoch)")
         # every field is used or checked against the one that is: the replay uses optimizer.lr and model.*
         if self.lr is not None and not math.isclose(self.lr, self.optimizer.lr, rel_tol=1e-6):
             raise ValueError(f"lr {self.lr} differs from optimizer.lr {self.optimizer.lr} (the replay uses optimizer.lr)")

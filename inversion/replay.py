@@ -30,6 +30,7 @@ class ClientProcedure:
     local_steps: int
     local_epochs: int
     bn_momentum: float
+    shuffle: bool = True  # False: every epoch visits the images in the same order as the first
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> "ClientProcedure":
@@ -40,7 +41,7 @@ class ClientProcedure:
         if loss.get("name") != "cross_entropy" or loss.get("reduction", "mean") != "mean" or loss.get("label_smoothing", 0.0):
             raise UserError(f"the replay supports mean cross-entropy without label smoothing, the update says {loss}")
         proc = cls(opt, int(meta["batch_size"]), int(meta["num_images"]), int(meta["local_steps"]),
-                   int(meta.get("local_epochs", 1)), float(meta["bn_momentum"]))
+                   int(meta.get("local_epochs", 1)), float(meta["bn_momentum"]), bool(meta.get("shuffle", True)))
         if min(proc.batch_size, proc.num_images, proc.local_steps) < 1 or proc.batch_size > proc.num_images:
             raise UserError(f"update metadata is inconsistent: batch_size {proc.batch_size}, num_images {proc.num_images}, local_steps {proc.local_steps}")
         if not 0 < proc.bn_momentum <= 1:
@@ -53,7 +54,7 @@ class ClientProcedure:
 
         The first epoch takes the slots in order (dummies are exchangeable, so this loses nothing);
         later epochs reshuffle on the client, in an order no attacker can know, so a seeded
-        permutation stands in for it.
+        permutation stands in for it; a client that does not shuffle repeats the first epoch's order.
         """
         gen = torch.Generator().manual_seed(seed)
         out: list[torch.Tensor] = []
@@ -62,7 +63,7 @@ class ClientProcedure:
             for chunk in order.split(self.batch_size):
                 if len(out) < self.local_steps:
                     out.append(chunk)
-            order = torch.randperm(self.num_images, generator=gen)
+            order = torch.randperm(self.num_images, generator=gen) if self.shuffle else torch.arange(self.num_images)
         return out
 
 

@@ -37,6 +37,7 @@ class ClientFacts:
     steps: int = 0  # 0 = epochs * ceil(num_images / batch_size)
     round: int = 0
     client: int = 0
+    shuffle: bool = True  # the client's data loader reshuffled every epoch
 
     @property
     def local_steps(self) -> int:
@@ -117,7 +118,7 @@ def convert(spec: ModelSpec, facts: ClientFacts, global_path: str | Path, out: s
         "loss": dict(LOSS), "optimizer": dict(facts.optimizer), "lr": facts.optimizer["lr"],
         "batch_size": facts.batch_size, "num_images": facts.num_images, "local_steps": facts.local_steps,
         "local_epochs": math.ceil(facts.local_steps / math.ceil(facts.num_images / facts.batch_size)),
-        "shuffle": True, "drop_last": False, "bn_momentum": spec.bn_momentum, "privacy_filters": [], "withheld_keys": [],
+        "shuffle": facts.shuffle, "drop_last": False, "bn_momentum": spec.bn_momentum, "privacy_filters": [], "withheld_keys": [],
     }
     staged = StagedDir(out, overwrite=overwrite, own=lambda p: (p / "meta.json").is_file() and (p / "update.safetensors").is_file(),
                        what="an update folder")

@@ -77,7 +77,6 @@ META_CASES = {
     "lr differs": ({"lr": 0.5}, "lr 0.5 differs from optimizer.lr"),
     "normalization differs": ({"normalization.mean": [0.2]}, "normalization.mean [0.2] differs from model.norm_mean"),
     "value range": ({"normalization.value_range": [0, 255]}, "normalization.value_range [0, 255] is not supported"),
-    "unshuffled epochs": ({"shuffle": False, "local_epochs": 2, "local_steps": 4}, "shuffle false with more than one epoch"),
 }
 
 

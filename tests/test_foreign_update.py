@@ -229,3 +229,43 @@ def test_a_dtype_cast_is_said(tmp_path, capsys, monkeypatch):
     torch.save({k: v.double() if v.is_floating_point() else v for k, v in state.items()}, tmp_path / "global.pt")
     code, err = _cli("convert", CONVERT + ["--out", "upd"], capsys)
     assert code == 0 and "note: the global model:" in err and "cast to the model's dtype (float64 -> float32)" in err, err
+
+
+def test_an_unshuffled_multi_epoch_client_is_converted_and_replayed_exactly(tmp_path, capsys, monkeypatch):
+    """--no-shuffle: every epoch in the first epoch's order, which the replay then follows (4 images, batch 2, 2 epochs)."""
+    from skimage.data import lfw_subset
+
+    from inversion.functional import FunctionalModel
+    from inversion.replay import ClientProcedure, LocalTrainingReplay
+    from inversion.threat_model import ThreatConfig, load_knowledge
+    from tests.foreign_models import TinyNet
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = TinyNet()
+    torch.save(model.state_dict(), tmp_path / "global.pt")
+    images = torch.tensor(lfw_subset()[:4], dtype=torch.float32)[:, None]
+    labels = torch.tensor([0, 1, 0, 1])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model.train()
+    for _epoch in range(2):
+        for batch in (slice(0, 2), slice(2, 4)):  # a DataLoader with shuffle=False
+            optimizer.zero_grad()
+            F.cross_entropy(model((images[batch] - 0.5) / 0.5), labels[batch]).backward()
+            optimizer.step()
+    torch.save(model.state_dict(), tmp_path / "client_after.pt")
+    argv = [a for a in CONVERT]
+    argv[argv.index("--num-images") + 1], argv[argv.index("--batch-size") + 1] = "4", "2"
+    code, err = _cli("convert", argv + ["--epochs", "2", "--no-shuffle", "--out", "upd"], capsys)
+    assert code == 0, err
+    kn = load_knowledge(tmp_path / "upd", ThreatConfig(), trusted_models=["tests.foreign_models:TinyNet"])
+    proc = ClientProcedure.from_meta(kn.meta)
+    assert not kn.meta["shuffle"] and [b.tolist() for b in proc.batches()] == [[0, 1], [2, 3], [0, 1], [2, 3]]
+    fm = FunctionalModel(kn.global_model(), "exact")
+    params0 = {n: p.detach() for n, p in kn.global_model().named_parameters()}
+    out = LocalTrainingReplay(fm, params0, proc).run(images, labels, proc.batches())
+    num = sum(float((out.delta[k] - kn.update[k]).pow(2).sum()) for k in out.delta)
+    den = sum(float(kn.update[k].pow(2).sum()) for k in out.delta)
+    assert (num / den) ** 0.5 < 1e-5
+    shuffled = ClientProcedure(**{**proc.__dict__, "shuffle": True})
+    assert [b.tolist() for b in shuffled.batches()][2:] != [[0, 1], [2, 3]]  # the default assumes an unknown later order
