@@ -11,6 +11,7 @@ step, leakage/scoring.py) reads the ground truth when the run has one.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     m = summary["metrics"]
     if not m:  # a DDP worker process: rank 0 reports
         return
+    budget_warning(cfg, m)
     if m.get("ssim") is not None:
         from leakage.image_metrics import REGISTRY
 
@@ -71,6 +73,18 @@ def main(argv: list[str] | None = None) -> None:
     else:
         print(f"reconstruction written ({m['iterations']} iterations, {m['seconds']:.0f}s; no ground truth to score) -> {summary['out']}")
         print(convergence_line(m))
+
+
+def budget_warning(cfg: AttackConfig, m: dict) -> None:
+    """Say when the time budget, not the configuration, ended an attack that did not converge: its verdict
+    then reflects the machine's speed, and more time (or a GPU) is the first thing to try."""
+    rungs = m.get("escalation", {}).get("rungs") or [{"iterations": m["iterations"]}]
+    done = rungs[0]["iterations"]
+    if m.get("converged") or done >= cfg.optim.iterations:
+        return
+    print(f"warning: the time budget (optim.max_seconds={cfg.optim.max_seconds:g}) bought {done} of the configured "
+          f"{cfg.optim.iterations} iterations and the attack did not converge: the verdict says what this machine managed; "
+          "raise optim.max_seconds or run on a GPU (accelerator=gpu)", file=sys.stderr)
 
 
 def batch_client(cfg: AttackConfig) -> int:

@@ -201,3 +201,17 @@ def test_a_multi_image_update_is_attacked_with_the_batch_config_unless_one_is_na
     attack.main(FAST + ["--config", attack.DEFAULT_CONFIG, "--update", update, "--out", str(tmp_path / "named")])
     assert "batch.yaml" not in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "named" / "config.yaml").read_text())["objective"]["update_matching"]["weight"] == 0
+
+
+def test_a_budget_that_cuts_an_unconverged_attack_short_is_warned(tiny_run, tmp_path, capsys):
+    import attack
+
+    attack.main(["--run", str(tiny_run), "--out", str(tmp_path / "att"), "optim.iterations=100000", "optim.max_seconds=0.05",
+                 "logging.wandb=false", "logging.progress=false", "escalation.enabled=false"])
+    err = capsys.readouterr().err
+    metrics = json.loads((tmp_path / "att" / "metrics.json").read_text())
+    assert metrics["iterations"] < 100000 and not metrics["converged"]  # a few steps from the prior: far from converged
+    assert "warning: the time budget (optim.max_seconds=0.05) bought" in err and "of the configured 100000 iterations" in err, err
+    attack.main(["--run", str(tiny_run), "--out", str(tmp_path / "full"), "optim.iterations=3", "logging.wandb=false",
+                 "logging.progress=false", "escalation.enabled=false"])
+    assert "time budget" not in capsys.readouterr().err  # every configured iteration ran: nothing to blame on the budget
