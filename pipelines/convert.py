@@ -94,6 +94,18 @@ def _prefix_hint(missing: list[str], extra: list[str]) -> str:
     return ""
 
 
+NORM_BUFFERS = ("mean", "std", "pixel_mean", "pixel_std", "norm_mean", "norm_std")
+
+
+def _check_single_normalisation(spec: ModelSpec, expected: dict[str, torch.Tensor]) -> None:
+    """A model that carries its own normalisation buffers normalises inside; --norm-mean/--norm-std on top would
+    have the replay normalise twice, and every reconstruction would be wrong without a word."""
+    inside = [k.removeprefix(PREFIX) for k in expected if k.rsplit(".", 1)[-1] in NORM_BUFFERS]
+    if inside and (list(spec.norm_mean) != [0.0] or list(spec.norm_std) != [1.0]):
+        raise UserError(f"the model normalises its input itself ({', '.join(inside[:2])}), and --norm-mean/--norm-std "
+                        f"({spec.norm_mean}, {spec.norm_std}) would normalise it again: leave them at their defaults (0, 1)")
+
+
 def convert(spec: ModelSpec, facts: ClientFacts, global_path: str | Path, out: str | Path, local_path: str | Path | None = None,
             delta_path: str | Path | None = None, overwrite: bool = False, strip_prefix: str = "") -> Path:
     if (local_path is None) == (delta_path is None):
@@ -101,6 +113,7 @@ def convert(spec: ModelSpec, facts: ClientFacts, global_path: str | Path, out: s
     if min(facts.num_images, facts.batch_size, facts.epochs) < 1 or facts.batch_size > facts.num_images:
         raise UserError(f"num_images {facts.num_images}, batch_size {facts.batch_size}, epochs {facts.epochs}: not a local procedure")
     expected = build_model(spec).state_dict()
+    _check_single_normalisation(spec, expected)
     before = align_keys(load_state_dict(global_path, "global model"), expected, "the global model", strip_prefix)
     if delta_path is not None:
         delta = align_keys(load_state_dict(delta_path, "delta"), expected, "the delta", strip_prefix)

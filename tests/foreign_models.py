@@ -19,3 +19,15 @@ class TinyNet(nn.Module):
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         return self.head(x.flatten(1))
+
+
+class NormalisingNet(TinyNet):
+    """TinyNet that normalises its input itself (mean/std buffers), as many wrapped models do."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.register_buffer("mean", torch.tensor([0.5]).view(1, 1, 1, 1))
+        self.register_buffer("std", torch.tensor([0.5]).view(1, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward((x - self.mean) / self.std)

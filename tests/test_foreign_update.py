@@ -269,3 +269,23 @@ def test_an_unshuffled_multi_epoch_client_is_converted_and_replayed_exactly(tmp_
     assert (num / den) ** 0.5 < 1e-5
     shuffled = ClientProcedure(**{**proc.__dict__, "shuffle": True})
     assert [b.tolist() for b in shuffled.batches()][2:] != [[0, 1], [2, 3]]  # the default assumes an unknown later order
+
+
+def test_a_model_that_normalises_itself_is_not_normalised_twice(tmp_path, capsys, monkeypatch):
+    from tests.foreign_models import NormalisingNet
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = NormalisingNet()
+    torch.save(model.state_dict(), tmp_path / "global.pt")
+    model.train()
+    F.cross_entropy(model(torch.rand(1, 1, 25, 25)), torch.tensor([0])).backward()  # one local step (BN counters: 1)
+    torch.optim.SGD(model.parameters(), lr=0.05).step()
+    torch.save(model.state_dict(), tmp_path / "client_after.pt")
+    argv = ["tests.foreign_models:NormalisingNet" if a == "tests.foreign_models:TinyNet" else a for a in CONVERT]
+    code, err = _cli("convert", argv + ["--out", "upd"], capsys)  # CONVERT passes --norm-mean 0.5 --norm-std 0.5
+    assert code == 2 and "the model normalises its input itself (mean, std)" in err and "leave them at their defaults" in err, err
+    assert not (tmp_path / "upd").exists()
+    plain = [a for i, a in enumerate(argv) if a not in ("--norm-mean", "--norm-std") and argv[i - 1] not in ("--norm-mean", "--norm-std")]
+    code, err = _cli("convert", plain + ["--out", "upd"], capsys)
+    assert code == 0, err
