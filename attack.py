@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
                    "(written every optim.checkpoint_every steps)")
     p.add_argument("--no-escalation", action="store_true", help="run the configured attack only, even if it does not converge "
                    "(same as escalation.enabled=false; docs/attack.md, 'Convergence, escalation and the verdict')")
+    p.add_argument("--force", action="store_true", help="attack an update whose entries no training step produces (refused otherwise; "
+                   "same as force=true)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier output of attack.py (anything else is never replaced)")
     args = p.parse_intermixed_args(argv)
     cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run,
@@ -49,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
               "--config configs/attack/default.yaml for the single-image attack)")
     if args.no_escalation:
         cfg.escalation.enabled = False
+    if args.force:
+        cfg.force = True
 
     from pipelines.attack_job import run_attack_job
 

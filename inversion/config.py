@@ -86,6 +86,8 @@ class AttackConfig:
     out: str = option("", "output folder ('' = RUN/attacks/round_<r>_client_<c>)")
     ground_truth: str = option("", "images.safetensors ('images' [N, C, H, W] in [0, 1], 'labels' optional) to score an update "
                                    "that has no run around it; '' = the run's ground truth, if any (scoring only: the attack never reads it)")
+    force: bool = option(False, "attack an update with entries no training step produces (moved more than 1e6 times their global "
+                                "entry's size plus 1), which is otherwise refused as corrupt or mis-scaled")
     accelerator: str = option("cpu", "cpu, gpu or auto")
     devices: int = option(1, "processes (GPUs, or CPU processes with gloo) for Lightning DDP: restarts are spread over them and the best is gathered")
     threat: ThreatConfig = option(help="oracle knowledge for ablations", factory=ThreatConfig)

@@ -65,7 +65,8 @@ class AttackerKnowledge:
 
 
 def load_knowledge(update_directory: str | Path, threat: ThreatConfig, global_model: str | Path | None = None,
-                   prior: torch.Tensor | None = None, prior_source: str = "", trusted_models: list[str] | tuple[str, ...] = ()) -> AttackerKnowledge:
+                   prior: torch.Tensor | None = None, prior_source: str = "", trusted_models: list[str] | tuple[str, ...] = (),
+                   force: bool = False) -> AttackerKnowledge:
     """Read an update folder and its global model, and check that they fit each other."""
     update_directory = Path(update_directory)
     update, meta = load_update(update_directory)
@@ -89,7 +90,8 @@ def load_knowledge(update_directory: str | Path, threat: ThreatConfig, global_mo
             raise UserError(f"global model entry '{key}' has shape {tuple(value.shape)}: it does not fit the metadata's model "
                             f"'{spec.name}' ({tuple(expected[key].shape)})")
     _check_update(update, meta, expected, spec.name)
-    _check_scale(update, state)
+    if not force:
+        _check_scale(update, state)
     _check_steps(update, meta, model)
     ClientProcedure.from_meta(meta)  # the optimiser and loss must be ones the replay supports
     if prior is None:
@@ -140,7 +142,7 @@ def _check_scale(update: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
         size = float(state[key].abs().max()) if state[key].numel() else 0.0
         if moved > MAX_RELATIVE_CHANGE * (size + 1.0):
             raise UserError(f"update entry '{key}' changes by up to {moved:.3g}, more than {MAX_RELATIVE_CHANGE:.0e} times the global "
-                            f"model's entry (max |.| {size:.3g}) plus 1: not a weight update (corrupt or mis-scaled)")
+                            f"model's entry (max |.| {size:.3g}) plus 1: not a weight update (corrupt or mis-scaled); --force attacks it anyway")
 
 
 def _check_steps(update: dict[str, torch.Tensor], meta: dict[str, Any], model: ClientModel) -> None:

@@ -59,7 +59,7 @@ def resolve_prior(cfg: AttackConfig, update_dir: Path) -> tuple[torch.Tensor | N
 
 def attacker_knowledge(cfg: AttackConfig, update_dir: Path) -> AttackerKnowledge:
     prior, prior_source = resolve_prior(cfg, update_dir)
-    knowledge = load_knowledge(update_dir, cfg.threat, cfg.global_model or None, prior, prior_source, cfg.trusted_models)
+    knowledge = load_knowledge(update_dir, cfg.threat, cfg.global_model or None, prior, prior_source, cfg.trusted_models, cfg.force)
     threat = cfg.threat
     if threat.oracle_labels or threat.oracle_bn_statistics or threat.oracle_batch_order:
         gt = ground_truth_for_update(update_dir)

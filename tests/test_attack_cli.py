@@ -139,7 +139,7 @@ def _corrupt(case, dst, meta):
     ("corrupt", "is truncated or corrupt"),
     ("nan", "holds NaN values in 'backbone.fc.weight'"),
     ("inf", "holds Inf values in 'backbone.features.0.weight'"),
-    ("huge", "update entry 'backbone.fc.weight' changes by up to 1e+30, more than 1e+06 times"),
+    ("huge", "update entry 'backbone.fc.weight' changes by up to 1e+30, more than 1e+06 times the global model's entry"),
     ("model mismatch", "does not fit the metadata's model"),
     ("shape mismatch", "input_shape [3, 16, 16] does not fit"),
     ("optimizer", "does not support optimizer 'rmsprop'"),
@@ -215,3 +215,14 @@ def test_a_budget_that_cuts_an_unconverged_attack_short_is_warned(tiny_run, tmp_
     attack.main(["--run", str(tiny_run), "--out", str(tmp_path / "full"), "optim.iterations=3", "logging.wandb=false",
                  "logging.progress=false", "escalation.enabled=false"])
     assert "time budget" not in capsys.readouterr().err  # every configured iteration ran: nothing to blame on the budget
+
+
+def test_force_attacks_an_implausible_update_that_is_otherwise_refused(tiny_run, tmp_path, capsys):
+    import attack
+
+    dst, meta = _copy_update(tiny_run, tmp_path)
+    _corrupt("huge", dst, meta)
+    code, err = _attack(FAST + ["--config", attack.DEFAULT_CONFIG, "--update", str(dst), "--out", str(tmp_path / "refused")], capsys)
+    assert code == 2 and "--force attacks it anyway" in err, err
+    attack.main(FAST + ["--config", attack.DEFAULT_CONFIG, "optim.iterations=2", "--update", str(dst), "--out", str(tmp_path / "forced"), "--force"])
+    assert (tmp_path / "forced" / "metrics.json").is_file()
