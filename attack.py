@@ -42,11 +42,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_intermixed_args(argv)
     cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run,
                                                                  "ground_truth": args.ground_truth})
-    if args.config is None and batch_client(cfg):
+    images = batch_client(cfg) if args.config is None else 0
+    if images:
         args.config = [BATCH_CONFIG]
         cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run,
                                                                      "ground_truth": args.ground_truth})
-        print(f"the update's client had {batch_client(cfg)} images: attacking with configs/attack/batch.yaml "
+        print(f"the update's client had {images} images: attacking with configs/attack/batch.yaml "
               f"({cfg.optim.iterations} iterations or {cfg.optim.max_seconds:g} s, whichever ends first; "
               "--config configs/attack/default.yaml for the single-image attack)")
     if args.no_escalation:

@@ -11,14 +11,20 @@ import statistics
 from bench.common import ROOT, device_name, save, target_parser
 
 
+def attack_files(config: str) -> list[str]:
+    """The config on top of the default, as attack.py --config does."""
+    from common.cli import config_files
+
+    return config_files(ROOT / "configs" / "attack" / "default.yaml", [config])
+
+
 def seconds_per_iteration(update, config: str, iterations: int, overrides: list[str]) -> tuple[float, int, bool]:
     """(seconds per iteration after the first logged step, restarts, compiled) of one attack run."""
     from common.config import load
     from inversion.config import AttackConfig
     from pipelines.attack_job import attacker_knowledge, run_attack
 
-    files = [str(ROOT / "configs" / "attack" / "default.yaml")] + ([config] if not config.endswith("default.yaml") else [])
-    cfg = load(AttackConfig, files, [f"optim.iterations={iterations}", "logging.progress=false", "logging.wandb=false",
+    cfg = load(AttackConfig, attack_files(config), [f"optim.iterations={iterations}", "logging.progress=false", "logging.wandb=false",
                                      "logging.log_every=1", "escalation.enabled=false", *overrides])
     result, attack = run_attack(attacker_knowledge(cfg, update), cfg)
     trace = attack.objective_trace  # (step, seconds, best objective), every log_every steps
@@ -35,8 +41,7 @@ def flops_per_iteration(update, config: str, overrides: list[str]) -> float:
     from inversion.config import AttackConfig
     from pipelines.attack_job import attacker_knowledge, build_attack
 
-    files = [str(ROOT / "configs" / "attack" / "default.yaml")] + ([config] if not config.endswith("default.yaml") else [])
-    cfg = load(AttackConfig, files, ["optim.compile=false", "logging.progress=false", "logging.wandb=false", *overrides])
+    cfg = load(AttackConfig, attack_files(config), ["optim.compile=false", "logging.progress=false", "logging.wandb=false", *overrides])
     attack = build_attack(attacker_knowledge(cfg, update), cfg)
     with FlopCounterMode(display=False) as counter:
         total, _ = attack.objective(attack.images, attack.label_input().detach())
