@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import ROOT, save
+from bench.common import ROOT, attack_files, save
 
 
 def slots(gt, steps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,10 +65,7 @@ def main() -> None:
     layout = RunLayout(Path(args.run))
     rnd = args.round if args.round >= 0 else max(r for r, _, _ in layout.updates())
     update = layout.update(rnd, args.client)
-    from common.cli import config_files
-
-    files = config_files(ROOT / "configs" / "attack" / "default.yaml", [args.config])  # as attack.py --config does
-    cfg = load(AttackConfig, files, ["logging.progress=false", "logging.wandb=false", *args.overrides])
+    cfg = load(AttackConfig, attack_files(args.config), ["logging.progress=false", "logging.wandb=false", *args.overrides])
     kn = attacker_knowledge(cfg, update)
     obj = Objective(kn, cfg.objective, batch_seed=cfg.optim.seed, vectorize=False)
     gt = load_ground_truth(layout, rnd, args.client)
@@ -101,10 +98,10 @@ def main() -> None:
     }
     if y_att is not None:
         from inversion.labels import assign_labels
-        from scipy.optimize import linear_sum_assignment  # noqa: F401  (assign_labels needs it)
 
-        # the truth under the attacker's labels, each true image given the attacker label closest to its own
-        result["at_truth_attacker_labels"] = evaluate(x_true, assign_labels(torch.nn.functional.one_hot(y_true, kn.spec.num_classes).float() * 0.98 + 0.01, y_att))
+        # the truth under the attacker's labels: each true image gets one of them, its own class where the counts allow
+        truth_probs = torch.nn.functional.one_hot(y_true, kn.spec.num_classes).float() * 0.98 + 0.01
+        result["at_truth_attacker_labels"] = evaluate(x_true, assign_labels(truth_probs, y_att))
     if args.recon:
         rec = load_file(str(Path(args.recon) / "reconstruction.safetensors"))
         x_rec = rec["images"].float()

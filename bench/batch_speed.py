@@ -8,14 +8,7 @@ from __future__ import annotations
 
 import statistics
 
-from bench.common import ROOT, device_name, save, target_parser
-
-
-def attack_files(config: str) -> list[str]:
-    """The config on top of the default, as attack.py --config does."""
-    from common.cli import config_files
-
-    return config_files(ROOT / "configs" / "attack" / "default.yaml", [config])
+from bench.common import ROOT, attack_files, device_name, save, target_parser
 
 
 def seconds_per_iteration(update, config: str, iterations: int, overrides: list[str]) -> tuple[float, int, bool]:

@@ -54,6 +54,13 @@ def load_target(args: Any, overrides: list[str]):
     return update, cfg, attacker_knowledge(cfg, update)
 
 
+def attack_files(config: str | Path) -> list[str]:
+    """``config`` on top of configs/attack/default.yaml, as ``attack.py --config`` layers them."""
+    from common.cli import config_files
+
+    return config_files(ROOT / "configs" / "attack" / "default.yaml", [config])
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

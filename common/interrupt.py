@@ -8,7 +8,7 @@ it was, so that callers record "interrupted" and the CLI exits 130.
 A Ctrl-C whose KeyboardInterrupt is raised inside a destructor (Lightning's ``Profiler.__del__`` runs
 when a client's Trainer is collected) is printed as "Exception ignored" and lost: training would go
 on to the end and exit 0. :func:`install` makes SIGINT also set a flag, and :func:`check`, called
-between clients and rounds, raises the interruption that was swallowed.
+between clients, raises the interruption that was swallowed.
 """
 from __future__ import annotations
 
