@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from common.errors import UserError
-from common.interrupt import failure_note
+from common.interrupt import deferred, failure_note
 
 
 def write_json(path: str | Path, data: Any) -> None:
@@ -23,10 +23,22 @@ def write_json(path: str | Path, data: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(_finite(data), fh, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
-        fh.write("\n")
-    os.replace(tmp, path)
+    with _removed_on_failure(tmp):
+        with os.fdopen(fd, "w") as fh:
+            json.dump(_finite(data), fh, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(tmp: str) -> Iterator[None]:
+    """An atomic write that fails (or is interrupted) leaves no hidden temp file behind."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def _finite(obj: Any) -> Any:
@@ -66,9 +78,10 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     os.close(fd)
-    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    save_file(contiguous, tmp, metadata=metadata)
-    os.replace(tmp, path)
+    with _removed_on_failure(tmp):
+        contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        save_file(contiguous, tmp, metadata=metadata)
+        os.replace(tmp, path)
 
 
 def load_tensors(path: str | Path, what: str = "tensor file") -> dict[str, torch.Tensor]:
@@ -156,6 +169,10 @@ class StagedDir:
         return self.partial
 
     def commit(self) -> Path:
+        with deferred():  # a Ctrl-C here would leave a partial folder without its mark, or none at all
+            return self._commit()
+
+    def _commit(self) -> Path:
         (self.partial / STAGING_MARK).unlink(missing_ok=True)
         old = None
         if self.final.exists():  # allowed by check(): overwrite, and one of our own results

@@ -7,30 +7,50 @@ it was, so that callers record "interrupted" and the CLI exits 130.
 
 A Ctrl-C whose KeyboardInterrupt is raised inside a destructor (Lightning's ``Profiler.__del__`` runs
 when a client's Trainer is collected) is printed as "Exception ignored" and lost: training would go
-on to the end and exit 0. :func:`install` makes SIGINT also set a flag, and :func:`check`, called
-between clients, raises the interruption that was swallowed.
+on to the end and exit 0. :func:`install` makes SIGINT also set a flag, and :func:`check` raises the
+interruption that was swallowed. It is called between clients, and between local steps by
+``common.interrupt_callback.StopOnInterrupt``; the swallowed exception's "Exception ignored" report
+is not printed, so the CLI's one line ("error: interrupted") is all the user sees.
+
+:func:`deferred` holds a Ctrl-C back while a few file operations must not be cut in two (the rename
+that makes a staged run complete): the interruption is raised when the block ends.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
+import sys
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 _pending = False
+_deferred = 0
+_previous_hook = sys.unraisablehook
 
 
 def _on_sigint(signum: int, frame: Any) -> None:
     global _pending
     _pending = True
-    raise KeyboardInterrupt
+    if _deferred == 0:
+        raise KeyboardInterrupt
+
+
+def _unraisable(report: Any) -> None:
+    """Keep quiet about a KeyboardInterrupt a destructor swallowed: the flag has it, check() raises it."""
+    if isinstance(report.exc_value, KeyboardInterrupt) and _pending:
+        return
+    _previous_hook(report)
 
 
 def install() -> None:
     """Ctrl-C raises KeyboardInterrupt as usual, and is remembered for :func:`check` (main thread only)."""
-    global _pending
+    global _pending, _previous_hook
     _pending = False
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _on_sigint)
+        if sys.unraisablehook is not _unraisable:
+            _previous_hook = sys.unraisablehook
+            sys.unraisablehook = _unraisable
 
 
 def check() -> None:
@@ -39,6 +59,19 @@ def check() -> None:
     if _pending:
         _pending = False
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """A block a Ctrl-C does not cut in two: a SIGINT inside it is raised when the block has ended."""
+    global _deferred
+    _deferred += 1
+    try:
+        yield
+    finally:
+        _deferred -= 1
+    if _deferred == 0:
+        check()
 
 
 def fit(trainer: Any, *args: Any, **kwargs: Any) -> None:

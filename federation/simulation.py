@@ -21,6 +21,7 @@ from common.errors import UserError
 from common.files import save_tensors
 from common import interrupt
 from common.interrupt import fit
+from common.interrupt_callback import StopOnInterrupt
 from common.quiet import quiet_lightning
 from common.tracking import start_run
 from datamodules.client import ClientDataModule, test_loader
@@ -143,7 +144,7 @@ class FederatedSimulation:
             def send(job: ClientRound, local: LocalResult) -> ClientResult | None:
                 return hand_over(job, local, recorder)
         capture = UpdateCapture(job, self.filters, run_dir, send)
-        callbacks: list[pl.Callback] = [capture] + ([recorder] if recorder else [])
+        callbacks: list[pl.Callback] = [capture, StopOnInterrupt()] + ([recorder] if recorder else [])
         datamodule = ClientDataModule(self.pool, self.split.client_indices[client], spec.batch_size, seed)
         trainer = self.make_trainer(callbacks)
         if patch is not None:
