@@ -107,9 +107,9 @@ class Objective:
             observed_delta=observed,
             param_names=list(self.params0),
             params0=self.params0,
-            bn_source_factory=lambda name, normalize, update_scale: make_bn_source(
+            bn_source_factory=lambda name, normalize, update_scale, channel_groups=1: make_bn_source(
                 name, [n for n, _ in batch_norm_layers(model)], knowledge.global_state, knowledge.update, self.proc.bn_momentum,
-                self.proc.local_steps, knowledge.oracle.bn_statistics, normalize, update_scale),
+                self.proc.local_steps, knowledge.oracle.bn_statistics, normalize, update_scale, channel_groups),
             prior=knowledge.prior,
             norm_mean=model.input_path.mean[0],
             norm_std=model.input_path.std[0],
@@ -208,9 +208,15 @@ class Objective:
 
     @property
     def heldout_layers(self) -> int:
-        """How many BN layers are held out of the prior (the convergence signal's denominator)."""
+        """How many BN layers (or channel groups) are held out of the prior (the convergence signal's denominator)."""
         bn = next((t for t in self.terms if isinstance(t, BNStatistics)), None)
         return int(bn.held_out.sum()) if bn is not None and bn.holding_out else 0
+
+    @property
+    def heldout_unit(self) -> str:
+        """layer, or channel when one channel group of every BN layer is held out instead (few BN layers)."""
+        bn = next((t for t in self.terms if isinstance(t, BNStatistics)), None)
+        return "channel" if bn is not None and bn.source.channel_groups > 1 else "layer"
 
     @property
     def bn_normalized(self) -> bool:

@@ -174,6 +174,9 @@ class UpdateMatching(ObjectiveTerm):
 # ----------------------------------------------------------------------------- BN statistics
 
 
+HOLDOUT_UNITS = ("layer", "channel")
+
+
 @dataclasses.dataclass
 class BNStatisticsParams:
     weight: float = option(1.0, "weight")
@@ -185,6 +188,10 @@ class BNStatisticsParams:
                                         "clip_norm / ||update||); multi_step fits the factor jointly with the images")
     holdout: int = option(0, "hold every k-th BN layer (k >= 2) out of the prior: their mismatch is computed but never optimised, "
                              "and scores the restarts (optim.select); 0 = use every layer")
+    holdout_unit: str = option("layer", "what holdout holds out: layer (every k-th BN layer), or channel (every k-th channel of "
+                                        "every BN layer, so that each layer keeps (k-1)/k of its signal; for models with few BN layers): "
+                                        "channel groups choose among restarts but do not judge convergence, since a group is matched "
+                                        "along with its layer's fitted channels even when the images are wrong (bench.few_bn_holdout)")
 
 
 @register
@@ -200,11 +207,19 @@ class BNStatistics(ObjectiveTerm):
             raise UserError(f"objective.bn_statistics.weights_per_step must be interpolate or global, got {params.weights_per_step}")
         if params.holdout == 1 or params.holdout < 0:
             raise UserError(f"objective.bn_statistics.holdout must be 0 or at least 2, got {params.holdout}")
+        if params.holdout_unit not in HOLDOUT_UNITS:
+            raise UserError(f"objective.bn_statistics.holdout_unit must be one of {', '.join(HOLDOUT_UNITS)}, got {params.holdout_unit}")
         self.source: BNSource = setting.bn_source_factory(params.source, params.normalize, params.update_scale)
+        k = params.holdout
+        if k and self.source.layers and params.holdout_unit == "channel":
+            # one group of every layer's channels held out (the source is rebuilt on the groups; unsplit
+            # when a layer has fewer than k channels, and then whole layers are held out)
+            self.source = setting.bn_source_factory(params.source, params.normalize, params.update_scale, k)
 
-        # the held-out layers: every k-th counted from the input, at least one; none without targets
-        # (source none) or with a single layer, where nothing could be both held out and optimised
-        layers, k = self.source.layers, params.holdout
+        # the held-out units: every k-th layer (or channel group: the k-th of every layer) counted from the
+        # input, at least one; none without targets (source none) or with a single unit, where nothing could
+        # be both held out and optimised
+        layers = self.source.layers
         held = [k > 0 and i % k == k - 1 for i in range(layers)]
         if k and layers >= 2 and not any(held):
             held[-1] = True

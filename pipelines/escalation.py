@@ -81,7 +81,7 @@ def attack_until_converged(knowledge: AttackerKnowledge, cfg: AttackConfig, run:
                 on_rung(rung, None)
             continue
         conv = judge(result.restart_heldout.get(result.restart), attack.objective.heldout_layers, result.objective, cfg.convergence,
-                     attack.objective.bn_normalized, result.restart_heldout_start.get(result.restart))
+                     attack.objective.bn_normalized, result.restart_heldout_start.get(result.restart), attack.objective.heldout_unit)
         optimising += result.seconds
         records.append({**entry, "iterations": result.iterations, "seconds": round(result.seconds, 3), "restart": result.restart,
                         "setting": result.restart_settings.get(result.restart, {}), **conv.to_dict()})

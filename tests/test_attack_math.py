@@ -472,3 +472,36 @@ def test_update_matching_on_an_all_zero_weight_delta_says_why_not_withheld():
     withheld = AttackSetting({}, list(params0), params0, None, None, None, None)
     with pytest.raises(UserError, match="all withheld or weighted 0"):
         UpdateMatching(UpdateMatchingParams(), withheld)
+
+
+def test_channel_groups_score_every_kth_channel_of_every_layer_on_its_own(tiny_run):
+    """holdout_unit: channel. Group j of a layer is channels j, j+k, ...; its loss is the one-step
+    source's distance over those channels alone, and the groups' squared distances add up to the layer's."""
+    kn = _knowledge(tiny_run, 1, 0)
+    gt = load_ground_truth(tiny_run, 1, 0)
+    out, fm, _ = _replay_true(kn, gt)
+    torch.manual_seed(0)
+    stats = [[BNStat(s.mean + 0.1 * torch.randn_like(s.mean), s.var * (1 + 0.2 * torch.rand_like(s.var)), s.count) for s in step]
+             for step in out.stats]
+    whole = make_bn_source("one_step", fm.bn_names, kn.global_state, kn.update, 0.1, 2)
+    split = make_bn_source("one_step", fm.bn_names, kn.global_state, kn.update, 0.1, 2, channel_groups=4)
+    layers = len(fm.bn_names)
+    assert split.channel_groups == 4 and split.layers == 4 * layers
+    losses = split.layer_losses(stats)
+    assert losses.shape == (4 * layers,)
+    for i, name in enumerate(fm.bn_names):  # by hand: the paper's one-step targets, channel j::4, averaged over the steps
+        r0m, r0v = kn.global_state[f"{name}.running_mean"].double(), kn.global_state[f"{name}.running_var"].double()
+        tm = ((r0m + kn.update[f"{name}.running_mean"].double()) - 0.9 * r0m) / 0.1
+        tv = ((r0v + kn.update[f"{name}.running_var"].double()) - 0.9 * r0v) / 0.1
+        for j in range(4):
+            want = sum(float((step[i].mean[j::4].double() - tm[j::4]).norm() + (step[i].var_unbiased[j::4].double() - tv[j::4]).norm())
+                       for step in stats) / len(stats)
+            assert float(losses[4 * i + j]) == pytest.approx(want, rel=1e-4), (name, j)
+    # the squared mean distances of the groups add up to the whole layer's, step by step (normalize none)
+    for i in range(layers):
+        s = stats[0][i]
+        tm = whole.targets[0][i][0]
+        groups = sum(float((s.mean[j::4] - tm[j::4]).pow(2).sum()) for j in range(4))
+        assert groups == pytest.approx(float((s.mean - tm).pow(2).sum()), rel=1e-5)
+    # a layer narrower than the groups: the source stays whole
+    assert make_bn_source("one_step", fm.bn_names, kn.global_state, kn.update, 0.1, 2, channel_groups=10**6).channel_groups == 1

@@ -36,6 +36,10 @@ def test_no_signal_is_never_converged():
     diverged = judge(math.inf, 5, 1.0, cfg)
     assert diverged.converged is False and diverged.heldout_error == math.inf
 
+    # held-out channel groups choose restarts but never judge, however small their error
+    groups = judge(0.0, 3, 1.0, cfg, unit="channel")
+    assert groups.converged is None and groups.heldout_error == 0.0 and "channel groups" in groups.reason
+
 
 # ----------------------------------------------------------------------------- verdicts
 
@@ -72,7 +76,7 @@ class FakeAttacks:
         self.ran: list[AttackConfig] = []
 
     def build(self, knowledge, cfg):
-        return SimpleNamespace(objective=SimpleNamespace(heldout_layers=5, bn_normalized=True), cfg=cfg)
+        return SimpleNamespace(objective=SimpleNamespace(heldout_layers=5, bn_normalized=True, heldout_unit="layer"), cfg=cfg)
 
     def run(self, knowledge, cfg, logger=False, callbacks=None, ckpt_path=None, attack=None):
         self.ran.append(cfg)
@@ -191,3 +195,23 @@ def test_an_escalated_attack_records_every_rung(tiny_run, tmp_path):
     assert m["escalation"]["returned_rung"] == best and m["iterations"] == rungs_run[best]["iterations"]
     assert m["seconds"] == pytest.approx(sum(r["seconds"] for r in rungs_run), abs=0.01)
     assert all(-1 <= r["ssim"] <= 1 for r in rungs_run) and rungs_run[best]["ssim"] == m["ssim"]  # every rung scored, for the record
+
+
+def test_held_out_channel_groups_choose_restarts_but_leave_the_attack_inconclusive(tiny_run, tmp_path):
+    """holdout_unit: channel on the 3-BN tiny ConvNet: one group of every layer is held out, and however
+    well it is matched (a threshold of 1e9 would accept anything) the attack is not called converged."""
+    import attack
+
+    out = tmp_path / "attack"
+    attack.main(["--run", str(tiny_run), "--out", str(out), "--no-escalation", "optim.iterations=2", "optim.warmup=0",
+                 "objective.bn_statistics.holdout_unit=channel", "convergence.heldout_error=1000000000.0",
+                 "logging.wandb=false", "logging.progress=false", "scoring.lpips=false"])
+    m = json.loads((out / "metrics.json").read_text())
+    conv = m["convergence"]
+    assert conv["heldout_unit"] == "channel" and conv["heldout_layers"] == 3  # one group (of 4) per BN layer
+    assert m["converged"] is None and m["verdict"] == INCONCLUSIVE and conv["heldout_error"] < 1e9
+    layer = tmp_path / "layer"
+    attack.main(["--run", str(tiny_run), "--out", str(layer), "--no-escalation", "optim.iterations=2", "optim.warmup=0",
+                 "convergence.heldout_error=1000000000.0", "logging.wandb=false", "logging.progress=false", "scoring.lpips=false"])
+    m = json.loads((layer / "metrics.json").read_text())
+    assert m["convergence"]["heldout_unit"] == "layer" and m["convergence"]["heldout_layers"] == 1 and m["converged"] is True

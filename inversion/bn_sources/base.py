@@ -83,7 +83,8 @@ class SourceInputs:
 class BNSource(abc.ABC):
     name: ClassVar[str]
     fits_update_scale: ClassVar[bool] = False  # can fit an unknown update scale (a clipped update)
-    layers: int = 0  # BN layers with targets
+    layers: int = 0  # BN layers with targets (channel groups when split: see ChannelGroups)
+    channel_groups: int = 1  # each BN layer's channels split into this many groups, one loss each
 
     @abc.abstractmethod
     def layer_losses(self, stats: list[list[BNStat]]) -> torch.Tensor:
@@ -129,10 +130,48 @@ def source_names() -> tuple[str, ...]:
     return ("auto", *REGISTRY.names())
 
 
+class ChannelGroups(BNSource):
+    """A source whose BN layers are split into ``groups`` interleaved channel groups (channel j goes to
+    group j mod groups), each scored as a layer of its own: ``layer_losses`` returns [L * groups],
+    layer-major.
+
+    Why: a model with few BN layers has few BN signals, and holding a whole layer out of the prior
+    (for selection and the convergence verdict) removes one of them. Holding one channel group of
+    every layer out keeps (groups-1)/groups of every layer's signal in the objective and still leaves
+    statistics that no restart was fitted to. The inner source is built on the split targets, so
+    every source works unchanged (``normalize: layer`` then scales each group by its own channels).
+    """
+
+    name = "channel_groups"
+
+    def __init__(self, inner: BNSource, groups: int):
+        self.inner = inner
+        self.channel_groups = groups
+        self.layers = inner.layers
+        self.fits_update_scale = inner.fits_update_scale  # type: ignore[misc]
+
+    def layer_losses(self, stats: list[list[BNStat]]) -> torch.Tensor:
+        g = self.channel_groups
+        split = [[BNStat(s.mean[j::g], s.var[j::g], s.count) for s in step for j in range(g)] for step in stats]
+        return self.inner.layer_losses(split)
+
+    @classmethod
+    def build(cls, inputs: SourceInputs) -> "ChannelGroups":
+        raise TypeError("ChannelGroups wraps a source: make_bn_source(..., channel_groups=k) builds it")
+
+
+def split_channels(targets: Targets, groups: int) -> Targets:
+    """Per layer (mean, var) -> per layer and channel group, layer-major (as ChannelGroups splits the statistics)."""
+    return [(mean[j::groups], var[j::groups]) for mean, var in targets for j in range(groups)]
+
+
 def make_bn_source(name: str, bn_names: list[str], global_state: dict[str, torch.Tensor], update: dict[str, torch.Tensor],
                    momentum: float, steps: int, oracle_stats: list[Targets] | None = None, normalize: str = "none",
-                   update_scale: str = "known") -> BNSource:
-    """Build the named source from what the attacker holds; ``auto`` = multi_step if buffers were sent."""
+                   update_scale: str = "known", channel_groups: int = 1) -> BNSource:
+    """Build the named source from what the attacker holds; ``auto`` = multi_step if buffers were sent.
+
+    ``channel_groups`` > 1 splits every BN layer into that many channel groups (:class:`ChannelGroups`);
+    when a layer has fewer channels than groups, the source is returned unsplit."""
     if name != "auto" and name not in REGISTRY:
         raise UserError(f"unknown bn.source '{name}' ({', '.join(source_names())})")
     keys = [(f"{n}.running_mean", f"{n}.running_var") for n in bn_names]
@@ -147,6 +186,12 @@ def make_bn_source(name: str, bn_names: list[str], global_state: dict[str, torch
     initial = [(global_state[km].double(), global_state[kv].double()) for km, kv in keys]
     observed = ([(initial[i][0] + update[km].double(), initial[i][1] + update[kv].double()) for i, (km, kv) in enumerate(keys)]
                 if have_buffers else None)
+    g = channel_groups
+    if g > 1 and initial and min(mean.numel() for mean, _ in initial) >= g:
+        observed = split_channels(observed, g) if observed is not None else None
+        oracle = [split_channels(step, g) for step in oracle_stats] if oracle_stats is not None else None
+        inner = cls.build(SourceInputs(split_channels(initial, g), observed, momentum, steps, normalize, update_scale, oracle))
+        return ChannelGroups(inner, g)
     return cls.build(SourceInputs(initial, observed, momentum, steps, normalize, update_scale, oracle_stats))
 
 
