@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+from pathlib import Path
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
@@ -55,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--batch-size", type=int, required=True)
     f.add_argument("--epochs", type=int, default=1)
     f.add_argument("--steps", type=int, default=0, help="a fixed number of steps instead of epochs (0 = epochs x ceil(images / batch))")
-    f.add_argument("--no-shuffle", dest="shuffle", action="store_false", help="the client's data loader did not reshuffle between "
+    p.set_defaults(shuffle=True)  # not shown in --help as "(default: True)" beside a flag that sets False
+    f.add_argument("--no-shuffle", dest="shuffle", action="store_false", default=argparse.SUPPRESS, help="the client's data loader did not reshuffle between "
                    "epochs (shuffle=False): the replay repeats the first epoch's order instead of assuming an unknown one")
     f.add_argument("--round", type=int, default=0)
     f.add_argument("--client", type=int, default=0)
@@ -91,7 +94,25 @@ def main(argv: list[str] | None = None) -> None:
     out = convert(spec, facts, args.global_path, args.out, args.local, args.delta, args.overwrite, args.strip_prefix)
     # quoted: unquoted brackets are a shell glob
     trust = f" 'trusted_models=[{args.model}]'" if ":" in args.model else ""
-    print(f"update folder written: {out} ({facts.local_steps} local step(s)); attack it with: python attack.py --update {out}{trust}")
+    path = import_folder(args.model) if ":" in args.model else None
+    env = f"PYTHONPATH={shlex.quote(str(path))} " if path is not None else ""
+    print(f"update folder written: {out} ({facts.local_steps} local step(s)); attack it with: {env}python attack.py --update {out}{trust}")
+
+
+def import_folder(model: str) -> Path | None:
+    """The folder attack.py needs on PYTHONPATH to import ``model`` (None: importable from the project or an installed package)."""
+    import importlib.util
+    import sysconfig
+
+    top = model.partition(":")[0].split(".")[0]
+    spec = importlib.util.find_spec(top)
+    if spec is None or spec.origin is None:
+        return None
+    origin = Path(spec.origin).resolve()
+    folder = origin.parent.parent if origin.name == "__init__.py" else origin.parent
+    installed = {Path(p).resolve() for p in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], sysconfig.get_paths()["stdlib"])}
+    project = Path(__file__).resolve().parent
+    return None if folder in installed or folder == project else folder
 
 
 if __name__ == "__main__":

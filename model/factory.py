@@ -158,7 +158,11 @@ def _from_import_path(spec: ModelSpec) -> nn.Module:
         for part in attr.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError, ValueError) as err:
-        raise UserError(f"cannot import model '{spec.name}' ({type(err).__name__}: {err})") from None
+        hint = ""
+        if isinstance(err, ModuleNotFoundError) and err.name and module_name.split(".")[0] == err.name.split(".")[0]:
+            hint = (f": put the folder that holds '{err.name.split('.')[0]}' on PYTHONPATH "
+                    f"(PYTHONPATH=/path/to/your/code python ...; docs/update-format.md)")
+        raise UserError(f"cannot import model '{spec.name}' ({type(err).__name__}: {err}){hint}") from None
     if not callable(target):
         raise UserError(f"model '{spec.name}' is not callable")
     try:

@@ -86,6 +86,27 @@ def test_the_converter_hint_quotes_the_trusted_model_for_the_shell(tmp_path, cap
     assert "python attack.py --update upd 'trusted_models=[tests.foreign_models:TinyNet]'" in out, out  # unquoted [...] is a glob
 
 
+def test_a_model_outside_the_project_is_pointed_to_pythonpath(tmp_path, capsys, monkeypatch):
+    """Your own module: the import error names PYTHONPATH, and the printed attack command carries it."""
+    code_dir = tmp_path / "clinic code"  # a space: the printed command must quote it
+    code_dir.mkdir()
+    (code_dir / "clinic_models.py").write_text("from tests.foreign_models import TinyNet\n")
+    monkeypatch.chdir(tmp_path)
+    _plain_client(tmp_path)
+    argv = [a if a != "tests.foreign_models:TinyNet" else "clinic_models:TinyNet" for a in CONVERT] + ["--out", "upd"]
+    code, err = _cli("convert", argv, capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and "No module named 'clinic_models'" in err, err
+    assert "put the folder that holds 'clinic_models' on PYTHONPATH" in err and not (tmp_path / "upd").exists()
+    monkeypatch.syspath_prepend(str(code_dir))
+    monkeypatch.delitem(sys.modules, "clinic_models", raising=False)
+    import convert
+
+    convert.main(argv)
+    out = capsys.readouterr().out
+    assert f"attack it with: PYTHONPATH={shlex.quote(str(code_dir.resolve()))} python attack.py --update upd 'trusted_models=[clinic_models:TinyNet]'" in out, out
+    monkeypatch.delitem(sys.modules, "clinic_models", raising=False)
+
+
 def test_the_prior_is_said_beside_rdlv_and_a_missing_one_is_pointed_out(converted, capsys):
     import attack
 
