@@ -3,6 +3,7 @@
     python study.py --config configs/studies/bn_ablation.yaml
     python study.py --config configs/studies/sigma0.yaml --quick     # reduced: 1 seed, 3 grid points, 2 rounds
     python study.py --config configs/studies/sigma0.yaml seeds=[0] out=runs/studies/sigma0_s0
+    python study.py --config configs/studies/sigma0.yaml --executor ray                # cells as Ray tasks (docs/scale.md)
 
 Re-running the same command skips finished cells. Outputs: OUT/results.csv (one row per attacked
 update), OUT/per_image.csv, OUT/summary.md and the PNGs the spec's `report` section asks for.
@@ -28,6 +29,12 @@ def main(argv: list[str] | None = None) -> None:
                         "at most 60 attack iterations, no time budget, no compile (minutes instead of an hour)")
     p.add_argument("--wandb", action="store_true", help="log every training run and attack run now, and one study run with the results table and figures, "
                         "to W&B (offline by default; upload with wandb sync)")
+    p.add_argument("--executor", default="local", help="where cells run: local (this process, one after another) or ray (each training "
+                   "and attack a Ray task with the spec's resources; docs/scale.md)")
+    p.add_argument("--address", default="", help="--executor ray: join the Ray cluster at this address (e.g. auto, or HOST:6379) "
+                   "instead of starting a local one; every worker must see OUT at the same path")
+    p.add_argument("--workers", type=int, default=0, help="--executor ray without --address: cells side by side on the local Ray "
+                   "instance (default: CPUs / resources.cpus)")
     args = p.parse_intermixed_args(argv)
     if not args.config:
         raise UserError("study.py needs --config configs/studies/<name>.yaml")
@@ -38,11 +45,15 @@ def main(argv: list[str] | None = None) -> None:
         spec = reduce(spec)
 
     from studies.analyze import analyze
+    from studies.executors import REGISTRY as EXECUTORS, ExecutorOptions
     from studies.runner import StudyRunner
 
+    if args.workers < 0:
+        raise UserError(f"--workers must be >= 0, got {args.workers}")
+    executor = EXECUTORS.get(args.executor)(ExecutorOptions(address=args.address, workers=args.workers))
     started = time.time()
     runner = StudyRunner(spec, progress=not args.no_progress, wandb=args.wandb)
-    results = runner.run()
+    results = runner.run(executor=executor)
     summary = analyze(results.parent, spec)
     if args.wandb:
         log_study_run(results.parent, spec, summary["figure_paths"])
@@ -52,6 +63,9 @@ def main(argv: list[str] | None = None) -> None:
 
     for table in summary["tables"]:
         print(f"\n### {table['heading']}\n\n{markdown_table(table['header'], table['rows'])}\n")
+    if executor.failed:
+        raise UserError(f"{len(executor.failed)} cell(s) failed after a retry (listed in {results.parent / 'failed_cells.json'}); "
+                        "the tables hold the others; re-run the same command to retry them")
 
 
 def log_study_run(study_dir, spec: StudySpec, figures: list) -> None:

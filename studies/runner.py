@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from tqdm.auto import tqdm
-
 from common.config import load, overrides_list
 from common.errors import UserError
 from common.files import StagedDir, read_json, write_json
@@ -21,6 +19,7 @@ from federation.run_layout import RunLayout
 from inversion.config import AttackConfig
 from leakage.image_metrics import metric_names
 from privacy import REGISTRY as FILTERS
+from studies.executors import REGISTRY as EXECUTORS, Executor, ExecutorOptions
 from studies.spec import Cell, StudySpec, cells, config_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -127,24 +126,14 @@ class StudyRunner:
 
     # ------------------------------------------------------------------ the loop
 
-    def run(self, on_cell: Callable[[Path], None] | None = None) -> Path:
+    def run(self, on_cell: Callable[[Path], None] | None = None, executor: Executor | None = None) -> Path:
+        """Run every unfinished cell with ``executor`` (default: the local one), then collect the tables."""
         self.out.mkdir(parents=True, exist_ok=True)
         from common.config import dump_yaml
 
         (self.out / "study.yaml").write_text(dump_yaml(self.spec))
-        bar = tqdm(total=len(self.cells), desc=self.spec.name, unit="cell", disable=not self.progress, dynamic_ncols=True)
-        try:
-            for cell in self.cells:
-                label = " ".join(f"{k}={v}" for k, v in cell.axes.items()) or "base"
-                bar.set_description(f"{self.spec.name}: {label} seed {cell.seed}")
-                run = self.ensure_trained(cell)
-                for rnd, client in self.targets(run):
-                    cell_dir = self.ensure_attacked(cell, run, rnd, client)
-                    if on_cell is not None:
-                        on_cell(cell_dir)
-                bar.update(1)
-        finally:
-            bar.close()
+        self.executor = executor or EXECUTORS.get("local")(ExecutorOptions())
+        self.executor.run(self, on_cell)
         return self.collect()
 
     def collect(self) -> Path:

@@ -40,6 +40,12 @@ class Target:
 
 
 @dataclasses.dataclass
+class Resources:
+    cpus: float = option(1.0, "CPUs per cell: a Ray task's num_cpus and the cell's torch threads (study.py --executor ray)")
+    gpus: float = option(0.0, "GPUs per cell: a Ray task's num_gpus (fractions share a GPU); set accelerator=gpu in the stages too")
+
+
+@dataclasses.dataclass
 class StudySpec:
     name: str = option("study", "study name")
     out: str = option("runs/studies/study", "output folder")
@@ -50,6 +56,8 @@ class StudySpec:
     all_clients: bool = option(False, "attack every captured client of the target rounds (targets' client ignored)")
     grid: dict[str, dict[str, dict[str, dict[str, Any]]]] = option(help="axis -> value label -> {train: {...}, attack: {...}}", factory=dict)
     report: dict[str, Any] = option(help="hints for plots and the report (x axis, reference table)", factory=dict)
+    resources: Resources = option(help="what each cell asks of a cluster (the ray executor; the local one runs cells in this process)",
+                                  factory=Resources)
 
 
 @dataclasses.dataclass
