@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
     results = runner.run(executor=executor)
     summary = analyze(results.parent, spec)
     if args.wandb:
-        log_study_run(results.parent, spec, summary["figure_paths"])
+        from studies.report import study_figures
+
+        log_study_run(results.parent, spec, study_figures(results.parent))
     print(f"{spec.name}: {len(runner.cells)} cells ({runner.trainings_run} trainings and {runner.attacks_run} attacks run now, "
           f"the rest reused) in {time.time() - started:.0f}s -> {results.parent}")
     from studies.tables import markdown_table

@@ -317,7 +317,7 @@ def render(study_dir: Path) -> str:
     title = str(report.get("title") or name)
     generated = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     results_time = dt.datetime.fromtimestamp((study_dir / "results.csv").stat().st_mtime, dt.timezone.utc).replace(microsecond=0)
-    figures = sorted(p for p in study_dir.glob("*.png") if p.is_file())
+    figures = study_figures(study_dir)
     figure_ids = {p.name: f"fig-{slug(p.stem)}" for p in figures}
     return _environment().get_template("report.html.j2").render(
         css=Markup(CSS), title=title, name=name, study_dir=str(study_dir), generated=generated.isoformat(),
@@ -327,6 +327,11 @@ def render(study_dir: Path) -> str:
         config_blocks=config_blocks(study_dir, rows), environment=environment_rows(generated, results_time),
         recorded=recorded_versions(study_dir),
     )
+
+
+def study_figures(study_dir: Path) -> list[Path]:
+    """Every figure of a study: the PNGs in its folder (the report's, the W&B study run's and the W&B Report's)."""
+    return sorted(p for p in Path(study_dir).glob("*.png") if p.is_file())
 
 
 SECTIONS = [("summary", "Summary"), ("figures", "Figures"), ("results", "All results"), ("gallery", "Reconstructions"),

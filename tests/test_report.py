@@ -296,3 +296,71 @@ def test_cli_writes_out_file(study: Path, tmp_path):
     assert out.is_file() and str(out) in result.stdout
     assert not list(out.parent.glob(".tiny.html.*"))
     assert "--out FILE" in _cli("--help").stdout
+
+
+def _no_network(monkeypatch) -> list:
+    """Every attempt to open a connection is recorded and refused."""
+    import socket
+
+    calls: list = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return calls
+
+
+def test_the_wandb_report_holds_every_table_and_figure_of_report_html(study: Path, report: Path, tmp_path: Path, monkeypatch):
+    """Built offline, with no network call; its specification lies beside report.html."""
+    import json
+
+    from studies.report import read_summary, study_figures
+    from studies.tables import markdown_table
+    from studies.wandb_report import SPEC_FILE, write_wandb_report
+
+    calls = _no_network(monkeypatch)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # logged in, but offline: never saved
+    path, url = write_wandb_report(study, report.parent / SPEC_FILE, entity="my-team")
+    assert url is None and calls == [] and path == study / "wandb_report.json"
+    saved = json.loads(path.read_text())
+    assert saved["entity"] == "my-team" and saved["project"] == "fl-leakage-tiny_sigma0" and saved["title"] == TITLE
+    blocks = saved["spec"]["blocks"]
+    text = json.dumps(blocks)
+
+    def headings(level: int) -> list[str]:
+        return ["".join(c.get("text", "") for c in b["children"]) for b in blocks if b["type"] == "heading" and b["level"] == level]
+
+    assert headings(1) == ["Summary", "Summary tables", "Figures", "All results", "Training runs", "Attacks"]
+    # every summary table of report.html, under its heading, with the same cells
+    summary = read_summary(study)
+    assert headings(2) == [t["heading"] for t in summary["tables"]] and len(summary["tables"]) >= 2
+    markdown = [b["content"] for b in blocks if b["type"] == "markdown-block"]
+    assert markdown == [markdown_table(t["header"], t["rows"]) for t in summary["tables"]]
+    # every figure of report.html, as a media panel of the study run's image logged under the file's stem
+    figures = study_figures(study)
+    assert [p.name for p in figures] == sorted(p.name for p in study.glob("*.png")) and len(figures) >= 2
+    for png in figures:
+        assert f'"mediaKeys": ["{png.stem}"]' in text, png.stem
+    # all results (the study run's table) and panels over the synced runs
+    assert '"key": {"nodeType": "const", "type": "string", "val": "results"}' in text  # the Weave panel reading the study run's table
+    assert "test/accuracy" in text and '"reconstruction"' in text
+    assert {(r["project"], r["query"]) for r in saved["runsets"]} == {
+        ("fl-leakage-tiny_sigma0", "study-tiny_sigma0"), ("fl-leakage-tiny_sigma0", "train-"), ("fl-leakage-tiny_sigma0", "attack-")}
+    # without an entity the entity is '' (no lookup of a default entity over the network)
+    path, url = write_wandb_report(study, tmp_path / SPEC_FILE)
+    assert url is None and calls == [] and json.loads(path.read_text())["entity"] == ""
+
+
+def test_cli_wandb_report_offline_writes_the_specification(study: Path, tmp_path: Path):
+    out = tmp_path / "r" / "report.html"
+    done = subprocess.run([sys.executable, "report.py", str(study), "--out", str(out), "--wandb-report", "--entity", "my-team"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "WANDB_MODE": "offline"})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "r" / "wandb_report.json").is_file() and out.is_file()
+    assert "not saved: not logged in to W&B, or WANDB_MODE is offline/disabled" in done.stdout, done.stdout
+    done = _cli(str(study), "--out", str(tmp_path / "x.html"), "--entity", "my-team")
+    assert done.returncode == 2 and done.stderr.strip() == "error: --entity and --project are for --wandb-report", done.stderr
