@@ -34,8 +34,18 @@ class SplitConfig:
 class FederatedSplit:
     client_indices: list[torch.Tensor]  # pool indices of each client's images
     test_indices: torch.Tensor
-    train_indices: torch.Tensor  # the whole training pool (population for the prior image)
+    train_indices: torch.Tensor  # the whole training pool (the clients' images and the ones dealt to no client)
     specs: list[ClientSpec]
+
+    @property
+    def public_indices(self) -> torch.Tensor:
+        """The images no client holds: the test split and the training images dealt to no client.
+
+        What a server has besides the clients' updates (it evaluates on the test split), so the
+        attacker's prior image is built from these and never from a client's private images."""
+        dealt = torch.cat(self.client_indices) if self.client_indices else torch.zeros(0, dtype=torch.int64)
+        undealt = self.train_indices[~torch.isin(self.train_indices, dealt)]
+        return torch.sort(torch.cat([self.test_indices, undealt])).values
 
 
 def paper9_layout(available: int) -> list[ClientSpec]:

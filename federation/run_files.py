@@ -29,15 +29,23 @@ def write_setup(run: RunLayout, cfg: TrainConfig, pool: ImagePool, split: Federa
     })
 
 
+def prior_population(pool: ImagePool, split: FederatedSplit) -> str:
+    """What the prior image is the mean of, in words (recorded in prior.safetensors and said beside RDLV)."""
+    public = split.public_indices
+    test = len(split.test_indices)
+    return f"mean of the {len(public)} {pool.name} images no client holds: {test} test, {len(public) - test} dealt to no client"
+
+
 def write_prior(run: RunLayout, pool: ImagePool, split: FederatedSplit, prior: torch.Tensor) -> None:
-    """The population prior image (mean of the training pool), and per-class means."""
-    images = pool.images[split.train_indices]
-    labels = pool.labels[split.train_indices]
+    """The population prior image and per-class means, from the images no client holds (``public_indices``)."""
+    public = split.public_indices
+    images, labels = pool.images[public], pool.labels[public]
     tensors = {"mean": prior}
     for k, name in enumerate(pool.class_names):
         if (labels == k).any():
             tensors[f"class/{name}"] = images[labels == k].mean(0)
-    save_tensors(run.prior, tensors, metadata={"population": f"{pool.name} training pool", "images": str(len(images))})
+    save_tensors(run.prior, tensors, metadata={"population": prior_population(pool, split), "images": str(len(images)),
+                                               "pool_indices": " ".join(str(int(i)) for i in public)})
 
 
 def append_metrics_csv(path: Any, record: Any) -> None:

@@ -88,7 +88,7 @@ class FederatedSimulation:
         self.capture_rounds = {r % cfg.fl.rounds for r in cfg.capture.rounds}
         check_audit_config(cfg.audit, self.num_clients)
         self.audit: Auditor = auditor(cfg.audit, self.num_clients) if auditor is not None and cfg.audit.every else NoAudit(cfg.audit)
-        self.prior = self.pool.images[self.split.train_indices].mean(0)
+        self.prior = self.pool.images[self.split.public_indices].mean(0)  # never a client's image (issue 23)
         self.accelerator = cfg.accelerator
 
     # ------------------------------------------------------------------ pieces

@@ -156,6 +156,17 @@ def _check_steps(update: dict[str, torch.Tensor], meta: dict[str, Any], model: C
             return
 
 
+def prior_description(path: str | Path) -> str:
+    """The ``population`` a prior file records (a run's prior.safetensors does), or ''."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return (fh.metadata() or {}).get("population", "")
+    except Exception:  # noqa: BLE001 - a description only; load_prior reports a broken file
+        return ""
+
+
 def load_prior(path: str | Path, key: str = "mean") -> torch.Tensor:
     tensors = load_tensors(path, "prior image file")
     if key not in tensors:

@@ -27,7 +27,7 @@ from common.quiet import quiet_lightning
 from federation.run_layout import RunLayout
 from federation.update_store import high_risk_update
 from inversion.config import AttackConfig
-from inversion.threat_model import AttackerKnowledge, load_knowledge, load_prior
+from inversion.threat_model import AttackerKnowledge, load_knowledge, load_prior, prior_description
 from leakage.figures import reconstruction_figure
 from leakage.ground_truth import GroundTruth, ground_truth_for_update, load_image_file, oracle_knowledge
 from leakage.image_metrics import metric_names, metrics_for
@@ -53,7 +53,10 @@ def resolve_prior(cfg: AttackConfig, update_dir: Path) -> tuple[torch.Tensor | N
         return load_prior(cfg.prior.path, cfg.prior.key), f"{cfg.prior.path}:{cfg.prior.key}"
     where = RunLayout.of_update(update_dir)
     if where is not None and where[0].prior.is_file():
-        return load_prior(where[0].prior, cfg.prior.key), f"run prior '{cfg.prior.key}' (population mean of the training pool)"
+        population = prior_description(where[0].prior)
+        if population.endswith("training pool"):  # runs made before issue 23: the pool held the clients' images
+            population = f"mean of the {population}, the clients' images included"
+        return load_prior(where[0].prior, cfg.prior.key), f"run prior '{cfg.prior.key}' ({population or 'population mean'})"
     return None, ""
 
 

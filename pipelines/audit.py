@@ -43,7 +43,7 @@ class AttackAudit:
             meta: dict[str, Any], prior: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> AuditRecord:
         started = time.perf_counter()
         cfg = self.attack_cfg
-        knowledge = AttackerKnowledge(ThreatConfig(), spec, global_state, update, meta, prior, "population mean of the training pool")
+        knowledge = AttackerKnowledge(ThreatConfig(), spec, global_state, update, meta, prior, "mean of the images no client holds")
         escalated = attack_until_converged(knowledge, cfg, run_attack, build_attack)
         result = escalated.result
         settings = SSIMSettings.for_size(spec.image_size, cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)

@@ -50,3 +50,44 @@ def test_too_many_images_and_oversized_batches_are_user_errors(pool):
         make_split(pool, SplitConfig(clients=[ClientSpec(500, 4)]), 0.2, 0)
     with pytest.raises(UserError, match="batch size 8 is larger than its 4"):
         make_split(pool, SplitConfig(clients=[ClientSpec(4, 8)]), 0.2, 0)
+
+
+def test_the_prior_is_built_from_images_no_client_holds(tmp_path, monkeypatch):
+    """Issue 23: the attacker's prior image (and its class means) come from the test split and the training
+    images dealt to no client. Changing every client's images leaves prior.safetensors bit-identical;
+    changing one image no client holds changes it."""
+    import dataclasses
+
+    import federation.simulation as simulation
+    from common.files import load_tensors
+    from tests.conftest import tiny_train_config
+
+    sim = simulation.FederatedSimulation(tiny_train_config(tmp_path / "a"))
+    split, pool = sim.split, sim.pool
+    public = split.public_indices
+    dealt = torch.cat(split.client_indices)
+    assert not torch.isin(public, dealt).any() and torch.isin(split.test_indices, public).all()
+    assert len(public) == len(pool) - len(dealt)  # everything else: test split and undealt training images
+    (tmp_path / "a").mkdir()
+    sim.write_setup(tmp_path / "a")
+    before = load_tensors(tmp_path / "a" / "prior.safetensors")
+    assert torch.allclose(before["mean"], pool.images[public].mean(0))
+
+    real_load = simulation.load_pool
+
+    def altered(indices):
+        def load(cfg):
+            p = real_load(cfg)
+            images = p.images.clone()
+            images[indices] = 1.0 - images[indices]
+            return dataclasses.replace(p, images=images)
+        return load
+
+    for indices, same in ((dealt, True), (public[:1], False)):
+        monkeypatch.setattr(simulation, "load_pool", altered(indices))
+        other = simulation.FederatedSimulation(tiny_train_config(tmp_path / "b"))
+        assert all(torch.equal(a, b) for a, b in zip(other.split.client_indices, split.client_indices))
+        (tmp_path / "b").mkdir(exist_ok=True)
+        other.write_setup(tmp_path / "b")
+        after = load_tensors(tmp_path / "b" / "prior.safetensors")
+        assert all(torch.equal(before[k], after[k]) for k in before) is same, (indices, same)
