@@ -18,7 +18,7 @@ import yaml
 from common.config import to_dict
 from common.errors import UserError
 from common.files import StagedDir, is_complete_run, write_json
-from common.versions import package_versions
+from common.versions import package_versions, provenance
 from federation.config import TrainConfig
 from federation.curves import accuracy_figure
 from federation.engines import engine
@@ -59,7 +59,7 @@ class TrainJob:
             write_json(run.run_json, {
                 "state": "complete", "seconds": round(time.time() - self.started, 2), "rounds": cfg.fl.rounds,
                 "resumed_at_round": (records[0].round if records else cfg.fl.rounds) if self.resume else None,
-                "final_test_accuracy": accuracy, **(record or {}), "versions": package_versions(),
+                "final_test_accuracy": accuracy, **(record or {}), "versions": package_versions(), "provenance": provenance(),
             })
         return TrainResult(RunLayout(staged.final), records, accuracy, time.time() - self.started)
 

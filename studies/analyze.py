@@ -69,7 +69,8 @@ def analyze(study_dir: Path, spec: StudySpec) -> dict[str, Any]:
         path = gallery(study_dir, study_dir / "gallery.png", limit=int(report.get("gallery_limit", 24)))
         if path is not None:
             figures.append(path)
-    summary = {"title": str(report.get("title", spec.name)), "lead": f"{len(rows)} attacked updates; seeds {spec.seeds}.{_verdict_lead(rows)}",
+    summary = {"title": str(report.get("title", spec.name)),
+               "lead": f"{len(rows)} attacked updates; seeds {spec.seeds}.{_verdict_lead(rows)}{provenance_note(rows)}",
                "tables": tables, "figures": [p.name for p in figures]}
     write_json(study_dir / "summary.json", summary)
     (study_dir / "summary.md").write_text(summary_markdown(summary))
@@ -116,3 +117,15 @@ def gallery(study_dir: Path, path: Path, limit: int = 24) -> Path | None:
         if len(pairs) >= limit:
             break
     return plots.gallery(pairs, path) if pairs else None
+
+
+def provenance_note(rows: list[dict[str, str]]) -> str:
+    """A sentence when the cells were not all made alike: several commits, torch versions or thread counts
+    (a thread count alone changes a training path), or cells that recorded none."""
+    parts = []
+    for column, what in (("commit", "code commits"), ("torch", "torch versions"), ("train_threads", "training thread counts"),
+                         ("attack_threads", "attack thread counts")):
+        values = sorted({r.get(column) or "unrecorded" for r in rows})
+        if len(values) > 1:
+            parts.append(f"{len(values)} {what} ({', '.join(v[:12] for v in values)})")
+    return f" Mixed provenance: {'; '.join(parts)}; compare cells of one provenance." if parts else ""

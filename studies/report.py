@@ -23,7 +23,6 @@ import math
 import os
 import re
 import struct
-import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +32,7 @@ import yaml
 from markupsafe import Markup
 
 from common.errors import UserError
-from common.versions import package_versions
+from common.versions import code_commit, package_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -216,19 +215,7 @@ def versions() -> list[tuple[str, str]]:
 
 def git_commit(root: Path = ROOT) -> str:
     """The code's git commit (with a note when the tracked files have uncommitted changes)."""
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
-        if head.returncode != 0:
-            reason = (head.stderr.strip().splitlines() or ["not a git checkout"])[0]
-            return f"unknown ({reason[:120]})"
-        commit = head.stdout.strip()
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10)
-        if status.returncode == 0 and status.stdout.strip():
-            commit += " (with uncommitted changes to tracked files)"
-        return commit
-    except (OSError, subprocess.SubprocessError):
-        return "unknown (git not available)"
+    return code_commit(root)
 
 
 # ----------------------------------------------------------------------------- configs

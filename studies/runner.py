@@ -14,6 +14,7 @@ from typing import Any, Callable
 from common.config import load, overrides_list
 from common.errors import UserError
 from common.files import StagedDir, read_json, write_json
+from common.versions import provenance
 from federation.config import TrainConfig
 from federation.run_layout import RunLayout
 from inversion.config import AttackConfig
@@ -29,12 +30,13 @@ ATTACK_DEFAULT = ROOT / "configs" / "attack" / "default.yaml"
 # results.csv / per_image.csv columns; the registered image metrics (leakage/image_metrics/) follow "ssim"
 # when any cell computed them
 ROW_FIELDS = ["cell", "seed", "round", "client", "num_images", "batch_size", "local_steps", "ssim", "rdlv", "rdlv_mean",
-              "ssim_gain", "rdlv_class_prior", "identification_top1", "label_accuracy", "verdict", "converged", "heldout_error",
+              "ssim_gain", "rdlv_class_prior", "identification_top1", "identification_chance", "label_accuracy", "verdict", "converged", "heldout_error",
               "leaked_images", "rungs", "test_accuracy", "final_test_accuracy",
-              "epsilon", "noise_std", "attack_seconds", "train_key"]
+              "epsilon", "noise_std", "attack_seconds", "train_key", "commit", "torch", "train_threads", "attack_threads"]
 IMAGE_FIELDS = ["cell", "seed", "round", "client", "image", "label", "ssim", "rdlv", "ssim_gain", "prior_ssim",
                 "nearest_ssim", "rdlv_class_prior", "identification_rank", "label_correct"]
-SCORE_KEYS = ["ssim", "rdlv", "rdlv_mean", "ssim_gain", "rdlv_class_prior", "identification_top1", "label_accuracy"]
+SCORE_KEYS = ["ssim", "rdlv", "rdlv_mean", "ssim_gain", "rdlv_class_prior", "identification_top1", "identification_chance",
+              "label_accuracy"]
 
 
 def with_metrics(fields: list[str], metrics: list[str]) -> list[str]:
@@ -120,7 +122,7 @@ class StudyRunner:
                                                    "attack_error": str(err)})
             print(f"warning: {cell_dir.name} (round {rnd}, client {client}): attack failed: {err}", file=sys.stderr)
         write_json(cell_dir / "cell.json", {"axes": cell.axes, "seed": cell.seed, "round": rnd, "client": client,
-                                            "train_key": cell.train_key, "run": str(run)})
+                                            "train_key": cell.train_key, "run": str(run), "provenance": provenance()})
         self.attacks_run += 1
         return cell_dir
 
@@ -174,7 +176,7 @@ class StudyRunner:
         row = {"cell": name, "seed": info["seed"], "round": rnd, "client": client, "num_images": meta["num_images"],
                "batch_size": meta["batch_size"], "local_steps": meta["local_steps"], "test_accuracy": acc.get(rnd),
                "final_test_accuracy": acc.get(max(acc)) if acc else None, "attack_seconds": metrics.get("seconds"),
-               "train_key": info["train_key"], "epsilon": None, "noise_std": None, **effects}
+               "train_key": info["train_key"], "epsilon": None, "noise_std": None, **effects, **_provenance(run, info)}
         for key in SCORE_KEYS:
             row[key] = metrics.get(key)
         row.update(_verdict_columns(metrics))
@@ -183,6 +185,17 @@ class StudyRunner:
             row["attack_error"] = metrics["attack_error"]
         row.update(info["axes"])
         return row
+
+
+def _provenance(run: Path, info: dict[str, Any]) -> dict[str, Any]:
+    """commit and torch of the attack, and the thread counts of its training and of the attack (blank for
+    cells made before they were recorded)."""
+    attack = info.get("provenance") or {}
+    train: dict[str, Any] = {}
+    if RunLayout(run).run_json.is_file():
+        train = read_json(RunLayout(run).run_json).get("provenance") or {}
+    return {"commit": attack.get("commit"), "torch": attack.get("torch"), "train_threads": train.get("threads"),
+            "attack_threads": attack.get("threads")}
 
 
 def _verdict_columns(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -53,7 +53,11 @@ def test_reduced_study_runs_end_to_end(path: Path, tmp_path: Path):
     expected = sum(len(runner.targets(Path(spec.out) / "train" / c.train_key)) for c in runner.cells)
     assert len(rows) == expected == runner.attacks_run > 0
     assert runner.trainings_run == len({c.train_key for c in runner.cells})
+    import torch
+
     for row in rows:
+        assert row["commit"] and row["torch"] == torch.__version__  # provenance of every cell (issue 23)
+        assert row["train_threads"] == row["attack_threads"] == str(torch.get_num_threads())
         assert 0.0 <= float(row["test_accuracy"]) <= 1.0
         assert -1.0 <= float(row["ssim"]) <= 1.0 and row["rdlv"] != ""
         for axis in spec.grid:
@@ -211,3 +215,14 @@ def test_figures_draw_every_inconclusive_cell_where_it_is():
     assert points.get_offsets().tolist() == [[1.0, 0.1], [4.0, 0.15]]
     assert "inconclusive" in points.get_label() and "(2)" in points.get_label()
     plt.close(fig)
+
+
+def test_mixed_provenance_is_said_in_the_summary():
+    from studies.analyze import provenance_note
+
+    same = [{"commit": "abc", "torch": "2.14.1", "train_threads": "1", "attack_threads": "1"}] * 2
+    assert provenance_note(same) == ""
+    mixed = same + [{"commit": "abc", "torch": "2.14.1", "train_threads": "2", "attack_threads": "1"}, {"commit": ""}]
+    note = provenance_note(mixed)
+    assert "3 training thread counts (1, 2, unrecorded)" in note and "2 code commits (abc, unrecorded)" in note, note
+    assert "attack thread counts" in note and note.startswith(" Mixed provenance: ")
