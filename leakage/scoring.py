@@ -88,9 +88,20 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
     if pop_sim is not None:
         ranks = [r["identification_rank"] for r in per_image if "identification_rank" in r]
         out["identification_top1"] = sum(1 for r in ranks if r == 1) / max(1, len(ranks))
+        out["identification_chance"] = identification_chance(origs.shape[0], int(population.shape[0]))
         out["identification_rank_median"] = float(torch.tensor(ranks, dtype=torch.float).median()) if ranks else None
         out["population_size"] = int(population.shape[0])
     return out
+
+
+def identification_chance(client_images: int, population: int) -> float:
+    """The identification_top1 a reconstruction that knows nothing reaches: n / N.
+
+    Its nearest image among the N of the population is one of the client's n with probability
+    n / N, and the matching, which pairs it with one of the client's images, then pairs it with
+    that one. So a client of 32 images among 160 "identifies" 32 x 0.2 = 6.4 images by chance.
+    The rate must be read against this, never against 1 / N."""
+    return min(1.0, client_images / population) if population > 0 else float("nan")
 
 
 def _find(population: torch.Tensor, image: torch.Tensor) -> int:

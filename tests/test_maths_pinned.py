@@ -265,3 +265,25 @@ def test_weighted_mean_and_one_step_sources_targets_by_hand():
     stat = BNStat(torch.tensor([4.0]), torch.tensor([1.5]), 4)  # unbiased var 1.5 * 4 / 3 = 2
     expected = abs(4.0 - 3.25 / 0.75) + abs(2.0 - 2.5 / 0.75)
     assert float(source.loss([[stat], [stat]])) == pytest.approx(expected, rel=1e-6)
+
+
+def test_identification_chance_is_what_reconstructions_that_know_nothing_reach():
+    """n / N, by hand (8 of 40 -> 0.2; 32 of 160 -> 0.2, i.e. 6.4 images), and against a simulation: reconstructions
+    drawn independently of the client's images, scored by the real scoring, identify n / N of them on average."""
+    from leakage.scoring import identification_chance, score
+
+    assert identification_chance(8, 40) == pytest.approx(0.2) and identification_chance(32, 160) * 32 == pytest.approx(6.4)
+    assert identification_chance(1, 160) == pytest.approx(1 / 160)
+    gen = torch.Generator().manual_seed(0)
+    n, population_size, trials = 8, 40, 60
+    settings = SSIMSettings.for_size(16)
+    rates = []
+    for _ in range(trials):
+        population = torch.rand(population_size, 1, 16, 16, generator=gen)
+        client = population[torch.randperm(population_size, generator=gen)[:n]]
+        recs = torch.rand(n, 1, 16, 16, generator=gen)  # knows nothing of the client
+        out = score(recs, None, client, None, population.mean(0), 2, settings, [], population)
+        rates.append(out["identification_top1"])
+        assert out["identification_chance"] == pytest.approx(n / population_size)
+    mean = sum(rates) / trials
+    assert abs(mean - n / population_size) < 3 * math.sqrt(0.2 * 0.8 / (n * trials)), mean  # within 3 standard errors
