@@ -88,7 +88,18 @@ class StudyRunner:
 
         result = TrainJob(cfg).run(record={"overrides": cell.train_overrides})
         self.trainings_run += 1
+        self.prune_global_models(result.run.root)
         return result.run.root
+
+    def prune_global_models(self, run: Path) -> list[Path]:
+        """Keep only the global models a study reads: those of the attacked rounds (an attack starts from the
+        model its round was sent) and the final one. A ResNet-18 global model is 45 MB, one per round."""
+        rounds = int(read_json(RunLayout(run).run_json)["rounds"])
+        keep = {RunLayout(run).global_model(r).name for r, _ in self.targets(run)} | {RunLayout(run).global_model(rounds).name}
+        removed = [p for p in sorted(RunLayout(run).global_model(0).parent.glob("round_*.safetensors")) if p.name not in keep]
+        for path in removed:
+            path.unlink()
+        return removed
 
     def targets(self, run: Path) -> list[tuple[int, int]]:
         rounds = int(read_json(RunLayout(run).run_json)["rounds"])

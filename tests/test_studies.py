@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,10 @@ def test_reduced_study_runs_end_to_end(path: Path, tmp_path: Path):
         assert -1.0 <= float(row["ssim"]) <= 1.0 and row["rdlv"] != ""
         for axis in spec.grid:
             assert row[axis] in spec.grid[axis]
+    for key in {c.train_key for c in runner.cells}:  # only the attacked rounds' global models and the final one are kept
+        run = Path(spec.out) / "train" / key
+        rounds = {r for r, _ in runner.targets(run)} | {int(json.loads((run / "run.json").read_text())["rounds"])}
+        assert sorted(p.name for p in (run / "global").glob("*.safetensors")) == sorted(f"round_{r}.safetensors" for r in rounds)
     summary = analyze(Path(spec.out), spec)
     assert len(summary["figure_paths"]) >= len(spec.report.get("plots", [])) and all(p.is_file() for p in summary["figure_paths"])
     assert len(summary["tables"]) >= len(spec.report.get("tables", []))
