@@ -12,13 +12,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-# the packages whose objects are walked into; anything else (functions, compiled wrappers, generators) is left as is
-WALKED_PACKAGES = ("inversion", "leakage", "model", "privacy", "federation", "common")
-
-
-def move_to(obj: Any, device: torch.device | str, _memo: dict[int, Any] | None = None) -> Any:
+def move_to(obj: Any, device: torch.device | str, packages: tuple[str, ...], _memo: dict[int, Any] | None = None) -> Any:
     """``obj`` with every reachable tensor on ``device``; lists, dicts and objects are updated in place,
-    so references shared between them stay shared."""
+    so references shared between them stay shared. ``packages``: the top-level packages whose objects
+    are walked into (the caller names its own; anything else, such as functions, compiled wrappers
+    and generators, is left as is)."""
     memo = {} if _memo is None else _memo
     key = id(obj)
     if key in memo:
@@ -27,19 +25,19 @@ def move_to(obj: Any, device: torch.device | str, _memo: dict[int, Any] | None =
         out = obj.to(device)
     elif isinstance(obj, list):
         memo[key] = obj
-        obj[:] = [move_to(v, device, memo) for v in obj]
+        obj[:] = [move_to(v, device, packages, memo) for v in obj]
         return obj
     elif isinstance(obj, dict):
         memo[key] = obj
         for k in list(obj):
-            obj[k] = move_to(obj[k], device, memo)
+            obj[k] = move_to(obj[k], device, packages, memo)
         return obj
     elif isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        out = tuple(move_to(v, device, memo) for v in obj)
-    elif _walked(obj):
+        out = tuple(move_to(v, device, packages, memo) for v in obj)
+    elif _walked(obj, packages):
         memo[key] = obj
         for name, value in list(vars(obj).items()):
-            setattr(obj, name, move_to(value, device, memo))
+            setattr(obj, name, move_to(value, device, packages, memo))
         return obj
     else:
         out = obj
@@ -47,6 +45,6 @@ def move_to(obj: Any, device: torch.device | str, _memo: dict[int, Any] | None =
     return out
 
 
-def _walked(obj: Any) -> bool:
+def _walked(obj: Any, packages: tuple[str, ...]) -> bool:
     package = (type(obj).__module__ or "").split(".")[0]
-    return package in WALKED_PACKAGES and hasattr(obj, "__dict__") and not isinstance(obj, type)
+    return package in packages and hasattr(obj, "__dict__") and not isinstance(obj, type)

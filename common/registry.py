@@ -45,9 +45,11 @@ class Registry(Generic[T]):
     def unregister(self, name: str) -> None:
         self._items.pop(name, None)
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, where: str = "") -> T:
+        """The extension called ``name``; ``where``: the config key that named it, when more precise than the
+        registry's own (``privacy.filters[1]``)."""
         if name not in self._items:
-            where = f"{self.config_key}: " if self.config_key else ""
+            where = f"{where or self.config_key}: " if (where or self.config_key) else ""
             raise UserError(f"{where}unknown {self.kind} '{name}' (known: {', '.join(self.names())})")
         return self._items[name]
 

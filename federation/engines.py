@@ -10,16 +10,17 @@ from pathlib import Path
 from typing import Callable
 
 from common.errors import UserError
+from common.registry import Registry
 from federation.simulation import FederatedSimulation, RoundRecord
 
 Engine = Callable[[FederatedSimulation, Path, bool], list[RoundRecord]]
-ENGINES: dict[str, Engine] = {}
+REGISTRY: Registry[Engine] = Registry("FL engine", "fl.engine")
 RESUMABLE: set[str] = set()
 
 
 def register(name: str, resumable: bool = False) -> Callable[[Engine], Engine]:
     def add(fn: Engine) -> Engine:
-        ENGINES[name] = fn
+        REGISTRY.register(fn, name=name)
         if resumable:
             RESUMABLE.add(name)
         return fn
@@ -28,11 +29,10 @@ def register(name: str, resumable: bool = False) -> Callable[[Engine], Engine]:
 
 def engine(name: str, resume: bool = False) -> Engine:
     """The engine called ``name``; refused before any work when it cannot do what is asked (resume)."""
-    if name not in ENGINES:
-        raise UserError(f"unknown fl.engine '{name}' ({', '.join(ENGINES)})")
+    fn = REGISTRY.get(name)
     if resume and name not in RESUMABLE:
         raise UserError(f"--resume is for {', '.join(sorted(RESUMABLE))}, not fl.engine={name}: an interrupted {name} run starts over")
-    return ENGINES[name]
+    return fn
 
 
 @register("simulation", resumable=True)

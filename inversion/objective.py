@@ -81,6 +81,11 @@ class WeightGrid:
         return self.combos[restart % len(self.combos)][list(self.axes).index(term)]
 
 
+# the packages whose objects the objective holds (terms, BN sources, the replay, the model's input path):
+# moving the objective walks into these, and leaves anything else (functions, compiled wrappers) as is
+WALKED_PACKAGES = ("inversion", "leakage", "model", "privacy", "federation", "common")
+
+
 class Objective:
     """``objective(images [R,N,C,H,W], labels) -> (total [R], parts [R, terms])``.
 
@@ -197,7 +202,7 @@ class Objective:
 
     def to(self, device: torch.device | str) -> "Objective":
         """Everything the objective holds (weights, targets, masks, batch indices) on ``device``."""
-        move_to(self, torch.device(device))
+        move_to(self, torch.device(device), WALKED_PACKAGES)
         return self
 
     def grid_setting(self, restart: int) -> dict[str, float]:
