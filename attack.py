@@ -20,8 +20,7 @@ from common.cli import load_config, parser  # noqa: E402
 from common.errors import run_cli  # noqa: E402
 from inversion.config import AttackConfig  # noqa: E402
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "attack" / "default.yaml")
-BATCH_CONFIG = str(Path(__file__).resolve().parent / "configs" / "attack" / "batch.yaml")
+BATCH_CONFIG = str(AttackConfig.DEFAULT_FILE.parent / "batch.yaml")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,12 +39,12 @@ def main(argv: list[str] | None = None) -> None:
                    "same as force=true)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier output of attack.py (anything else is never replaced)")
     args = p.parse_intermixed_args(argv)
-    cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run,
+    cfg = load_config(AttackConfig, args, str(AttackConfig.DEFAULT_FILE), {"update": args.update, "out": args.out, "run": args.run,
                                                                  "ground_truth": args.ground_truth})
     images = batch_client(cfg) if args.config is None else 0
     if images:
         args.config = [BATCH_CONFIG]
-        cfg = load_config(AttackConfig, args, DEFAULT_CONFIG, {"update": args.update, "out": args.out, "run": args.run,
+        cfg = load_config(AttackConfig, args, str(AttackConfig.DEFAULT_FILE), {"update": args.update, "out": args.out, "run": args.run,
                                                                      "ground_truth": args.ground_truth})
         print(f"the update's client had {images} images: attacking with configs/attack/batch.yaml "
               f"({cfg.optim.iterations} iterations or {cfg.optim.max_seconds:g} s, whichever ends first; "

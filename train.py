@@ -16,7 +16,6 @@ from common.cli import load_config, parser  # noqa: E402
 from common.errors import run_cli  # noqa: E402
 from federation.config import TrainConfig  # noqa: E402
 
-DEFAULT_CONFIG = str(Path(__file__).resolve().parent / "configs" / "default.yaml")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -28,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--export-job", default=None, metavar="DIR", help="write the NVFlare job of this config to DIR (a new folder) for "
                    "real sites, and train nothing (docs/nvflare.md)")
     args = p.parse_intermixed_args(argv)
-    cfg = load_config(TrainConfig, args, DEFAULT_CONFIG, {"out": args.out})
+    cfg = load_config(TrainConfig, args, str(TrainConfig.DEFAULT_FILE), {"out": args.out})
 
     from federation.curves import accuracy_line
     from pipelines.train_job import TrainJob

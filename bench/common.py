@@ -25,7 +25,7 @@ def ensure_run(run: Path, overrides: list[str] | None = None) -> Path:
     from federation.config import TrainConfig
     from pipelines.train_job import TrainJob
 
-    cfg = load(TrainConfig, [ROOT / "configs" / "default.yaml"], [f"out={run}", "logging.wandb=false", "logging.progress=false"] + (overrides or []))
+    cfg = load(TrainConfig, [TrainConfig.DEFAULT_FILE], [f"out={run}", "logging.wandb=false", "logging.progress=false"] + (overrides or []))
     return TrainJob(cfg).run().run.root
 
 
@@ -36,7 +36,9 @@ def target_parser(doc: str) -> "argparse.ArgumentParser":
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default=str(ROOT / "bench" / "runs" / "default"), help="training run (trained with configs/default.yaml if missing)")
     p.add_argument("--client", type=int, default=3)
-    p.add_argument("--config", default=str(ROOT / "configs" / "attack" / "default.yaml"))
+    from inversion.config import AttackConfig
+
+    p.add_argument("--config", default=str(AttackConfig.DEFAULT_FILE))
     return p
 
 
@@ -58,7 +60,9 @@ def attack_files(config: str | Path) -> list[str]:
     """``config`` on top of configs/attack/default.yaml, as ``attack.py --config`` layers them."""
     from common.cli import config_files
 
-    return config_files(ROOT / "configs" / "attack" / "default.yaml", [config])
+    from inversion.config import AttackConfig
+
+    return config_files(AttackConfig.DEFAULT_FILE, [config])
 
 
 def peak_rss_mb() -> float:

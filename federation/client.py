@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Literal
 
 import pytorch_lightning as pl
 import torch
@@ -15,7 +16,7 @@ from model.factory import ClientModel
 
 @dataclasses.dataclass
 class OptimizerConfig:
-    name: str = option("sgd", "sgd or adam")
+    name: Literal["sgd", "adam"] = option("sgd", "sgd or adam")
     lr: float = option(0.01, "client learning rate (the server may decay it over rounds)")
     momentum: float = option(0.0, "sgd: momentum")
     dampening: float = option(0.0, "sgd: dampening")
@@ -25,8 +26,6 @@ class OptimizerConfig:
     eps: float = option(1e-8, "adam: epsilon")
 
     def validate(self) -> None:
-        if self.name not in ("sgd", "adam"):
-            raise UserError(f"unknown optimizer '{self.name}' (sgd, adam)")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"optimizer.lr must be a positive number, got {self.lr}")
         if self.name == "sgd" and self.nesterov and (self.momentum <= 0 or self.dampening != 0):

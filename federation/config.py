@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -25,7 +26,7 @@ class LocalConfig:
 class FLConfig:
     rounds: int = option(3, "number of FL rounds")
     client_fraction: float = option(1.0, "fraction of clients sampled each round (at least one)")
-    weighting: str = option("steps", "FedAvg weights: steps (the paper), samples, or uniform")
+    weighting: Literal["steps", "samples", "uniform"] = option("steps", "FedAvg weights: steps (the paper), samples, or uniform")
     lr_decay_every: int = option(0, "multiply the client lr by lr_decay every this many rounds (0 = never)")
     lr_decay: float = option(0.1, "lr decay factor")
     workers: int = option(0, "train each round's clients in this many worker processes (accelerator gpu: worker i on GPU i; "
@@ -56,9 +57,11 @@ class LoggingConfig:
 
 @dataclasses.dataclass
 class TrainConfig:
+    DEFAULT_FILE: ClassVar[Path] = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"  # train.py's base config
+
     seed: int = option(0, "seed of the split, the initial model, the shuffling and the filters' noise")
     out: str = option("runs/default", "run directory")
-    accelerator: str = option("cpu", "Lightning accelerator for local training: cpu, gpu or auto")
+    accelerator: Literal["cpu", "gpu", "auto", "cuda"] = option("cpu", "Lightning accelerator for local training: cpu, gpu or auto")
     data: DataConfig = option(help="data", factory=DataConfig)
     model: ModelConfig = option(help="model", factory=ModelConfig)
     optimizer: OptimizerConfig = option(help="client optimiser", factory=OptimizerConfig)
@@ -78,12 +81,8 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise UserError(f"fl.rounds must be at least 1, got {cfg.fl.rounds}")
     if not 0 < cfg.fl.client_fraction <= 1:
         raise UserError(f"fl.client_fraction must be in (0, 1], got {cfg.fl.client_fraction}")
-    if cfg.fl.weighting not in ("steps", "samples", "uniform"):
-        raise UserError(f"unknown fl.weighting '{cfg.fl.weighting}' (steps, samples, uniform)")
     if cfg.local.epochs < 1 and cfg.local.steps < 1:
         raise UserError("local.epochs or local.steps must be at least 1")
     cfg.optimizer.validate()
-    if cfg.accelerator not in ("cpu", "gpu", "auto", "cuda"):
-        raise UserError(f"unknown accelerator '{cfg.accelerator}' (cpu, gpu, auto)")
     if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("accelerator gpu requested but no CUDA device is available")

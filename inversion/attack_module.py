@@ -103,19 +103,7 @@ def restart_generator(seed: int, restart: int) -> torch.Generator:
 class GradientInversionAttack(pl.LightningModule):
     def __init__(self, knowledge: AttackerKnowledge, objective: dict[str, dict[str, Any]], optim: OptimConfig,
                  labels: LabelConfig, trace_every: int = 0):
-        super().__init__()
-        if optim.iterations < 1:
-            raise UserError(f"optim.iterations must be at least 1, got {optim.iterations}")
-        if not (math.isfinite(optim.lr) and optim.lr > 0):
-            raise UserError(f"optim.lr must be a positive number, got {optim.lr}")
-        if optim.restarts < 1:
-            raise UserError(f"optim.restarts must be at least 1, got {optim.restarts}")
-        if optim.init not in ("prior", "noise"):
-            raise UserError(f"optim.init must be prior or noise, got {optim.init}")
-        if optim.schedule not in ("cosine", "constant"):
-            raise UserError(f"optim.schedule must be cosine or constant, got {optim.schedule}")
-        if optim.select not in SELECTIONS:
-            raise UserError(f"optim.select must be one of {', '.join(SELECTIONS)}, got {optim.select}")
+        super().__init__()  # the settings were checked by inversion.config.check_attack_config (pipelines.attack_job)
         self.knowledge = knowledge
         self.optim_cfg = optim
         self.restart_ids = list(range(optim.restarts))

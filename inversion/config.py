@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import math
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 from common.config import option
-from inversion.convergence import ConvergenceConfig
-from inversion.escalation import EscalationConfig
+from common.errors import UserError
+from inversion.convergence import ConvergenceConfig, check_convergence_config
+from inversion.escalation import EscalationConfig, check_escalation_config
 from inversion.threat_model import ThreatConfig
 
 
@@ -24,16 +27,16 @@ class OptimConfig:
     lr: float = option(0.1, "Adam learning rate on the [0, 1] images")
     betas: list[float] = option(help="Adam betas", factory=lambda: [0.9, 0.999])
     warmup: int = option(50, "linear warm-up steps")
-    schedule: str = option("cosine", "lr schedule after warm-up: cosine or constant")
+    schedule: Literal["cosine", "constant"] = option("cosine", "lr schedule after warm-up: cosine or constant")
     restarts: int = option(1, "independent restarts (an extra batch dimension); each keeps its best iterate by objective, optim.select picks the one returned")
     grid: dict[str, list[float]] = option(help="term weights (and Adam learning rates, axis lr) tried side by side as restarts, e.g. "
                                                "{total_variation: [0.003, 0.03], lr: [0.1, 0.3]}: restart r takes combination r mod the grid size "
                                                "({} = every restart uses the objective's weights and optim.lr)",
                                           factory=dict)
-    select: str = option("auto", "which restart is returned: objective (lowest objective with the configured weights, the same for every restart), "
+    select: Literal["auto", "objective", "holdout"] = option("auto", "which restart is returned: objective (lowest objective with the configured weights, the same for every restart), "
                                  "holdout (lowest mismatch of the BN layers held out of the prior, objective.bn_statistics.holdout), "
                                  "auto (holdout when layers are held out, else objective)")
-    init: str = option("prior", "start from the prior image (plus init_noise) or from uniform noise")
+    init: Literal["prior", "noise"] = option("prior", "start from the prior image (plus init_noise) or from uniform noise")
     init_noise: float = option(0.05, "std of the Gaussian noise added to the prior start (identical starts never separate)")
     langevin: float = option(0.0, "std of Gaussian noise added to the images after each step, decaying with the lr")
     grayscale: bool = option(False, "the client fed one grayscale image repeated to every channel (a torchvision model on X-rays): "
@@ -78,6 +81,8 @@ class AttackLoggingConfig:
 
 @dataclasses.dataclass
 class AttackConfig:
+    DEFAULT_FILE: ClassVar[Path] = Path(__file__).resolve().parent.parent / "configs" / "attack" / "default.yaml"  # attack.py's base
+
     run: str = option("runs/default", "run directory whose latest round's high-risk client is attacked when update is empty")
     update: str = option("", "update folder (RUN/updates/round_<r>/client_<c>); '' = the high-risk client of the run's latest round")
     global_model: str = option("", "global model file ('' = the one named in the update's metadata)")
@@ -99,3 +104,27 @@ class AttackConfig:
     prior: PriorConfig = option(help="prior image", factory=PriorConfig)
     scoring: ScoringConfig = option(help="scoring (reads the ground truth, after the attack)", factory=ScoringConfig)
     logging: AttackLoggingConfig = option(help="logging", factory=AttackLoggingConfig)
+
+
+def check_attack_config(cfg: AttackConfig) -> None:
+    """Every check of an attack config that needs no update, in one place and before any work (as
+    ``check_train_config`` for training); the objective's terms check their own parameters when built."""
+    from inversion.terms import REGISTRY as TERMS  # the terms import the sources and the replay: loaded when checked
+
+    optim = cfg.optim
+    if optim.iterations < 1:
+        raise UserError(f"optim.iterations must be at least 1, got {optim.iterations}")
+    if not (math.isfinite(optim.lr) and optim.lr > 0):
+        raise UserError(f"optim.lr must be a positive number, got {optim.lr}")
+    if optim.restarts < 1:
+        raise UserError(f"optim.restarts must be at least 1, got {optim.restarts}")
+    if cfg.devices < 1:
+        raise UserError(f"devices must be at least 1, got {cfg.devices}")
+    if cfg.devices > 1:
+        coupled = [name for name, params in (cfg.objective or {}).items()
+                   if name in TERMS and TERMS[name].across_restarts and float((params or {}).get("weight", 0.0)) > 0]
+        if coupled:
+            raise UserError(f"objective term {coupled[0]} couples the restarts, which devices={cfg.devices} spreads over processes "
+                            "that do not see each other's: use devices=1 (or set its weight to 0)")
+    check_convergence_config(cfg.convergence)
+    check_escalation_config(cfg.escalation)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -90,10 +90,10 @@ def make_terms(spec: dict[str, dict[str, Any]], setting: AttackSetting) -> list[
 @dataclasses.dataclass
 class UpdateMatchingParams:
     weight: float = option(1.0, "weight (0 = off: no replay, no double backward)")
-    metric: str = option("cosine", "cosine (1 - cos) or l2 (squared error relative to the observed norm)")
+    metric: Literal["cosine", "l2"] = option("cosine", "cosine (1 - cos) or l2 (squared error relative to the observed norm)")
     per_layer: bool = option(True, "average the metric over parameter tensors instead of one flat vector")
     layer_weights: dict[str, float] = option(help="regex -> weight for matching parameter names (first match wins)", factory=dict)
-    relu_grad: str = option("smooth", "exact, or smooth: exact ReLU values and derivative with a sigmoid slope for the outer gradient")
+    relu_grad: Literal["exact", "smooth"] = option("smooth", "exact, or smooth: exact ReLU values and derivative with a sigmoid slope for the outer gradient")
     relu_beta: float = option(10.0, "slope of the smooth ReLU derivative")
     ignore_zeros: bool = option(False, "match only entries the client sent as non-zero (for sparsifying filters)")
     min_snr: float = option(10.0, "skip tensors whose observed delta is below this multiple of float32 rounding noise (|theta| * 2^-24)")
@@ -109,10 +109,6 @@ class UpdateMatching(ObjectiveTerm):
 
     def __init__(self, params: UpdateMatchingParams, setting: AttackSetting):
         super().__init__(params, setting)
-        if params.metric not in ("cosine", "l2"):
-            raise UserError(f"objective.update_matching.metric must be cosine or l2, got {params.metric}")
-        if params.relu_grad not in ("exact", "smooth"):
-            raise UserError(f"objective.update_matching.relu_grad must be exact or smooth, got {params.relu_grad}")
         patterns = [(re.compile(k), float(v)) for k, v in params.layer_weights.items()]
         self.keys, self.weights, self.masks = [], [], []
         self.skipped_noise: list[str] = []
@@ -172,21 +168,18 @@ class UpdateMatching(ObjectiveTerm):
 # ----------------------------------------------------------------------------- BN statistics
 
 
-HOLDOUT_UNITS = ("layer", "channel")
-
-
 @dataclasses.dataclass
 class BNStatisticsParams:
     weight: float = option(1.0, "weight")
     source: str = option("auto", f"where targets come from: {', '.join(source_names())} (auto = multi_step if running stats were sent, else none)")
-    weights_per_step: str = option("interpolate", "without update matching, the weights each dummy step uses: interpolate (theta0 + k/T delta) or global")
-    normalize: str = option("layer", "layer: each BN layer's distances divided by its target scale (RMS relative errors; "
+    weights_per_step: Literal["interpolate", "global"] = option("interpolate", "without update matching, the weights each dummy step uses: interpolate (theta0 + k/T delta) or global")
+    normalize: Literal["layer", "none"] = option("layer", "layer: each BN layer's distances divided by its target scale (RMS relative errors; "
                                      "BN is blind to its input's scale, so the prior is too), or none: raw DeepInversion distances")
-    update_scale: str = option("known", "known, or fit: the update was clipped (scaled by an unknown factor, e.g. dp_gaussian's "
+    update_scale: Literal["known", "fit"] = option("known", "known, or fit: the update was clipped (scaled by an unknown factor, e.g. dp_gaussian's "
                                         "clip_norm / ||update||); multi_step fits the factor jointly with the images")
     holdout: int = option(0, "hold every k-th BN layer (k >= 2) out of the prior: their mismatch is computed but never optimised, "
                              "and scores the restarts (optim.select); 0 = use every layer")
-    holdout_unit: str = option("layer", "what holdout holds out: layer (every k-th BN layer), or channel (every k-th channel of "
+    holdout_unit: Literal["layer", "channel"] = option("layer", "what holdout holds out: layer (every k-th BN layer), or channel (every k-th channel of "
                                         "every BN layer, so that each layer keeps (k-1)/k of its signal; for models with few BN layers): "
                                         "channel groups choose among restarts but do not judge convergence, since a group is matched "
                                         "along with its layer's fitted channels even when the images are wrong (bench.few_bn_holdout)")
@@ -201,12 +194,8 @@ class BNStatistics(ObjectiveTerm):
 
     def __init__(self, params: BNStatisticsParams, setting: AttackSetting):
         super().__init__(params, setting)
-        if params.weights_per_step not in ("interpolate", "global"):
-            raise UserError(f"objective.bn_statistics.weights_per_step must be interpolate or global, got {params.weights_per_step}")
         if params.holdout == 1 or params.holdout < 0:
             raise UserError(f"objective.bn_statistics.holdout must be 0 or at least 2, got {params.holdout}")
-        if params.holdout_unit not in HOLDOUT_UNITS:
-            raise UserError(f"objective.bn_statistics.holdout_unit must be one of {', '.join(HOLDOUT_UNITS)}, got {params.holdout_unit}")
         self.source: BNSource = setting.bn_source_factory(params.source, params.normalize, params.update_scale)
         k = params.holdout
         if k and self.source.layers and params.holdout_unit == "channel":
@@ -245,7 +234,7 @@ class BNStatistics(ObjectiveTerm):
 @dataclasses.dataclass
 class TVParams:
     weight: float = option(1e-4, "weight")
-    norm: str = option("l2", "l1 (anisotropic absolute differences) or l2 (squared differences)")
+    norm: Literal["l1", "l2"] = option("l2", "l1 (anisotropic absolute differences) or l2 (squared differences)")
 
 
 @register
@@ -255,8 +244,6 @@ class TotalVariation(ObjectiveTerm):
 
     def __init__(self, params: TVParams, setting: AttackSetting):
         super().__init__(params, setting)
-        if params.norm not in ("l1", "l2"):
-            raise UserError(f"objective.total_variation.norm must be l1 or l2, got {params.norm}")
 
     def per_restart(self, inp: TermInput) -> torch.Tensor:
         x = inp.images

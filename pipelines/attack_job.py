@@ -26,7 +26,7 @@ from datamodules.sources import DataConfig, load_pool
 from common.quiet import quiet_lightning
 from federation.run_layout import RunLayout
 from federation.update_store import high_risk_update
-from inversion.config import AttackConfig
+from inversion.config import AttackConfig, check_attack_config
 from inversion.threat_model import AttackerKnowledge, load_knowledge, load_prior, prior_description
 from leakage.figures import reconstruction_figure
 from leakage.ground_truth import GroundTruth, ground_truth_for_update, load_image_file, oracle_knowledge
@@ -35,10 +35,9 @@ from leakage.metrics import SSIMSettings
 from leakage.scoring import score
 from leakage.verdict import verdict_record
 from inversion.attack_module import AttackResult, GradientInversionAttack, iteration_loader
-from inversion.convergence import Convergence, check_convergence_config
-from inversion.escalation import Rung, check_escalation_config
+from inversion.convergence import Convergence
+from inversion.escalation import Rung
 from pipelines.escalation import Escalated, attack_until_converged
-from inversion.terms import REGISTRY as TERMS
 from model.factory import batch_norm_layers, build_model
 
 
@@ -77,17 +76,10 @@ def make_trainer(cfg: AttackConfig, logger: Any = False, callbacks: list[pl.Call
     accelerator = cfg.accelerator
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("accelerator gpu requested but no CUDA device is available")
-    if cfg.devices < 1:
-        raise UserError(f"devices must be at least 1, got {cfg.devices}")
+    check_attack_config(cfg)
     strategy: Any = "auto"
     if cfg.devices > 1:
         from pytorch_lightning.strategies import DDPStrategy
-
-        coupled = [name for name, params in (cfg.objective or {}).items()
-                   if name in TERMS and TERMS[name].across_restarts and float((params or {}).get("weight", 0.0)) > 0]
-        if coupled:
-            raise UserError(f"objective term {coupled[0]} couples the restarts, which devices={cfg.devices} spreads over processes "
-                            "that do not see each other's: use devices=1 (or set its weight to 0)")
 
         # every rank keeps its own best iterates: buffers must not be overwritten by rank 0's
         strategy = DDPStrategy(broadcast_buffers=False, process_group_backend="nccl" if accelerator in ("gpu", "cuda") else "gloo")
@@ -107,8 +99,7 @@ def make_trainer(cfg: AttackConfig, logger: Any = False, callbacks: list[pl.Call
 def build_attack(knowledge: AttackerKnowledge, cfg: AttackConfig,
                  trace_every: int = 0) -> GradientInversionAttack:
     """The attack module; building it validates the objective, labels and optimisation settings."""
-    check_convergence_config(cfg.convergence)
-    check_escalation_config(cfg.escalation)
+    check_attack_config(cfg)
     attack = GradientInversionAttack(knowledge, cfg.objective, cfg.optim, cfg.labels, trace_every)
     attack.log_every = max(1, cfg.logging.log_every)
     return attack

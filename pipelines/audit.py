@@ -33,7 +33,7 @@ class AttackAudit:
         if not path.is_absolute() and not path.exists():
             path = ROOT / path
         over = overrides_list(cfg.attack) + ["logging.wandb=false", "logging.progress=false", "scoring.lpips=false"]
-        files = config_files(ROOT / "configs" / "attack" / "default.yaml", [path])
+        files = config_files(AttackConfig.DEFAULT_FILE, [path])
         self.attack_cfg: AttackConfig = load(AttackConfig, files, over) if cfg.every else AttackConfig()
 
     def due(self, rnd: int, client: int) -> bool:

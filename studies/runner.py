@@ -24,8 +24,8 @@ from studies.executors import REGISTRY as EXECUTORS, Executor, ExecutorOptions
 from studies.spec import Cell, StudySpec, cells, config_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
-TRAIN_DEFAULT = ROOT / "configs" / "default.yaml"
-ATTACK_DEFAULT = ROOT / "configs" / "attack" / "default.yaml"
+TRAIN_DEFAULT = TrainConfig.DEFAULT_FILE
+ATTACK_DEFAULT = AttackConfig.DEFAULT_FILE
 
 # results.csv / per_image.csv columns; the registered image metrics (leakage/image_metrics/) follow "ssim"
 # when any cell computed them

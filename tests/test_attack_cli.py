@@ -198,7 +198,7 @@ def test_a_multi_image_update_is_attacked_with_the_batch_config_unless_one_is_na
     batch = yaml.safe_load((attack.Path(attack.BATCH_CONFIG)).read_text())
     used = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
     assert used["objective"]["update_matching"]["weight"] == batch["objective"]["update_matching"]["weight"] > 0
-    attack.main(FAST + ["--config", attack.DEFAULT_CONFIG, "--update", update, "--out", str(tmp_path / "named")])
+    attack.main(FAST + ["--config", str(attack.AttackConfig.DEFAULT_FILE), "--update", update, "--out", str(tmp_path / "named")])
     assert "batch.yaml" not in capsys.readouterr().out
     assert yaml.safe_load((tmp_path / "named" / "config.yaml").read_text())["objective"]["update_matching"]["weight"] == 0
 
@@ -222,7 +222,7 @@ def test_force_attacks_an_implausible_update_that_is_otherwise_refused(tiny_run,
 
     dst, meta = _copy_update(tiny_run, tmp_path)
     _corrupt("huge", dst, meta)
-    code, err = _attack(FAST + ["--config", attack.DEFAULT_CONFIG, "--update", str(dst), "--out", str(tmp_path / "refused")], capsys)
+    code, err = _attack(FAST + ["--config", str(attack.AttackConfig.DEFAULT_FILE), "--update", str(dst), "--out", str(tmp_path / "refused")], capsys)
     assert code == 2 and "--force attacks it anyway" in err, err
-    attack.main(FAST + ["--config", attack.DEFAULT_CONFIG, "optim.iterations=2", "--update", str(dst), "--out", str(tmp_path / "forced"), "--force"])
+    attack.main(FAST + ["--config", str(attack.AttackConfig.DEFAULT_FILE), "optim.iterations=2", "--update", str(dst), "--out", str(tmp_path / "forced"), "--force"])
     assert (tmp_path / "forced" / "metrics.json").is_file()
