@@ -13,7 +13,7 @@ from scipy.optimize import linear_sum_assignment
 from inversion.labels import count_accuracy
 from leakage.image_metrics import ImageMetric, metrics_for
 from leakage.metrics import SSIMSettings, ssim_matrix, ssim_pairs
-from leakage.rdlv import identification_rank, rdlv_matrix, ssim_gain
+from leakage.rdlv import identification_rank, rdlv_client, rdlv_per_image, ssim_gain
 
 
 def hungarian(similarity: torch.Tensor) -> list[tuple[int, int]]:
@@ -35,7 +35,7 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
     recs, origs = recs.float().clamp(0, 1), origs.float().clamp(0, 1)
     sim = ssim_matrix(recs, origs, settings)  # [M, N]
     prior_ssim = ssim_pairs(prior[None].expand_as(origs), origs, settings)  # [N]
-    rdlv = rdlv_matrix(sim, prior_ssim)
+    rdlv = rdlv_per_image(sim, prior_ssim)  # [N]: leakage/rdlv.py, the functions tests/test_maths_pinned.py pins
     pairs = hungarian(sim)
     matched = {i: j for j, i in pairs}
     gain = ssim_gain(sim, prior_ssim)
@@ -43,7 +43,7 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
     if class_priors and labels is not None:
         cp = torch.stack([class_priors[int(y)] for y in labels])
         class_prior_ssim = ssim_pairs(cp, origs, settings)
-        class_rdlv = rdlv_matrix(sim, class_prior_ssim).max(0).values
+        class_rdlv = rdlv_per_image(sim, class_prior_ssim)
     pop_sim = ssim_matrix(recs, population, settings) if population is not None else None
     per_image = []
     for i in range(origs.shape[0]):
@@ -58,7 +58,7 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
             "nearest_reconstruction": nearest,
             "nearest_ssim": float(sim[nearest, i]),
             "prior_ssim": float(prior_ssim[i]),
-            "rdlv": float(rdlv[:, i].max()),
+            "rdlv": float(rdlv[i]),
             "ssim_gain": float(gain[i]),
         }
         if class_rdlv is not None:
@@ -72,7 +72,7 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
     out: dict[str, Any] = {
         "ssim": _mean([r["ssim"] for r in matched_rows]),
         **{m.name: m.combine([r[m.name] for r in matched_rows]) if m in available else None for m in metrics},
-        "rdlv": float(rdlv.max()),
+        "rdlv": rdlv_client(sim, prior_ssim),
         "rdlv_mean": _mean([r["rdlv"] for r in per_image]),
         "ssim_gain": float(gain.max()),
         "prior_ssim": _mean([r["prior_ssim"] for r in per_image]),

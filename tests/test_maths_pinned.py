@@ -287,3 +287,19 @@ def test_identification_chance_is_what_reconstructions_that_know_nothing_reach()
         assert out["identification_chance"] == pytest.approx(n / population_size)
     mean = sum(rates) / trials
     assert abs(mean - n / population_size) < 3 * math.sqrt(0.2 * 0.8 / (n * trials)), mean  # within 3 standard errors
+
+
+def test_score_reports_the_pinned_rdlv_functions():
+    """The RDLV score() reports (per image and per client) is leakage/rdlv.py's, which the test above pins by hand."""
+    from leakage.metrics import ssim_matrix
+    from leakage.scoring import score
+
+    gen = torch.Generator().manual_seed(1)
+    origs, recs = torch.rand(3, 1, 16, 16, generator=gen), torch.rand(2, 1, 16, 16, generator=gen)
+    prior = torch.rand(1, 16, 16, generator=gen)
+    settings = SSIMSettings.for_size(16)
+    out = score(recs, None, origs, None, prior, 2, settings, [])
+    sim = ssim_matrix(recs, origs, settings)
+    prior_ssim = ssim_pairs(prior[None].expand_as(origs), origs, settings)
+    assert out["rdlv"] == pytest.approx(rdlv_client(sim, prior_ssim))
+    assert [r["rdlv"] for r in out["per_image"]] == pytest.approx(rdlv_per_image(sim, prior_ssim).tolist())
