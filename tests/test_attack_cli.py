@@ -1,6 +1,7 @@
 """attack.py end to end on a tiny run, and its bad-input contract."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from safetensors.torch import save_file
