@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import NamedTuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,8 +89,9 @@ class RunLayout:
         return sorted(found)
 
     @classmethod
-    def of_update(cls, update_directory: str | Path) -> tuple["RunLayout", int, int] | None:
-        """(layout, round, client) of an update folder laid out as RUN/updates/round_<r>/client_<c>, else None."""
+    def of_update(cls, update_directory: str | Path) -> "UpdateLocation | None":
+        """Where an update folder laid out as RUN/updates/round_<r>/client_<c> sits (its run, round and
+        client), else None."""
         d = Path(update_directory).resolve()
         try:
             rnd = int(d.parent.name.removeprefix("round_"))
@@ -98,5 +100,13 @@ class RunLayout:
             return None
         if d.parent.parent.name != "updates":
             return None
-        return cls(d.parent.parent.parent), rnd, client
+        return UpdateLocation(cls(d.parent.parent.parent), rnd, client)
+
+
+class UpdateLocation(NamedTuple):
+    """An update's run, round and client, resolved once from its folder (``RunLayout.of_update``)."""
+
+    run: RunLayout
+    round: int
+    client: int
 

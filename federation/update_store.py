@@ -59,7 +59,7 @@ def load_update(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
 def update_root(update_directory: Path) -> Path:
     """The folder an update's own files may live in: its run (RUN/updates/round_r/client_c), else the update folder."""
     where = RunLayout.of_update(update_directory)
-    return where[0].root if where is not None else update_directory.resolve()
+    return where.run.root if where is not None else update_directory.resolve()
 
 
 def resolve_global_model(update_directory: Path, meta: dict[str, Any], explicit: str | Path | None = None) -> Path:

@@ -43,7 +43,7 @@ def load_ground_truth(run: RunLayout | Path, rnd: int, client: int) -> GroundTru
 
 def ground_truth_for_update(update_directory: str | Path) -> GroundTruth | None:
     where = RunLayout.of_update(update_directory)
-    if where is None or not where[0].ground_truth(*where[1:]).is_dir():
+    if where is None or not where.run.ground_truth(where.round, where.client).is_dir():
         return None
     return load_ground_truth(*where)
 

@@ -51,11 +51,11 @@ def resolve_prior(cfg: AttackConfig, update_dir: Path) -> tuple[torch.Tensor | N
     if cfg.prior.path:
         return load_prior(cfg.prior.path, cfg.prior.key), f"{cfg.prior.path}:{cfg.prior.key}"
     where = RunLayout.of_update(update_dir)
-    if where is not None and where[0].prior.is_file():
-        population = prior_description(where[0].prior)
+    if where is not None and where.run.prior.is_file():
+        population = prior_description(where.run.prior)
         if population.endswith("training pool"):  # runs made before issue 23: the pool held the clients' images
             population = f"mean of the {population}, the clients' images included"
-        return load_prior(where[0].prior, cfg.prior.key), f"run prior '{cfg.prior.key}' ({population or 'population mean'})"
+        return load_prior(where.run.prior, cfg.prior.key), f"run prior '{cfg.prior.key}' ({population or 'population mean'})"
     return None, ""
 
 
@@ -158,7 +158,7 @@ def score_result(result: AttackResult, knowledge: AttackerKnowledge, gt: GroundT
     pop, class_priors = (None, None)
     where = RunLayout.of_update(update_dir)
     if where is not None and population:
-        pop, class_priors = _population(where[0], knowledge)
+        pop, class_priors = _population(where.run, knowledge)
     metrics = metrics_for(cfg.scoring)
     scores = score(result.images, result.labels, gt.images, gt.labels, knowledge.prior, knowledge.spec.num_classes,
                    settings, metrics, pop, class_priors)
@@ -197,8 +197,7 @@ def default_out(cfg: AttackConfig, update_dir: Path) -> Path:
     where = RunLayout.of_update(update_dir)
     if where is None:
         return update_dir / "attack"
-    run, rnd, client = where
-    return run.attack(rnd, client)
+    return where.run.attack(where.round, where.client)
 
 
 def check_out(out: Path, update_dir: Path) -> None:
