@@ -27,6 +27,9 @@ class ThreatConfig:
     oracle_labels: bool = option(False, "ablation: give the attacker the true labels")
     oracle_bn_statistics: bool = option(False, "ablation: give the attacker every step's true BN batch statistics (for bn source exact)")
     oracle_batch_order: bool = option(False, "ablation: give the attacker the true assignment of images to local steps")
+    reconstruct_at_input: bool = option(False, "reconstruct at the model's input resolution (its input path's resize_to, e.g. 80 px) "
+                                               "instead of the data's size from the update metadata: what a server that knows only the "
+                                               "model can do; scored after downsampling to the ground truth's size")
 
 
 @dataclasses.dataclass
@@ -46,6 +49,12 @@ class AttackerKnowledge:
     prior: torch.Tensor  # [C, H, W] in [0, 1]
     prior_source: str
     oracle: OracleKnowledge = dataclasses.field(default_factory=OracleKnowledge)
+    native_prior: torch.Tensor | None = None  # the prior at the data's size, when the attack reconstructs at another one
+
+    @property
+    def scoring_prior(self) -> torch.Tensor:
+        """The prior at the data's size: RDLV's reference, whatever size the attack reconstructed at."""
+        return self.native_prior if self.native_prior is not None else self.prior
 
     def global_model(self) -> ClientModel:
         model = build_model(self.spec)
@@ -154,6 +163,24 @@ def _check_steps(update: dict[str, torch.Tensor], meta: dict[str, Any], model: C
             if counted != int(meta["local_steps"]):
                 raise UserError(f"update says {counted} local steps (num_batches_tracked) but metadata says {meta['local_steps']}")
             return
+
+
+def at_input_resolution(knowledge: AttackerKnowledge) -> AttackerKnowledge:
+    """The same knowledge, for an attacker that reconstructs at the size the model sees.
+
+    The model's input path normalises and then resizes to ``resize_to``. A dummy image of that size
+    passes the resize unchanged (bilinear at scale 1 is the identity) and builds the same model
+    (its backbone is sized by ``resize_to``). The prior image is resized the way the input path
+    would resize it. The data's own size, which a server need not know, is then not used."""
+    spec = knowledge.spec
+    if not spec.resize_to or spec.resize_to == spec.image_size:
+        raise UserError("threat.reconstruct_at_input needs a model whose input path resizes its images (model.resize_to); "
+                        f"this one sees them at their own size ({spec.image_size} px)")
+    import torch.nn.functional as F
+
+    prior = F.interpolate(knowledge.prior[None].float(), size=spec.resize_to, mode="bilinear", align_corners=False)[0]
+    return dataclasses.replace(knowledge, spec=dataclasses.replace(spec, image_size=spec.resize_to), prior=prior.clamp(0, 1),
+                               native_prior=knowledge.prior)
 
 
 def prior_description(path: str | Path) -> str:

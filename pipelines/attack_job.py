@@ -27,7 +27,7 @@ from common.quiet import quiet_lightning
 from federation.run_layout import RunLayout
 from federation.update_store import high_risk_update
 from inversion.config import AttackConfig, check_attack_config
-from inversion.threat_model import AttackerKnowledge, load_knowledge, load_prior, prior_description
+from inversion.threat_model import AttackerKnowledge, at_input_resolution, load_knowledge, load_prior, prior_description
 from leakage.figures import reconstruction_figure
 from leakage.ground_truth import GroundTruth, ground_truth_for_update, load_image_file, oracle_knowledge
 from leakage.image_metrics import metric_names, metrics_for
@@ -69,6 +69,8 @@ def attacker_knowledge(cfg: AttackConfig, update_dir: Path) -> AttackerKnowledge
             raise UserError(f"oracle knowledge was asked for, but {update_dir} has no ground truth beside it")
         bn_names = [n for n, _ in batch_norm_layers(build_model(knowledge.spec))]
         knowledge.oracle = oracle_knowledge(gt, threat, bn_names)
+    if threat.reconstruct_at_input:
+        knowledge = at_input_resolution(knowledge)
     return knowledge
 
 
@@ -150,8 +152,6 @@ def score_result(result: AttackResult, knowledge: AttackerKnowledge, gt: GroundT
                             "setting": result.restart_settings.get(result.restart, {}),
                             "restarts": [{"restart": r, "objective": result.restart_objectives[r], "score": result.restart_scores[r],
                                           "setting": result.restart_settings[r]} for r in result.restart_objectives]}
-    size = knowledge.spec.image_size
-    settings = SSIMSettings.for_size(size, cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
     if gt is None:
         return {"ssim": None, **{name: None for name in metric_names()}, "rdlv": None, "label_accuracy": None, **base, "per_image": [],
                 "note": "no ground truth beside this update: nothing to score"}
@@ -160,10 +160,21 @@ def score_result(result: AttackResult, knowledge: AttackerKnowledge, gt: GroundT
     if where is not None and population:
         pop, class_priors = _population(where.run, knowledge)
     metrics = metrics_for(cfg.scoring)
-    scores = score(result.images, result.labels, gt.images, gt.labels, knowledge.prior, knowledge.spec.num_classes,
-                   settings, metrics, pop, class_priors)
+    settings = SSIMSettings.for_size(gt.images.shape[-1], cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
+    scores = score(at_size(result.images, gt.images), result.labels, gt.images, gt.labels, knowledge.scoring_prior,
+                   knowledge.spec.num_classes, settings, metrics, pop, class_priors)
     first = ["ssim", *(m.name for m in metrics), "rdlv", "label_accuracy"]
     return {**{k: scores.pop(k) for k in first}, **base, **scores}
+
+
+def at_size(images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reconstructions at the ground truth's size, for scoring: unchanged when they already are; else resized
+    with an antialiased bilinear filter (threat.reconstruct_at_input reconstructs at the model's input size)."""
+    if images.shape[-2:] == like.shape[-2:]:
+        return images
+    import torch.nn.functional as F
+
+    return F.interpolate(images.float(), size=tuple(like.shape[-2:]), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
 
 
 def _population(run: RunLayout, knowledge: AttackerKnowledge) -> tuple[torch.Tensor | None, dict[int, torch.Tensor] | None]:
@@ -186,7 +197,7 @@ def _population(run: RunLayout, knowledge: AttackerKnowledge) -> tuple[torch.Ten
                 class_priors = {k: tensors[f"class/{name}"] for k, name in enumerate(split["class_names"]) if f"class/{name}" in tensors}
     except (UserError, OSError, KeyError, ValueError):
         pool_images = None  # the population is a bonus metric: a moved dataset must not fail the scoring
-    if pool_images is not None and tuple(pool_images.shape[1:]) != tuple(knowledge.prior.shape):
+    if pool_images is not None and tuple(pool_images.shape[1:]) != tuple(knowledge.scoring_prior.shape):
         pool_images = None
     return pool_images, class_priors
 
@@ -267,7 +278,8 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
                  f"{knowledge.meta['local_steps']} step(s)")
         if metrics.get("ssim") is not None:
             title += f" | SSIM {metrics['ssim']:.3f}, RDLV {metrics['rdlv']:.2f}"
-        reconstruction_figure(work / "reconstruction.png", result.images, knowledge.prior, gt.images if gt else None,
+        shown = at_size(result.images, gt.images) if gt else result.images
+        reconstruction_figure(work / "reconstruction.png", shown, knowledge.scoring_prior if gt else knowledge.prior, gt.images if gt else None,
                               metrics if gt else None, title)
         write_json(work / "metrics.json", metrics)
         if wandb_logger is not None:
@@ -290,12 +302,12 @@ def add_verdict(metrics: dict[str, Any], escalated: Escalated, knowledge: Attack
         metrics["verdict"] = None  # converged or not, without the client's images nothing is judged
         return
     metrics.update(verdict_record(metrics, conv.converged, cfg.scoring.leak_ssim, cfg.scoring.leak_rdlv))
-    settings = SSIMSettings.for_size(knowledge.spec.image_size, cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
+    settings = SSIMSettings.for_size(gt.images.shape[-1], cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
     for entry, rung_result in zip(metrics["escalation"]["rungs"], escalated.results):
         if rung_result is escalated.result:
             entry["ssim"] = metrics["ssim"]  # the returned rung is scored already
         elif rung_result is not None:
-            entry["ssim"] = score(rung_result.images, rung_result.labels, gt.images, gt.labels, knowledge.prior,
+            entry["ssim"] = score(at_size(rung_result.images, gt.images), rung_result.labels, gt.images, gt.labels, knowledge.scoring_prior,
                                   knowledge.spec.num_classes, settings, [])["ssim"]
 
 
