@@ -25,14 +25,17 @@ from typing import Any, Iterator
 
 _pending = False
 _deferred = 0
+_held = False  # a SIGINT that arrived inside a deferred() block
 _previous_hook = sys.unraisablehook
 
 
 def _on_sigint(signum: int, frame: Any) -> None:
-    global _pending
+    global _pending, _held
     _pending = True
-    if _deferred == 0:
-        raise KeyboardInterrupt
+    if _deferred:
+        _held = True
+        return
+    raise KeyboardInterrupt
 
 
 def _unraisable(report: Any) -> None:
@@ -64,14 +67,15 @@ def check() -> None:
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """A block a Ctrl-C does not cut in two: a SIGINT inside it is raised when the block has ended."""
-    global _deferred
+    global _deferred, _held, _pending
     _deferred += 1
     try:
         yield
     finally:
         _deferred -= 1
-    if _deferred == 0:
-        check()
+    if _deferred == 0 and _held:  # only a Ctrl-C that arrived inside the block, not an older one already raised
+        _held = _pending = False
+        raise KeyboardInterrupt
 
 
 def fit(trainer: Any, *args: Any, **kwargs: Any) -> None:
