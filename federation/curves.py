@@ -5,7 +5,6 @@ every run shows whether its federation learned.
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import matplotlib
@@ -13,11 +12,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from federation.run_files import read_metrics  # noqa: E402
+
 
 def read_curve(metrics_csv: Path) -> list[tuple[int, float, float]]:
     """(round, test accuracy, test loss) per finished round."""
-    with open(metrics_csv, newline="") as fh:
-        return [(int(r["round"]), float(r["test_accuracy"]), float(r["test_loss"])) for r in csv.DictReader(fh)]
+    return [(row.round, row.test_accuracy, row.test_loss) for row in read_metrics(metrics_csv)]
 
 
 def accuracy_figure(metrics_csv: Path, path: Path, title: str = "") -> None:

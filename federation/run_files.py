@@ -3,6 +3,7 @@ what a resume reads back. Paths come from :class:`RunLayout`."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 from typing import Any
 
 import torch
@@ -61,6 +62,21 @@ def append_metrics_csv(path: Any, record: Any) -> None:
         writer.writerow(row)
 
 
+@dataclasses.dataclass(frozen=True)
+class RoundRow:
+    """One finished round as metrics.csv records it (the columns every reader needs)."""
+
+    round: int
+    test_accuracy: float
+    test_loss: float
+
+
+def read_metrics(path: Any) -> list[RoundRow]:
+    """metrics.csv, one row per finished round: the one reader of the file (curves, resume, studies)."""
+    with open(path, newline="") as fh:
+        return [RoundRow(int(r["round"]), float(r["test_accuracy"]), float(r["test_loss"])) for r in csv.DictReader(fh)]
+
+
 def finished_rounds(run: RunLayout) -> tuple[int, dict[str, torch.Tensor]] | None:
     """(first round to run, global model) of an interrupted run; None if it finished no round.
 
@@ -69,8 +85,7 @@ def finished_rounds(run: RunLayout) -> tuple[int, dict[str, torch.Tensor]] | Non
     """
     if not run.metrics.is_file():
         return None
-    with open(run.metrics) as fh:
-        done = [int(r["round"]) for r in csv.DictReader(fh)]
+    done = [row.round for row in read_metrics(run.metrics)]
     nxt = max(done) + 1 if done else 0
     path = run.global_model(nxt)
     if not path.is_file():

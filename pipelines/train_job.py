@@ -7,7 +7,6 @@ leaves ``RUN.partial`` with a ``FAILED`` note and never a half-written ``RUN``.
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from common.versions import package_versions, provenance
 from federation.config import TrainConfig
 from federation.curves import accuracy_figure
 from federation.engines import engine
+from federation.run_files import read_metrics
 from federation.run_layout import RunLayout
 from federation.simulation import FederatedSimulation, RoundRecord
 from pipelines.audit import AttackAudit
@@ -88,8 +88,7 @@ def check_resumable(staged: StagedDir, cfg: TrainConfig) -> None:
 
 
 def last_accuracy(metrics_csv: Path) -> float:
-    with open(metrics_csv) as fh:
-        rows = list(csv.DictReader(fh))
+    rows = read_metrics(metrics_csv)
     if not rows:
         raise UserError(f"nothing to resume in {metrics_csv.parent}")
-    return float(rows[-1]["test_accuracy"])
+    return rows[-1].test_accuracy

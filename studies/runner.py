@@ -16,6 +16,7 @@ from common.errors import UserError
 from common.files import StagedDir, read_json, write_json
 from common.versions import provenance
 from federation.config import TrainConfig
+from federation.run_files import read_metrics
 from federation.run_layout import RunLayout
 from inversion.config import AttackConfig
 from leakage.image_metrics import metric_names
@@ -221,8 +222,7 @@ def _verdict_columns(metrics: dict[str, Any]) -> dict[str, Any]:
 def _accuracy(path: Path) -> dict[int, float]:
     if not path.is_file():
         return {}
-    with open(path) as fh:
-        return {int(r["round"]): float(r["test_accuracy"]) for r in csv.DictReader(fh)}
+    return {row.round: row.test_accuracy for row in read_metrics(path)}
 
 
 def _filter_effects(run: Path, rnd: int, client: int) -> dict[str, Any]:
