@@ -94,6 +94,18 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
     return out
 
 
+def score_as_configured(scoring: Any, recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tensor,
+                        labels: torch.Tensor | None, prior: torch.Tensor, num_classes: int,
+                        population: torch.Tensor | None = None, class_priors: dict[int, torch.Tensor] | None = None,
+                        metrics: list[ImageMetric] | None = None) -> tuple[dict[str, Any], list[ImageMetric]]:
+    """:func:`score` with what an attack config's ``scoring`` section asks for: SSIM settings at the ground
+    truth's size and the registered image metrics (``metrics`` overrides them). The one sequence the attack
+    job and the FL audit share; returns the scores and the metrics computed."""
+    settings = SSIMSettings.for_size(origs.shape[-1], scoring.ssim_kernel, scoring.ssim_sigma)
+    metrics = metrics_for(scoring) if metrics is None else metrics
+    return score(recs, rec_labels, origs, labels, prior, num_classes, settings, metrics, population, class_priors), metrics
+
+
 def identification_chance(client_images: int, population: int) -> float:
     """The identification_top1 a reconstruction that knows nothing reaches: n / N.
 

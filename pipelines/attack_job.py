@@ -30,9 +30,8 @@ from inversion.config import AttackConfig, check_attack_config
 from inversion.threat_model import AttackerKnowledge, at_input_resolution, load_knowledge, load_prior, prior_description
 from leakage.figures import reconstruction_figure
 from leakage.ground_truth import GroundTruth, ground_truth_for_update, load_image_file, oracle_knowledge
-from leakage.image_metrics import metric_names, metrics_for
-from leakage.metrics import SSIMSettings
-from leakage.scoring import score
+from leakage.image_metrics import metric_names
+from leakage.scoring import score_as_configured
 from leakage.verdict import verdict_record
 from inversion.attack_module import AttackResult, GradientInversionAttack, iteration_loader
 from inversion.convergence import Convergence
@@ -159,10 +158,8 @@ def score_result(result: AttackResult, knowledge: AttackerKnowledge, gt: GroundT
     where = RunLayout.of_update(update_dir)
     if where is not None and population:
         pop, class_priors = _population(where.run, knowledge)
-    metrics = metrics_for(cfg.scoring)
-    settings = SSIMSettings.for_size(gt.images.shape[-1], cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
-    scores = score(at_size(result.images, gt.images), result.labels, gt.images, gt.labels, knowledge.scoring_prior,
-                   knowledge.spec.num_classes, settings, metrics, pop, class_priors)
+    scores, metrics = score_as_configured(cfg.scoring, at_size(result.images, gt.images), result.labels, gt.images, gt.labels,
+                                          knowledge.scoring_prior, knowledge.spec.num_classes, pop, class_priors)
     first = ["ssim", *(m.name for m in metrics), "rdlv", "label_accuracy"]
     return {**{k: scores.pop(k) for k in first}, **base, **scores}
 
@@ -302,13 +299,12 @@ def add_verdict(metrics: dict[str, Any], escalated: Escalated, knowledge: Attack
         metrics["verdict"] = None  # converged or not, without the client's images nothing is judged
         return
     metrics.update(verdict_record(metrics, conv.converged, cfg.scoring.leak_ssim, cfg.scoring.leak_rdlv))
-    settings = SSIMSettings.for_size(gt.images.shape[-1], cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
     for entry, rung_result in zip(metrics["escalation"]["rungs"], escalated.results):
         if rung_result is escalated.result:
             entry["ssim"] = metrics["ssim"]  # the returned rung is scored already
         elif rung_result is not None:
-            entry["ssim"] = score(at_size(rung_result.images, gt.images), rung_result.labels, gt.images, gt.labels, knowledge.scoring_prior,
-                                  knowledge.spec.num_classes, settings, [])["ssim"]
+            entry["ssim"] = score_as_configured(cfg.scoring, at_size(rung_result.images, gt.images), rung_result.labels, gt.images, gt.labels,
+                                                knowledge.scoring_prior, knowledge.spec.num_classes, metrics=[])[0]["ssim"]
 
 
 def _say_rung(rung: Rung, conv: Convergence | None) -> None:

@@ -15,9 +15,7 @@ from common.config import load, overrides_list
 from federation.audit import AuditConfig, AuditRecord, audit_due, withholds
 from inversion.config import AttackConfig
 from inversion.threat_model import AttackerKnowledge, ThreatConfig
-from leakage.image_metrics import metrics_for
-from leakage.metrics import SSIMSettings
-from leakage.scoring import score
+from leakage.scoring import score_as_configured
 from leakage.verdict import verdict_record
 from model.factory import ModelSpec
 from pipelines.attack_job import build_attack, run_attack
@@ -46,9 +44,7 @@ class AttackAudit:
         knowledge = AttackerKnowledge(ThreatConfig(), spec, global_state, update, meta, prior, "mean of the images no client holds")
         escalated = attack_until_converged(knowledge, cfg, run_attack, build_attack)
         result = escalated.result
-        settings = SSIMSettings.for_size(spec.image_size, cfg.scoring.ssim_kernel, cfg.scoring.ssim_sigma)
-        metrics = metrics_for(cfg.scoring)
-        s = score(result.images, result.labels, images, labels, prior, spec.num_classes, settings, metrics)
+        s, metrics = score_as_configured(cfg.scoring, result.images, result.labels, images, labels, prior, spec.num_classes)
         threshold = self.cfg.threshold
         conv = escalated.convergence
         verdict = verdict_record(s, conv.converged, self.cfg.leak_ssim, threshold)["verdict"]
