@@ -146,7 +146,7 @@ def test_a_scoring_failure_keeps_the_reconstruction(converted, tmp_path, capsys,
     def broken(*args, **kwargs):
         raise UserError("the scorer broke")
 
-    monkeypatch.setattr(job, "score", broken)
+    monkeypatch.setattr(job, "score_as_configured", broken)
     code, err = _cli("attack", ["--update", str(converted), "--ground-truth", "ground_truth.safetensors", "--out", "att",
                                 "optim.iterations=5", "optim.restarts=1", *TRUST, *FAST], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and "scoring failed (the scorer broke)" in err, err
