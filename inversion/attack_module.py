@@ -61,9 +61,6 @@ class AttackResult:
     restart_heldout_start: dict[int, float] = dataclasses.field(default_factory=dict)
 
 
-SELECTIONS = ("auto", "objective", "holdout")
-
-
 def selection(requested: str, objective: Objective) -> str:
     """The criterion that chooses among restarts. Each restart's own weighted objective is not comparable
     across grid settings (a larger TV weight inflates it), so restarts are scored on a scale they share:

@@ -299,9 +299,7 @@ def _escape(value: Any) -> str:
 def render(study_dir: Path) -> str:
     fields, rows = read_results(study_dir / "results.csv")
     spec, spec_text = read_spec(study_dir)
-    report = spec.get("report") if isinstance(spec.get("report"), dict) else {}
-    name = str(spec.get("name") or study_dir.resolve().name)
-    title = str(report.get("title") or name)
+    name, title = study_names(spec, study_dir)
     generated = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
     results_time = dt.datetime.fromtimestamp((study_dir / "results.csv").stat().st_mtime, dt.timezone.utc).replace(microsecond=0)
     figures = study_figures(study_dir)
@@ -314,6 +312,13 @@ def render(study_dir: Path) -> str:
         config_blocks=config_blocks(study_dir, rows), environment=environment_rows(generated, results_time),
         recorded=recorded_versions(study_dir),
     )
+
+
+def study_names(spec: dict[str, Any], study_dir: Path) -> tuple[str, str]:
+    """(the study's name, its title): the spec's ``report.title``, else its name, else the folder's."""
+    report = spec.get("report") if isinstance(spec.get("report"), dict) else {}
+    name = str(spec.get("name") or Path(study_dir).resolve().name)
+    return name, str(report.get("title") or name)
 
 
 def study_figures(study_dir: Path) -> list[Path]:

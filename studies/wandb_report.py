@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from common.errors import UserError
-from studies.report import check_study, read_results, read_spec, read_summary, study_figures, summary_facts
+from studies.report import check_study, read_results, read_spec, read_summary, study_figures, study_names, summary_facts
 from studies.tables import markdown_table
 
 SPEC_FILE = "wandb_report.json"
@@ -34,8 +34,7 @@ SPEC_FILE = "wandb_report.json"
 
 def default_project(study_dir: Path) -> str:
     """The project docs/reports.md syncs a study's runs into: fl-leakage-<study name>."""
-    spec, _ = read_spec(study_dir)
-    return f"fl-leakage-{spec.get('name') or study_dir.resolve().name}"
+    return f"fl-leakage-{study_names(read_spec(study_dir)[0], study_dir)[0]}"
 
 
 def build_report(study_dir: Path, entity: str, project: str, link_runsets: bool = False) -> Any:
@@ -51,8 +50,7 @@ def build_report(study_dir: Path, entity: str, project: str, link_runsets: bool 
     check_study(study_dir)
     _, rows = read_results(study_dir / "results.csv")
     spec, _ = read_spec(study_dir)
-    name = str(spec.get("name") or study_dir.resolve().name)
-    title = str((spec.get("report") or {}).get("title") or name) if isinstance(spec.get("report", {}), dict) else name
+    name, title = study_names(spec, study_dir)
     summary = read_summary(study_dir)
     facts = summary_facts(spec, rows)
     lead = (summary or {}).get("lead") or f"Leakage study '{name}': {len(rows)} attacked updates."
