@@ -16,7 +16,7 @@ from studies import plots
 from studies.reference import REFERENCES
 from studies.spec import StudySpec
 from common.files import write_json
-from studies.tables import group, markdown_table, pivot, read_rows, verdict_pivot
+from studies.tables import difference_pivot, group, markdown_table, pivot, read_rows, verdict_pivot
 
 
 def _split_by(rows: list[dict[str, Any]], by: str | None) -> dict[Any, list[dict[str, Any]]]:
@@ -52,6 +52,10 @@ def analyze(study_dir: Path, spec: StudySpec) -> dict[str, Any]:
     for t in report.get("tables", []):
         for value, sel in _split_by(rows, t.get("by")).items():
             heading = f"{t['metric']} by {t['row']}" + (f" x {t['col']}" if t.get("col") else "") + (f", {t['by']} {value}" if t.get("by") else "")
+            if t.get("difference_to") is not None:
+                header, body = difference_pivot(sel, t["row"], t["metric"], t["difference_to"], row_order=t.get("row_order"))
+                tables.append({"heading": f"{heading}: difference to {t['row']} = {t['difference_to']}", "header": header, "rows": body})
+                continue
             header, body = pivot(sel, t["row"], t.get("col"), t["metric"], row_order=t.get("row_order"), col_order=t.get("col_order"))
             tables.append({"heading": f"{heading} (mean ± std over seeds)", "header": header, "rows": body})
     if any(r.get("verdict") for r in rows):

@@ -30,7 +30,7 @@ ATTACK_DEFAULT = AttackConfig.DEFAULT_FILE
 
 # results.csv / per_image.csv columns; the registered image metrics (leakage/image_metrics/) follow "ssim"
 # when any cell computed them
-ROW_FIELDS = ["cell", "seed", "round", "client", "num_images", "batch_size", "local_steps", "ssim", "rdlv", "rdlv_mean",
+ROW_FIELDS = ["cell", "seed", "attack_seed", "round", "client", "num_images", "batch_size", "local_steps", "ssim", "rdlv", "rdlv_mean",
               "ssim_gain", "rdlv_class_prior", "identification_top1", "identification_chance", "label_accuracy", "verdict", "converged", "heldout_error",
               "leaked_images", "rungs", "test_accuracy", "final_test_accuracy",
               "epsilon", "noise_std", "attack_seconds", "train_key", "commit", "torch", "train_threads", "attack_threads"]
@@ -133,7 +133,7 @@ class StudyRunner:
                 write_json(work / "metrics.json", {"ssim": None, "rdlv": None, "update": str(update), "per_image": [],
                                                    "attack_error": str(err)})
             print(f"warning: {cell_dir.name} (round {rnd}, client {client}): attack failed: {err}", file=sys.stderr)
-        write_json(cell_dir / "cell.json", {"axes": cell.axes, "seed": cell.seed, "round": rnd, "client": client,
+        write_json(cell_dir / "cell.json", {"axes": cell.axes, "seed": cell.seed, "attack_seed": cell.attack_seed, "round": rnd, "client": client,
                                             "train_key": cell.train_key, "run": str(run), "provenance": provenance()})
         self.attacks_run += 1
         return cell_dir
@@ -185,7 +185,7 @@ class StudyRunner:
         meta = read_json(RunLayout(run).update(rnd, client) / "meta.json")
         acc = _accuracy(RunLayout(run).metrics)
         effects = _filter_effects(run, rnd, client)
-        row = {"cell": name, "seed": info["seed"], "round": rnd, "client": client, "num_images": meta["num_images"],
+        row = {"cell": name, "seed": info["seed"], "attack_seed": info.get("attack_seed"), "round": rnd, "client": client, "num_images": meta["num_images"],
                "batch_size": meta["batch_size"], "local_steps": meta["local_steps"], "test_accuracy": acc.get(rnd),
                "final_test_accuracy": acc.get(max(acc)) if acc else None, "attack_seconds": metrics.get("seconds"),
                "train_key": info["train_key"], "epsilon": None, "noise_std": None, **effects, **_provenance(run, info)}

@@ -49,7 +49,10 @@ class Resources:
 class StudySpec:
     name: str = option("study", "study name")
     out: str = option("runs/studies/study", "output folder")
-    seeds: list[int] = option(help="seeds: each gives its own training run (split, model init, shuffling) and attack seed", factory=lambda: [0])
+    seeds: list[int] = option(help="seeds: each gives its own training run (split, model init, shuffling) and, without attack_seeds, "
+                                   "the attack's seed", factory=lambda: [0])
+    attack_seeds: list[int] = option(help="attack seeds (optim.seed), each run on every attacked update: the attack's luck apart "
+                                          "from the training's ([] = the training seed, one attack per update)", factory=list)
     train: Stage = option(help="train.py stage", factory=Stage)
     attack: Stage = option(help="attack.py stage", factory=Stage)
     targets: list[Target] = option(help="which captured updates of each run are attacked", factory=lambda: [Target()])
@@ -68,6 +71,7 @@ class Cell:
     attack_overrides: dict[str, Any]
     # fingerprints of the stages' config files: editing configs/default.yaml must not reuse runs made before
     base: dict[str, str] = dataclasses.field(default_factory=dict)
+    attack_seed: int | None = None  # a StudySpec.attack_seeds entry; None: the training seed (optim.seed unless overridden)
 
     @property
     def train_key(self) -> str:
@@ -108,6 +112,11 @@ def cells(spec: StudySpec, base: dict[str, str] | None = None) -> list[Cell]:
             unknown = set(stages or {}) - {"train", "attack"}
             if unknown:
                 raise UserError(f"study axis '{name}' value '{label}' has unknown stage(s) {sorted(unknown)} (train, attack)")
+    if len(set(spec.attack_seeds)) != len(spec.attack_seeds):
+        raise UserError(f"study attack_seeds {spec.attack_seeds} repeat a seed: each is an attack of its own")
+    if spec.attack_seeds and ("optim.seed" in spec.attack.overrides or any(
+            "optim.seed" in ((stages or {}).get("attack") or {}) for values in spec.grid.values() for stages in values.values())):
+        raise UserError("study attack_seeds set optim.seed themselves: drop optim.seed from the attack stage and the grid")
     out = []
     labels = [list(values.items()) for _, values in axes]
     for seed in spec.seeds:
@@ -118,7 +127,11 @@ def cells(spec: StudySpec, base: dict[str, str] | None = None) -> list[Cell]:
                 train.update((stages or {}).get("train", {}) or {})
                 attack.update((stages or {}).get("attack", {}) or {})
             train["seed"] = seed
-            attack.setdefault("optim.seed", seed)
-            out.append(Cell({name: str(label) for (name, _), (label, _) in zip(axes, combo)}, seed, train, attack, dict(base or {})))
+            labelled = {name: str(label) for (name, _), (label, _) in zip(axes, combo)}
+            if not spec.attack_seeds:
+                attack.setdefault("optim.seed", seed)
+                out.append(Cell(labelled, seed, train, attack, dict(base or {})))
+            for attack_seed in spec.attack_seeds:
+                out.append(Cell(labelled, seed, train, {**attack, "optim.seed": attack_seed}, dict(base or {}), attack_seed))
     return out
 

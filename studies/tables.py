@@ -51,6 +51,66 @@ def group(rows: list[dict[str, Any]], keys: list[str]) -> dict[tuple, list[dict[
     return out
 
 
+# columns that belong to the attacked update (its training and its filter), not to one attack of it: with several
+# attack seeds per update they repeat, and counting them once per attack would inflate n
+PER_UPDATE = frozenset({"test_accuracy", "final_test_accuracy", "epsilon", "noise_std", "num_images", "batch_size", "local_steps"})
+
+
+def per_unit(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """``rows`` with one row per attacked update when ``metric`` is a property of the update (PER_UPDATE)."""
+    if metric not in PER_UPDATE:
+        return rows
+    seen: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        seen.setdefault((row.get("train_key"), row.get("round"), row.get("client")) if row.get("train_key") else id(row), row)
+    return list(seen.values())
+
+
+def welch_difference(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
+    """(mean(a) - mean(b), the Welch-Satterthwaite interval's low and high ends, two-sided p): unequal variances,
+    because a defence that breaks some federations widens the spread of its accuracies."""
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        return math.nan, math.nan, math.nan, math.nan
+    ma, mb = sum(a) / na, sum(b) / nb
+    va = sum((x - ma) ** 2 for x in a) / (na - 1)
+    vb = sum((x - mb) ** 2 for x in b) / (nb - 1)
+    diff = ma - mb
+    se2 = va / na + vb / nb
+    if se2 == 0:
+        return diff, diff, diff, (1.0 if diff == 0 else 0.0)
+    df = se2 ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, df)) * math.sqrt(se2)
+    p = 2 * float(stats.t.sf(abs(diff) / math.sqrt(se2), df))
+    return diff, diff - half, diff + half, p
+
+
+def difference_pivot(rows: list[dict[str, Any]], row_key: str, metric: str, baseline: Any, digits: int = 3,
+                     row_order: list[Any] | None = None) -> tuple[list[str], list[list[str]]]:
+    """(header, rows): per ``row_key`` value, ``metric``'s mean ± std and its difference to the ``baseline`` row
+    with a 95% Welch interval and p (one value per attacked update for PER_UPDATE metrics)."""
+    rws = row_order or sorted({r.get(row_key) for r in rows}, key=_natural)
+    cells = group(per_unit(rows, metric), [row_key])
+    def values(r: Any) -> list[float]:
+        return [float(x[metric]) for x in cells.get((r,), []) if x.get(metric) is not None and math.isfinite(float(x[metric]))]
+    base = values(_match(baseline, rws))
+    header = [row_key, metric, f"difference to {row_key} = {baseline} (95% Welch interval)", "p (Welch t)"]
+    body = []
+    for r in rws:
+        vals = values(r)
+        mean, std, _, n = mean_ci(vals)
+        diff, lo, hi, p = welch_difference(vals, base)
+        body.append([str(r), "n/a" if n == 0 else f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})",
+                     "n/a" if math.isnan(diff) else f"{diff:+.{digits}f} ({lo:+.{digits}f} to {hi:+.{digits}f})",
+                     "n/a" if math.isnan(p) else f"{p:.3g}"])
+    return header, body
+
+
+def _match(label: Any, values: list[Any]) -> Any:
+    """The row value a spec's baseline names (YAML may give "0" for the number 0)."""
+    return next((v for v in values if str(v) == str(label)), label)
+
+
 def pivot(rows: list[dict[str, Any]], row_key: str, col_key: str | None, metric: str, digits: int = 3,
           row_order: list[Any] | None = None, col_order: list[Any] | None = None) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of ``metric`` as 'mean ± std (n=k)', rows = row_key values, columns = col_key values."""
@@ -58,7 +118,7 @@ def pivot(rows: list[dict[str, Any]], row_key: str, col_key: str | None, metric:
     rws = row_order or sorted({r.get(row_key) for r in rows}, key=_natural)
     header = [row_key] + [f"{col_key} = {c}" if col_key else metric for c in cols]
     body = []
-    cells = group(rows, [row_key] + ([col_key] if col_key else []))
+    cells = group(per_unit(rows, metric), [row_key] + ([col_key] if col_key else []))
     for r in rws:
         out = [str(r)]
         for c in cols:

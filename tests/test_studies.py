@@ -231,3 +231,54 @@ def test_mixed_provenance_is_said_in_the_summary():
     note = provenance_note(mixed)
     assert "3 training thread counts (1, 2, unrecorded)" in note and "2 code commits (abc, unrecorded)" in note, note
     assert "attack thread counts" in note and note.startswith(" Mixed provenance: ")
+
+
+def test_attack_seeds_repeat_every_update_apart_from_the_training_seed():
+    from common.errors import UserError
+
+    spec = StudySpec(seeds=[0, 1], grid={"s": {"a": {}, "b": {}}})
+    plain = cells(spec)
+    assert [(c.seed, c.attack_overrides["optim.seed"], c.attack_seed) for c in plain] == [(0, 0, None)] * 2 + [(1, 1, None)] * 2
+    spec.attack_seeds = [1000, 1001]
+    seeded = cells(spec)
+    assert len(seeded) == 8
+    assert sorted({(c.seed, c.axes["s"], c.attack_seed, c.attack_overrides["optim.seed"]) for c in seeded}) == [
+        (t, s, a, a) for t in (0, 1) for s in ("a", "b") for a in (1000, 1001)]
+    assert len({c.train_key for c in seeded}) == 2 and len({c.attack_key(-1, 3) for c in seeded}) == 4  # per training seed one run, two attacks (the axis values change nothing)
+    with pytest.raises(UserError, match="repeat"):
+        cells(StudySpec(attack_seeds=[5, 5]))
+    spec.grid["s"]["b"] = {"attack": {"optim.seed": 3}}
+    with pytest.raises(UserError, match="optim.seed"):
+        cells(spec)
+
+
+def test_welch_difference_agrees_with_scipys_welch_test():
+    from scipy import stats
+
+    from studies.tables import welch_difference
+
+    a, b = [1.0, 2.0, 3.0], [2.0, 4.0, 6.0, 8.0]
+    diff, lo, hi, p = welch_difference(a, b)
+    # by hand: diff -3, se^2 = 1/3 + (20/3)/4 = 2, df = 2^2 / ((1/3)^2/2 + (5/3)^2/3) = 216/53
+    half = stats.t.ppf(0.975, 216 / 53) * 2 ** 0.5
+    assert (diff, lo, hi) == pytest.approx((-3.0, -3.0 - half, -3.0 + half))
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    assert p == pytest.approx(ref.pvalue)
+    assert (lo, hi) == pytest.approx(tuple(ref.confidence_interval(0.95)))
+
+
+def test_a_training_property_counts_once_per_update_whatever_the_attack_seeds():
+    from studies.tables import difference_pivot, pivot
+
+    rows = [{"sigma0": s, "train_key": f"t{s}{k}", "round": 11, "client": 3, "attack_seed": a, "final_test_accuracy": acc,
+             "ssim": 0.1 * a} for s, accs in ((0, (0.9, 1.0, 0.95)), (30, (0.5, 0.7, 0.6))) for k, acc in enumerate(accs)
+            for a in (1, 2)]
+    _, body = pivot(rows, "sigma0", None, "final_test_accuracy")
+    assert body == [["0", "0.950 ± 0.050 (n=3)"], ["30", "0.600 ± 0.100 (n=3)"]]
+    _, body = pivot(rows, "sigma0", None, "ssim")
+    assert body[0][1].endswith("(n=6)")  # every attack counts for an attack's score
+    header, body = difference_pivot(rows, "sigma0", "final_test_accuracy", "0")
+    assert header[2].startswith("difference to sigma0 = 0")
+    assert body[0][2].startswith("+0.000") and body[1][2].startswith("-0.350 (")
+    # Welch on (0.5, 0.7, 0.6) against (0.9, 1.0, 0.95): se^2 = 0.01/3 + 0.0025/3, t = -5.42, df = 2.94, p = 0.013 (scipy.stats.ttest_ind, equal_var=False)
+    assert body[1][3] == "0.013"
