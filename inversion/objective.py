@@ -83,7 +83,7 @@ class WeightGrid:
 
 # the packages whose objects the objective holds (terms, BN sources, the replay, the model's input path):
 # moving the objective walks into these, and leaves anything else (functions, compiled wrappers) as is
-WALKED_PACKAGES = ("inversion", "leakage", "model", "privacy", "federation", "common")
+WALKED_PACKAGES = ("inversion", "model", "privacy", "federation", "common")  # its own layer and those below: nothing else can be in it
 
 
 class Objective:

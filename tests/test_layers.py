@@ -31,15 +31,44 @@ def source_modules(root: Path = ROOT) -> dict[str, Path]:
     return out
 
 
+def named_in_strings(tree: ast.AST, modules: dict[str, Path]) -> list[str]:
+    """Project modules named in strings, where a string stands for an import: the argument of
+    ``importlib.import_module``/``__import__``, a ``"pkg.mod:obj"`` target, and a tuple or list of package
+    names (``("inversion", "leakage")``, what ``common.devices.move_to`` walks into). A dotted string
+    alone is not counted: config keys such as ``"privacy.filters"`` look the same."""
+    packages = {m.split(".")[0] for m in modules if "." in m}
+
+    def dotted(text: str) -> bool:
+        return text.split(".")[0] in packages and all(part.isidentifier() for part in text.split("."))
+
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+            func = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+            if func in ("import_module", "__import__") and dotted(node.args[0].value):
+                names.append(node.args[0].value)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.count(":") == 1:
+            module, _, attr = node.value.partition(":")
+            if dotted(module) and attr.isidentifier():
+                names.append(module)
+        elif isinstance(node, (ast.Tuple, ast.List)) and node.elts and all(
+                isinstance(e, ast.Constant) and isinstance(e.value, str) and e.value in packages for e in node.elts):
+            names += [e.value for e in node.elts]
+    return names
+
+
 def imports_of(path: Path, modules: dict[str, Path]) -> set[str]:
-    """Project modules that ``path`` imports (``from a.b import c`` names a.b.c when that is a module)."""
+    """Project modules that ``path`` imports (``from a.b import c`` names a.b.c when that is a module), also by a
+    module name in a string (:func:`named_in_strings`)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             names = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        names += named_in_strings(node, modules) if node is tree else []
         for name in names:
             while name and name not in modules:
                 name = name.rpartition(".")[0]
@@ -88,6 +117,15 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
 
 def folder_of(module: str) -> str:
     return module.split(".")[0] if "." in module or module in LAYERS else "<entry point>"
+
+
+def test_a_module_named_in_a_string_counts_as_an_import(tmp_path: Path) -> None:
+    modules = {"common": tmp_path, "common.util": tmp_path, "studies": tmp_path, "studies.runner": tmp_path}
+    code = tmp_path / "m.py"
+    code.write_text('"""Uses studies.runner, in prose."""\nimport importlib\n\n'
+                    'def f():\n    """studies.runner"""\n    return importlib.import_module("studies.runner"), ["studies"], "common.util:thing"\n'
+                    'KEY = "studies.runner"  # a config key, not an import\nWORDS = ("studies are fun", "common")\n')
+    assert imports_of(code, modules) == {"studies.runner", "studies", "common.util"}
 
 
 def test_cycle_finder_finds_a_planted_cycle() -> None:
