@@ -95,10 +95,11 @@ def batch_client(cfg: AttackConfig) -> int:
     cannot be read: the attack job then says why)."""
     from common.errors import UserError
     from common.files import read_json
+    from federation.run_layout import update_meta
     from pipelines.attack_job import resolve_update
 
     try:
-        meta = read_json(resolve_update(cfg) / "meta.json")
+        meta = read_json(update_meta(resolve_update(cfg)))
         n = int(meta.get("num_images", 1))
     except (UserError, AttributeError, TypeError, ValueError):
         return 0

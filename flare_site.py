@@ -63,13 +63,13 @@ def main(argv: list[str] | None = None) -> None:
     from common.config import build
     from federation.config import TrainConfig
     from federation.flare import state
-    from federation.simulation import FederatedSimulation
+    from federation.federation import Federation
     from pipelines.audit import AttackAudit
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = build(TrainConfig, decode_config(args.config_b64))
-    sim = FederatedSimulation(cfg, auditor=AttackAudit)  # the same data, split, model spec, filters and audit as the in-process engine
+    sim = Federation(cfg, auditor=AttackAudit)  # the same data, split, model spec, filters and audit as the in-process engine
     run_dir = Path(args.run)
     flare.init()
     site = flare.get_site_name()

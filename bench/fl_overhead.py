@@ -1,6 +1,6 @@
 """(d) The FL simulation's overhead per client-round beyond the compute of local training.
 
-For every client-round of the default federation, the time of FederatedSimulation.train_client
+For every client-round of the default federation, the time of Federation.train_client
 (Lightning Trainer, update capture, privacy filters) is compared with a plain PyTorch loop doing
 the same local training (same model, batches in the same order, same optimiser), measured back to
 back in the same process.
@@ -25,7 +25,7 @@ from bench.common import ROOT, device_name, save
 
 def plain_local_training(sim, rnd: int, client: int, global_state, lr: float) -> float:
     from datamodules.client import ClientDataModule
-    from federation.simulation import client_seed
+    from federation.federation import client_seed
 
     spec = sim.split.specs[client]
     seed = client_seed(sim.cfg.seed, rnd, client)
@@ -54,11 +54,11 @@ def main() -> None:
     args = p.parse_args()
     from common.config import load
     from federation.config import TrainConfig
-    from federation.simulation import FederatedSimulation
+    from federation.federation import Federation
 
     cfg = load(TrainConfig, [args.config], [f"fl.rounds={args.rounds}", "logging.wandb=false", "logging.progress=false",
                                             "capture.clients=[]", "capture.rounds=[]"] + args.overrides)
-    sim = FederatedSimulation(cfg)
+    sim = Federation(cfg)
     state = {k: v.clone() for k, v in sim.global_model.state_dict().items()}
     tmp = Path(tempfile.mkdtemp(prefix="bench_fl_")) if args.capture else None
     rows = []

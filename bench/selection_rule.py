@@ -44,7 +44,7 @@ def main() -> None:
             for i, r in enumerate(result.restart_objectives):
                 s = score(result.restart_images[i], None, gt.images, gt.labels, knowledge.prior, knowledge.spec.num_classes, settings)
                 restarts.append({"restart": r, "setting": result.restart_settings[r], "objective": round(result.restart_objectives[r], 5),
-                                 "score": round(result.restart_scores[r], 5), "ssim": round(s["ssim"], 4), "rdlv": round(s["rdlv"], 4)})
+                                 "score": round(result.restart_scores[r], 5), "ssim": round(s.ssim, 4), "rdlv": round(s.rdlv, 4)})
             chosen = next(x for x in restarts if x["restart"] == result.restart)
             best = max(restarts, key=lambda x: x["ssim"])
             attacks.append({"update": update, "seed": seed, "seconds": round(result.seconds, 2), "chosen": chosen, "best": best,

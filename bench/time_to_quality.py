@@ -60,8 +60,8 @@ def main() -> None:
         for snap in result.trace:
             s = score(snap["images"], None, gt.images, gt.labels, knowledge.prior, knowledge.spec.num_classes, settings)
             curve.append({"step": snap["step"], "seconds": round(snap["seconds"], 2), "objective": round(snap["objective"], 5),
-                          "ssim": round(s["ssim"], 4), "rdlv": round(s["rdlv"], 4)})
-            if reached is None and s["ssim"] >= args.ssim and s["rdlv"] >= args.rdlv:
+                          "ssim": round(s.ssim, 4), "rdlv": round(s.rdlv, 4)})
+            if reached is None and s.ssim >= args.ssim and s.rdlv >= args.rdlv:
                 reached = curve[-1]
         runs.append({"round": rnd, "seed": seed, "setting": result.restart_settings.get(result.restart, {}), "reached": reached, "final": curve[-1] if curve else None, "attack_seconds_total": round(result.seconds, 2),
                      "iterations_total": result.iterations, "seconds_per_iteration": round(result.seconds / max(1, result.iterations), 4),

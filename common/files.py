@@ -205,18 +205,3 @@ class StagedDir:
 def _ours(partial: Path) -> bool:
     """A staging folder this tool made (it marks every one; a failed one carries FAILED too)."""
     return (partial / STAGING_MARK).is_file() or (partial / "FAILED").is_file()
-
-
-def is_complete_run(path: Path) -> bool:
-    """A training run train.py finished (run.json written last, state complete)."""
-    try:
-        return json.loads((Path(path) / "run.json").read_text()).get("state") == "complete"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def is_attack_output(path: Path) -> bool:
-    """A folder attack.py wrote: metrics and a reconstruction, and neither an update nor a run inside it."""
-    path = Path(path)
-    return ((path / "metrics.json").is_file() and (path / "reconstruction.safetensors").is_file()
-            and not (path / "update.safetensors").exists() and not (path / "run.json").exists())

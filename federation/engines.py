@@ -1,7 +1,7 @@
 """FL engines: what runs the rounds of a federation. One small registered function each.
 
-``simulation``: the in-process FedAvg loop (fast; resumable). ``nvflare``: NVIDIA FLARE's simulator,
-one process per site (federation.flare). Both train the same clients with the same seeds and send
+``simulation``: the in-process FedAvg loop (federation.in_process; fast, resumable). ``nvflare``: NVIDIA
+FLARE's simulator, one process per site (federation.flare). Both train the same clients with the same seeds and send
 every update through the same outbox; both leave the same run layout (docs/update-format.md).
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Callable
 
 from common.errors import UserError
 from common.registry import Registry
-from federation.simulation import FederatedSimulation, RoundRecord
+from federation.federation import Federation, RoundRecord
 
-Engine = Callable[[FederatedSimulation, Path, bool], list[RoundRecord]]
+Engine = Callable[[Federation, Path, bool], list[RoundRecord]]
 REGISTRY: Registry[Engine] = Registry("FL engine", "fl.engine")
 RESUMABLE: set[str] = set()
 
@@ -36,12 +36,14 @@ def engine(name: str, resume: bool = False) -> Engine:
 
 
 @register("simulation", resumable=True)
-def in_process(sim: FederatedSimulation, run_dir: Path, resume: bool) -> list[RoundRecord]:
-    return sim.run(run_dir, resume=resume)
+def in_process(federation: Federation, run_dir: Path, resume: bool) -> list[RoundRecord]:
+    from federation.in_process import InProcessEngine
+
+    return InProcessEngine(federation).run(run_dir, resume=resume)
 
 
 @register("nvflare")
-def nvflare(sim: FederatedSimulation, run_dir: Path, resume: bool) -> list[RoundRecord]:
+def nvflare(federation: Federation, run_dir: Path, resume: bool) -> list[RoundRecord]:
     from federation.flare.job import run_simulator
 
-    return run_simulator(sim, run_dir)
+    return run_simulator(federation, run_dir)

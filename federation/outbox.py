@@ -3,7 +3,7 @@
 Privacy filters in order, then the writer (the update exactly as it leaves, and the site-local
 ground truth). The in-process simulation calls :meth:`ClientOutbox.send` from the capture callback;
 under NVFlare the same method runs inside a task-result filter on the DIFF that NVFlare sends.
-The leakage audit runs after it (``FederatedSimulation.run_audit``), on what would leave.
+The leakage audit runs after it (``Federation.run_audit``), on what would leave.
 """
 from __future__ import annotations
 

@@ -13,8 +13,27 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import yaml
+
+UPDATE_TENSORS = "update.safetensors"  # what left the client
+UPDATE_META = "meta.json"  # written last: an update folder with it is complete
+
+
+def update_tensors(update_dir: str | Path) -> Path:
+    return Path(update_dir) / UPDATE_TENSORS
+
+
+def update_meta(update_dir: str | Path) -> Path:
+    return Path(update_dir) / UPDATE_META
+
+
+def is_update_folder(path: str | Path) -> bool:
+    """A folder holding an update (a captured or converted one): its tensors and its metadata."""
+    return update_meta(path).is_file() and update_tensors(path).is_file()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +73,30 @@ class RunLayout:
         return self.root / "run.json"
 
     def is_complete(self) -> bool:
-        return self.run_json.is_file()
+        """A training run train.py finished: run.json is written last, with state complete."""
+        return (self.read_run() or {}).get("state") == "complete"
+
+    # ...and their readers: every stop that needs the run's facts asks here, none parses the files itself
+    def read_run(self) -> dict[str, Any] | None:
+        """run.json (state, accuracy, versions, provenance), or None when it is missing or unreadable."""
+        try:
+            data = json.loads(self.run_json.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def read_config(self) -> dict[str, Any] | None:
+        """The resolved config the run was trained with (config.yaml, as a tree), or None without one."""
+        if not self.config.is_file():
+            return None
+        data = yaml.safe_load(self.config.read_text())
+        return data if isinstance(data, dict) else {}
+
+    def read_split(self) -> dict[str, Any] | None:
+        """split.json (client and test indices, class names, the prior's images), or None without one."""
+        if not self.split.is_file():
+            return None
+        return json.loads(self.split.read_text())
 
     # per round and client
     def global_model(self, rnd: int) -> Path:
@@ -79,7 +121,7 @@ class RunLayout:
     def updates(self) -> list[tuple[int, int, Path]]:
         """(round, client, folder) for every complete update (one with meta.json), sorted."""
         found = []
-        for meta in (self.root / "updates").glob("round_*/client_*/meta.json"):
+        for meta in (self.root / "updates").glob(f"round_*/client_*/{UPDATE_META}"):
             try:
                 rnd = int(meta.parent.parent.name.split("_")[1])
                 client = int(meta.parent.name.split("_")[1])

@@ -11,7 +11,7 @@ import torch
 
 from common.errors import UserError
 from common.files import load_tensors, read_json, save_tensors, write_json
-from federation.run_layout import RunLayout
+from federation.run_layout import RunLayout, update_meta, update_tensors
 from federation.update_meta import check_meta, required_fields
 
 FORMAT = "fl-leakage-update/1"
@@ -28,8 +28,8 @@ def sha256(path: Path) -> str:
 
 def save_update(directory: Path, delta: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     """Write update.safetensors first and meta.json last: a folder with meta.json is complete."""
-    save_tensors(directory / "update.safetensors", delta)
-    write_json(directory / "meta.json", meta)
+    save_tensors(update_tensors(directory), delta)
+    write_json(update_meta(directory), meta)
 
 
 def load_update(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -37,18 +37,19 @@ def load_update(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     directory = Path(directory)
     if not directory.is_dir():
         raise UserError(f"update folder not found: {directory}")
-    meta = read_json(directory / "meta.json", "update metadata")
+    meta_file = update_meta(directory)
+    meta = read_json(meta_file, "update metadata")
     if not isinstance(meta, dict):
-        raise UserError(f"update metadata {directory / 'meta.json'} must be a JSON object")
+        raise UserError(f"update metadata {meta_file} must be a JSON object")
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
-        raise UserError(f"update metadata {directory / 'meta.json'} lacks {', '.join(missing)}")
+        raise UserError(f"update metadata {meta_file} lacks {', '.join(missing)}")
     if meta["format"] != FORMAT:
         raise UserError(f"update metadata format '{meta['format']}' is not {FORMAT}")
-    check_meta(meta, directory / "meta.json")
-    delta = load_tensors(directory / "update.safetensors", "update file")
+    check_meta(meta, meta_file)
+    delta = load_tensors(update_tensors(directory), "update file")
     if not delta:
-        raise UserError(f"update {directory / 'update.safetensors'} holds no tensors")
+        raise UserError(f"update {update_tensors(directory)} holds no tensors")
     for key, value in delta.items():
         if value.is_floating_point() and not torch.isfinite(value).all():
             bad = "NaN" if torch.isnan(value).any() else "Inf"
@@ -97,7 +98,7 @@ def high_risk_update(run: str | Path) -> Path:
     last = max(r for r, _, _ in updates)
 
     def risk(item: tuple[int, int, Path]) -> tuple[int, int, int]:
-        meta = read_json(item[2] / "meta.json", "update metadata")
+        meta = read_json(update_meta(item[2]), "update metadata")
         return int(meta.get("num_images", math.inf)), int(meta.get("batch_size", math.inf)), item[1]
 
     return min((u for u in updates if u[0] == last), key=risk)[2]

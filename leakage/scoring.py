@@ -13,6 +13,7 @@ from scipy.optimize import linear_sum_assignment
 from inversion.labels import count_accuracy
 from leakage.image_metrics import ImageMetric, metrics_for
 from leakage.metrics import SSIMSettings, ssim_matrix, ssim_pairs
+from leakage.record import LeakageScores
 from leakage.rdlv import identification_rank, rdlv_client, rdlv_per_image, ssim_gain
 
 
@@ -24,7 +25,7 @@ def hungarian(similarity: torch.Tensor) -> list[tuple[int, int]]:
 
 def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tensor, labels: torch.Tensor | None, prior: torch.Tensor,
           num_classes: int, settings: SSIMSettings, metrics: list[ImageMetric] | None = None, population: torch.Tensor | None = None,
-          class_priors: dict[int, torch.Tensor] | None = None) -> dict[str, Any]:
+          class_priors: dict[int, torch.Tensor] | None = None) -> LeakageScores:
     """All leakage numbers of one attack; ``population`` (training pool) enables identification ranks.
 
     ``metrics``: the registered image metrics to compute on the matched pairs (None = those that
@@ -69,35 +70,32 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
             row["identification_rank"] = identification_rank(pop_sim[j], _find(population, origs[i]))
         per_image.append(row)
     matched_rows = [r for r in per_image if r["ssim"] is not None]
-    out: dict[str, Any] = {
-        "ssim": _mean([r["ssim"] for r in matched_rows]),
-        **{m.name: m.combine([r[m.name] for r in matched_rows]) if m in available else None for m in metrics},
-        "rdlv": rdlv_client(sim, prior_ssim),
-        "rdlv_mean": _mean([r["rdlv"] for r in per_image]),
-        "ssim_gain": float(gain.max()),
-        "prior_ssim": _mean([r["prior_ssim"] for r in per_image]),
-        "label_accuracy": count_accuracy(rec_labels, labels, num_classes) if rec_labels is not None and labels is not None else None,
-        "ssim_settings": settings.describe(),
-        "per_image": per_image,
-    }
-    if class_rdlv is not None:
-        out["rdlv_class_prior"] = float(class_rdlv.max())
-    for m in metrics:
-        if m.unavailable():
-            out[f"{m.name}_note"] = m.unavailable()
+    out = LeakageScores(
+        ssim=_mean([r["ssim"] for r in matched_rows]),
+        rdlv=rdlv_client(sim, prior_ssim),
+        rdlv_mean=_mean([r["rdlv"] for r in per_image]),
+        ssim_gain=float(gain.max()),
+        prior_ssim=_mean([r["prior_ssim"] for r in per_image]),
+        label_accuracy=count_accuracy(rec_labels, labels, num_classes) if rec_labels is not None and labels is not None else None,
+        ssim_settings=settings.describe(),
+        per_image=per_image,
+        image_metrics={m.name: m.combine([r[m.name] for r in matched_rows]) if m in available else None for m in metrics},
+        metric_notes={m.name: m.unavailable() for m in metrics if m.unavailable()},
+        rdlv_class_prior=float(class_rdlv.max()) if class_rdlv is not None else None,
+    )
     if pop_sim is not None:
         ranks = [r["identification_rank"] for r in per_image if "identification_rank" in r]
-        out["identification_top1"] = sum(1 for r in ranks if r == 1) / max(1, len(ranks))
-        out["identification_chance"] = identification_chance(origs.shape[0], int(population.shape[0]))
-        out["identification_rank_median"] = float(torch.tensor(ranks, dtype=torch.float).median()) if ranks else None
-        out["population_size"] = int(population.shape[0])
+        out.identification_top1 = sum(1 for r in ranks if r == 1) / max(1, len(ranks))
+        out.identification_chance = identification_chance(origs.shape[0], int(population.shape[0]))
+        out.identification_rank_median = float(torch.tensor(ranks, dtype=torch.float).median()) if ranks else None
+        out.population_size = int(population.shape[0])
     return out
 
 
 def score_as_configured(scoring: Any, recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tensor,
                         labels: torch.Tensor | None, prior: torch.Tensor, num_classes: int,
                         population: torch.Tensor | None = None, class_priors: dict[int, torch.Tensor] | None = None,
-                        metrics: list[ImageMetric] | None = None) -> tuple[dict[str, Any], list[ImageMetric]]:
+                        metrics: list[ImageMetric] | None = None) -> tuple[LeakageScores, list[ImageMetric]]:
     """:func:`score` with what an attack config's ``scoring`` section asks for: SSIM settings at the ground
     truth's size and the registered image metrics (``metrics`` overrides them). The one sequence the attack
     job and the FL audit share; returns the scores and the metrics computed."""

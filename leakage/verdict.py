@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
+from leakage.record import LeakageScores
+
 LEAKS, NO_LEAK, INCONCLUSIVE = "leaks", "no leak found", "inconclusive"
 VERDICTS = (LEAKS, NO_LEAK, INCONCLUSIVE)
 
@@ -33,8 +35,8 @@ def verdict(per_image_ssim: Iterable[float | None], rdlv: float | None, converge
     return NO_LEAK if converged is True else INCONCLUSIVE
 
 
-def verdict_record(scores: dict[str, Any], converged: bool | None, leak_ssim: float, leak_rdlv: float | None) -> dict[str, Any]:
-    """The verdict fields metrics.json, results.csv and the audit carry, from ``leakage.scoring.score``'s output."""
-    per_image = [row.get("ssim") for row in scores.get("per_image", [])]
-    return {"verdict": verdict(per_image, scores.get("rdlv"), converged, leak_ssim, leak_rdlv),
+def verdict_record(scores: LeakageScores, converged: bool | None, leak_ssim: float, leak_rdlv: float | None) -> dict[str, Any]:
+    """The verdict fields metrics.json, results.csv and the audit carry, from ``leakage.scoring.score``'s record."""
+    per_image = [row.get("ssim") for row in scores.per_image]
+    return {"verdict": verdict(per_image, scores.rdlv, converged, leak_ssim, leak_rdlv),
             "leaked_images": leaked_images(per_image, leak_ssim), "leak_ssim": leak_ssim, "leak_rdlv": leak_rdlv}

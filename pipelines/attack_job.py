@@ -19,18 +19,20 @@ import yaml
 
 from common.config import build, to_dict
 from common.errors import UserError
-from common.files import StagedDir, is_attack_output, load_tensors, load_weights_only, save_tensors, write_json
+from common.files import StagedDir, load_tensors, load_weights_only, save_tensors, write_json
 from common.interrupt import fit
 from common.tracking import wandb_mode
 from datamodules.sources import DataConfig, load_pool
 from common.quiet import quiet_lightning
-from federation.run_layout import RunLayout
+from federation.run_layout import RunLayout, UpdateLocation
+from pipelines.attack_output import AttackOutput, is_attack_output
 from federation.update_store import high_risk_update
 from inversion.config import AttackConfig, check_attack_config
 from inversion.threat_model import AttackerKnowledge, at_input_resolution, load_knowledge, load_prior, prior_description
 from leakage.figures import reconstruction_figure
 from leakage.ground_truth import GroundTruth, ground_truth_for_update, load_image_file, oracle_knowledge
 from leakage.image_metrics import metric_names
+from leakage.record import LeakageScores
 from leakage.scoring import score_as_configured
 from leakage.verdict import verdict_record
 from inversion.attack_module import AttackResult, GradientInversionAttack, iteration_loader
@@ -46,10 +48,10 @@ def resolve_update(cfg: AttackConfig) -> Path:
     return high_risk_update(cfg.run)
 
 
-def resolve_prior(cfg: AttackConfig, update_dir: Path) -> tuple[torch.Tensor | None, str]:
+def resolve_prior(cfg: AttackConfig, where: UpdateLocation | None) -> tuple[torch.Tensor | None, str]:
+    """The attacker's prior: the configured file, else the prior of the run the update sits in (``where``)."""
     if cfg.prior.path:
         return load_prior(cfg.prior.path, cfg.prior.key), f"{cfg.prior.path}:{cfg.prior.key}"
-    where = RunLayout.of_update(update_dir)
     if where is not None and where.run.prior.is_file():
         population = prior_description(where.run.prior)
         if population.endswith("training pool"):  # runs made before issue 23: the pool held the clients' images
@@ -58,8 +60,9 @@ def resolve_prior(cfg: AttackConfig, update_dir: Path) -> tuple[torch.Tensor | N
     return None, ""
 
 
-def attacker_knowledge(cfg: AttackConfig, update_dir: Path) -> AttackerKnowledge:
-    prior, prior_source = resolve_prior(cfg, update_dir)
+def attacker_knowledge(cfg: AttackConfig, update_dir: Path, where: UpdateLocation | None = None) -> AttackerKnowledge:
+    """``where``: the update's run, round and client when the caller has resolved them (else resolved here)."""
+    prior, prior_source = resolve_prior(cfg, where if where is not None else RunLayout.of_update(update_dir))
     knowledge = load_knowledge(update_dir, cfg.threat, cfg.global_model or None, prior, prior_source, cfg.trusted_models, cfg.force)
     threat = cfg.threat
     if threat.oracle_labels or threat.oracle_bn_statistics or threat.oracle_batch_order:
@@ -143,8 +146,8 @@ def checkpoint_callback(work: Path, every: int) -> pl.callbacks.ModelCheckpoint:
 
 
 def score_result(result: AttackResult, knowledge: AttackerKnowledge, gt: GroundTruth | None, cfg: AttackConfig,
-                 update_dir: Path, population: bool = True) -> dict[str, Any]:
-    """Leakage numbers; without ground truth only the attack's own facts are reported."""
+                 where: UpdateLocation | None, population: bool = True) -> tuple[dict[str, Any], LeakageScores | None]:
+    """(metrics.json's content, the leakage record); without ground truth only the attack's own facts are reported."""
     base: dict[str, Any] = {"iterations": result.iterations, "seconds": round(result.seconds, 3), "objective": result.objective,
                             "restart": result.restart, "label_strategy": result.label_strategy, "label_warning": result.label_warning,
                             "selection": result.selection,
@@ -152,16 +155,14 @@ def score_result(result: AttackResult, knowledge: AttackerKnowledge, gt: GroundT
                             "restarts": [{"restart": r, "objective": result.restart_objectives[r], "score": result.restart_scores[r],
                                           "setting": result.restart_settings[r]} for r in result.restart_objectives]}
     if gt is None:
-        return {"ssim": None, **{name: None for name in metric_names()}, "rdlv": None, "label_accuracy": None, **base, "per_image": [],
-                "note": "no ground truth beside this update: nothing to score"}
+        return {**LeakageScores.unscored_headline(metric_names()), **base, "per_image": [],
+                "note": "no ground truth beside this update: nothing to score"}, None
     pop, class_priors = (None, None)
-    where = RunLayout.of_update(update_dir)
     if where is not None and population:
         pop, class_priors = _population(where.run, knowledge)
-    scores, metrics = score_as_configured(cfg.scoring, at_size(result.images, gt.images), result.labels, gt.images, gt.labels,
-                                          knowledge.scoring_prior, knowledge.spec.num_classes, pop, class_priors)
-    first = ["ssim", *(m.name for m in metrics), "rdlv", "label_accuracy"]
-    return {**{k: scores.pop(k) for k in first}, **base, **scores}
+    scores, _ = score_as_configured(cfg.scoring, at_size(result.images, gt.images), result.labels, gt.images, gt.labels,
+                                    knowledge.scoring_prior, knowledge.spec.num_classes, pop, class_priors)
+    return scores.to_json(after_headline=base), scores
 
 
 def at_size(images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -177,32 +178,27 @@ def at_size(images: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _population(run: RunLayout, knowledge: AttackerKnowledge) -> tuple[torch.Tensor | None, dict[int, torch.Tensor] | None]:
     """The run's training pool (for identification ranks) and per-class priors (scoring only)."""
     class_priors = None
-    prior_file, cfg_file, split_file = run.prior, run.config, run.split
     pool_images = None
     try:
-        if cfg_file.is_file() and split_file.is_file():
-            import json
-
-            data = build(DataConfig, (yaml.safe_load(cfg_file.read_text()) or {}).get("data", {}), "data")
-            pool = load_pool(data)
-            split = json.loads(split_file.read_text())
+        saved, split = run.read_config(), run.read_split()
+        if saved is not None and split is not None:
+            pool = load_pool(build(DataConfig, saved.get("data", {}), "data"))
             test = set(split["test_indices"])
             train = torch.tensor([i for i in range(len(pool)) if i not in test])
             pool_images = pool.images[train]
-            if prior_file.is_file():
-                tensors = load_tensors(prior_file)
+            if run.prior.is_file():
+                tensors = load_tensors(run.prior)
                 class_priors = {k: tensors[f"class/{name}"] for k, name in enumerate(split["class_names"]) if f"class/{name}" in tensors}
-    except (UserError, OSError, KeyError, ValueError):
+    except (UserError, OSError, KeyError, ValueError, yaml.YAMLError):
         pool_images = None  # the population is a bonus metric: a moved dataset must not fail the scoring
     if pool_images is not None and tuple(pool_images.shape[1:]) != tuple(knowledge.scoring_prior.shape):
         pool_images = None
     return pool_images, class_priors
 
 
-def default_out(cfg: AttackConfig, update_dir: Path) -> Path:
+def default_out(cfg: AttackConfig, update_dir: Path, where: UpdateLocation | None) -> Path:
     if cfg.out:
         return Path(cfg.out)
-    where = RunLayout.of_update(update_dir)
     if where is None:
         return update_dir / "attack"
     return where.run.attack(where.round, where.client)
@@ -218,11 +214,12 @@ def check_out(out: Path, update_dir: Path) -> None:
 def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
     started = time.time()
     update_dir = resolve_update(cfg)
-    knowledge = attacker_knowledge(cfg, update_dir)
+    where = RunLayout.of_update(update_dir)  # its run, round and client: resolved once, for the prior, the output and the scoring
+    knowledge = attacker_knowledge(cfg, update_dir, where)
     attack = build_attack(knowledge, cfg)  # validates everything before a file is written
     meta = knowledge.meta
     given_truth = load_image_file(cfg.ground_truth, meta["input_shape"], meta["num_images"]) if cfg.ground_truth else None
-    out = default_out(cfg, update_dir)
+    out = default_out(cfg, update_dir, where)
     check_out(out, update_dir)
     if process_rank() > 0:  # a DDP worker launched by rank 0: optimise its restarts, write nothing
         run_attack(knowledge, cfg, attack=attack)
@@ -237,7 +234,8 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
             _wandb_close(wandb_logger)
 
     with staged.staged(on_failure=close_wandb) as work:
-        ckpt = work / "checkpoints" / "last.ckpt"
+        files = AttackOutput(work)
+        ckpt = files.checkpoints / "last.ckpt"
         ckpt_path = str(ckpt) if resume and ckpt.is_file() else None
         callbacks = [checkpoint_callback(work, cfg.optim.checkpoint_every)] if cfg.optim.checkpoint_every > 0 else []
         if cfg.logging.wandb and wandb_mode() != "disabled":
@@ -252,13 +250,13 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
                                            callbacks=callbacks, ckpt_path=ckpt_path, on_rung=_say_rung)
         result, attack = escalated.result, escalated.attack
         # the reconstruction first: a scoring failure must never lose it
-        save_tensors(work / "reconstruction.safetensors", {"images": result.images, "labels": result.labels,
+        save_tensors(files.reconstruction, {"images": result.images, "labels": result.labels,
                                                            "restart_images": result.restart_images})
-        reconstruction_figure(work / "reconstruction.png", result.images, knowledge.prior, None, None, "reconstruction (not scored yet)")
+        reconstruction_figure(files.figure, result.images, knowledge.prior, None, None, "reconstruction (not scored yet)")
         try:
             gt = given_truth if given_truth is not None else ground_truth_for_update(update_dir)
-            metrics = score_result(result, knowledge, gt, cfg, update_dir)
-            add_verdict(metrics, escalated, knowledge, gt, cfg)
+            metrics, scores = score_result(result, knowledge, gt, cfg, where)
+            add_verdict(metrics, scores, escalated, knowledge, gt, cfg)
         except UserError as err:
             raise UserError(f"scoring failed ({err}); the reconstruction is kept in {work}") from None
         metrics["threat_model"] = knowledge.describe()
@@ -269,24 +267,24 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
         metrics["resumed"] = ckpt_path is not None
         metrics["devices"] = cfg.devices
         metrics["wall_seconds"] = round(time.time() - started, 2)
-        (work / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        _write_trace(work / "objective.csv", attack.objective_trace)
+        files.config.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        _write_trace(files.objective_trace, attack.objective_trace)
         title = (f"round {knowledge.meta['round']} client {knowledge.meta['client']}: {knowledge.meta['num_images']} image(s), batch {knowledge.meta['batch_size']}, "
                  f"{knowledge.meta['local_steps']} step(s)")
         if metrics.get("ssim") is not None:
             title += f" | SSIM {metrics['ssim']:.3f}, RDLV {metrics['rdlv']:.2f}"
         shown = at_size(result.images, gt.images) if gt else result.images
-        reconstruction_figure(work / "reconstruction.png", shown, knowledge.scoring_prior if gt else knowledge.prior, gt.images if gt else None,
+        reconstruction_figure(files.figure, shown, knowledge.scoring_prior if gt else knowledge.prior, gt.images if gt else None,
                               metrics if gt else None, title)
-        write_json(work / "metrics.json", metrics)
+        write_json(files.metrics, metrics)
         if wandb_logger is not None:
             _wandb_finish(wandb_logger, work, metrics)
-        shutil.rmtree(work / "checkpoints", ignore_errors=True)  # only needed to resume an unfinished attack
+        shutil.rmtree(files.checkpoints, ignore_errors=True)  # only needed to resume an unfinished attack
     return {"out": staged.final, "metrics": metrics, "result": result}
 
 
-def add_verdict(metrics: dict[str, Any], escalated: Escalated, knowledge: AttackerKnowledge, gt: GroundTruth | None,
-                cfg: AttackConfig) -> None:
+def add_verdict(metrics: dict[str, Any], scores: LeakageScores | None, escalated: Escalated, knowledge: AttackerKnowledge,
+                gt: GroundTruth | None, cfg: AttackConfig) -> None:
     """Convergence, the escalation's rungs and (with ground truth) the verdict, into ``metrics``. Each rung's SSIM is
     scored here, after the attack has chosen: it is for the record (how often the convergence rule was right), never
     for choosing."""
@@ -295,16 +293,16 @@ def add_verdict(metrics: dict[str, Any], escalated: Escalated, knowledge: Attack
     metrics["converged"] = conv.converged
     metrics["convergence"] = conv.to_dict()
     metrics["escalation"] = escalated.record(cfg)
-    if gt is None:
+    if gt is None or scores is None:
         metrics["verdict"] = None  # converged or not, without the client's images nothing is judged
         return
-    metrics.update(verdict_record(metrics, conv.converged, cfg.scoring.leak_ssim, cfg.scoring.leak_rdlv))
+    metrics.update(verdict_record(scores, conv.converged, cfg.scoring.leak_ssim, cfg.scoring.leak_rdlv))
     for entry, rung_result in zip(metrics["escalation"]["rungs"], escalated.results):
         if rung_result is escalated.result:
-            entry["ssim"] = metrics["ssim"]  # the returned rung is scored already
+            entry["ssim"] = scores.ssim  # the returned rung is scored already
         elif rung_result is not None:
             entry["ssim"] = score_as_configured(cfg.scoring, at_size(rung_result.images, gt.images), rung_result.labels, gt.images, gt.labels,
-                                                knowledge.scoring_prior, knowledge.spec.num_classes, metrics=[])[0]["ssim"]
+                                                knowledge.scoring_prior, knowledge.spec.num_classes, metrics=[])[0].ssim
 
 
 def _say_rung(rung: Rung, conv: Convergence | None) -> None:
@@ -342,8 +340,8 @@ def _wandb_finish(logger: Any, work: Path, metrics: dict[str, Any]) -> None:
     import wandb
 
     run = logger.experiment
-    run.log({"reconstruction": wandb.Image(str(work / "reconstruction.png"))})
-    for key in ("ssim", *metric_names(), "rdlv", "label_accuracy", "iterations", "seconds", "objective", "converged", "verdict"):
+    run.log({"reconstruction": wandb.Image(str(AttackOutput(work).figure))})
+    for key in (*LeakageScores.HEADLINE, *metric_names(), "iterations", "seconds", "objective", "converged", "verdict"):
         if metrics.get(key) is not None:
             run.summary[key] = metrics[key]
     conv = metrics.get("convergence") or {}

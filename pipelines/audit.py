@@ -1,6 +1,6 @@
 """The leakage auditor: attack the outgoing update with attack.py's attack and score it against the
 client's own images (which the client legitimately holds). The attack half sees only attacker
-knowledge. Entry points hand it to the federation (``FederatedSimulation(cfg, auditor=...)``).
+knowledge. Entry points hand it to the federation (``Federation(cfg, auditor=...)``).
 """
 from __future__ import annotations
 
@@ -48,9 +48,9 @@ class AttackAudit:
         threshold = self.cfg.threshold
         conv = escalated.convergence
         verdict = verdict_record(s, conv.converged, self.cfg.leak_ssim, threshold)["verdict"]
-        return AuditRecord(rnd, client, s["rdlv"], s["ssim"], s["ssim_gain"], s["label_accuracy"], threshold,
+        return AuditRecord(rnd, client, s.rdlv, s.ssim, s.ssim_gain, s.label_accuracy, threshold,
                            withholds(self.cfg, verdict), round(time.perf_counter() - started, 2),
-                           metrics={m.name: s[m.name] for m in metrics}, verdict=verdict, converged=conv.converged,
+                           metrics={m.name: s.image_metrics[m.name] for m in metrics}, verdict=verdict, converged=conv.converged,
                            heldout_error=conv.heldout_error, rungs=len(escalated.records))
 
 

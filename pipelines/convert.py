@@ -18,6 +18,7 @@ import torch
 
 from common.errors import UserError
 from common.files import StagedDir, load_tensors, load_weights_only, save_tensors, write_json
+from federation.run_layout import is_update_folder, update_meta, update_tensors
 from federation.update_store import FORMAT, sha256
 from inversion.threat_model import ThreatConfig, load_knowledge
 from federation.client import LOSS
@@ -133,12 +134,11 @@ def convert(spec: ModelSpec, facts: ClientFacts, global_path: str | Path, out: s
         "local_epochs": math.ceil(facts.local_steps / math.ceil(facts.num_images / facts.batch_size)),
         "shuffle": facts.shuffle, "drop_last": False, "bn_momentum": spec.bn_momentum, "privacy_filters": [], "withheld_keys": [],
     }
-    staged = StagedDir(out, overwrite=overwrite, own=lambda p: (p / "meta.json").is_file() and (p / "update.safetensors").is_file(),
-                       what="an update folder")
+    staged = StagedDir(out, overwrite=overwrite, own=is_update_folder, what="an update folder")
     with staged.staged() as work:
         save_tensors(work / "global_model.safetensors", before)
-        save_tensors(work / "update.safetensors", delta)
+        save_tensors(update_tensors(work), delta)
         meta.update(global_model="global_model.safetensors", global_model_sha256=sha256(work / "global_model.safetensors"))
-        write_json(work / "meta.json", meta)
+        write_json(update_meta(work), meta)
         load_knowledge(work, ThreatConfig(), trusted_models=[spec.name])  # what the attack will check, checked now
     return staged.final

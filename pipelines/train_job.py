@@ -12,18 +12,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from common.config import to_dict
 from common.errors import UserError
-from common.files import StagedDir, is_complete_run, write_json
+from common.files import StagedDir, write_json
 from common.versions import package_versions, provenance
 from federation.config import TrainConfig
 from federation.curves import accuracy_figure
 from federation.engines import engine
 from federation.run_files import read_metrics
 from federation.run_layout import RunLayout
-from federation.simulation import FederatedSimulation, RoundRecord
+from federation.federation import Federation, RoundRecord
 from pipelines.audit import AttackAudit
 
 
@@ -42,18 +40,18 @@ class TrainJob:
         self.cfg = cfg
         self.resume = resume
         self.started = time.time()
-        self.simulation = FederatedSimulation(cfg, auditor=AttackAudit)
+        self.federation = Federation(cfg, auditor=AttackAudit)
         self.run_rounds = engine(cfg.fl.engine, resume)
 
     def run(self, overwrite: bool = False, record: dict[str, Any] | None = None) -> TrainResult:
         """Train into ``cfg.out``; ``record``: extra facts for run.json (a study's overrides, the command line)."""
         cfg = self.cfg
-        staged = StagedDir(cfg.out, resume=self.resume, overwrite=overwrite, own=is_complete_run, what="a complete training run")
+        staged = StagedDir(cfg.out, resume=self.resume, overwrite=overwrite, own=lambda p: RunLayout(p).is_complete(), what="a complete training run")
         if self.resume:
             check_resumable(staged, cfg)
         with staged.staged() as work:
             run = RunLayout(work)
-            records = self.run_rounds(self.simulation, work, self.resume)
+            records = self.run_rounds(self.federation, work, self.resume)
             accuracy = records[-1].test_accuracy if records else last_accuracy(run.metrics)  # killed after the last round
             accuracy_figure(run.metrics, run.accuracy_figure, f"{Path(cfg.out).name}: {cfg.model.name}, {cfg.fl.rounds} rounds")
             write_json(run.run_json, {
@@ -68,7 +66,7 @@ class TrainJob:
 
         if job_dir.exists() or job_dir.is_symlink():
             raise UserError(f"{job_dir} already exists: choose a new folder for the NVFlare job")
-        export_job(self.simulation, job_dir)
+        export_job(self.federation, job_dir)
 
 
 def check_resumable(staged: StagedDir, cfg: TrainConfig) -> None:
@@ -77,9 +75,8 @@ def check_resumable(staged: StagedDir, cfg: TrainConfig) -> None:
         if staged.final.exists():
             raise UserError(f"{staged.final} is complete: nothing to resume (--overwrite replaces it with a new run)")
         raise UserError(f"nothing to resume: {staged.partial} not found")
-    saved_file = RunLayout(staged.partial).config
-    if saved_file.is_file():
-        saved = yaml.safe_load(saved_file.read_text()) or {}
+    saved = RunLayout(staged.partial).read_config()
+    if saved is not None:
         now = to_dict(cfg)
         keys = sorted(k for k in set(saved) | set(now) if k != "logging" and saved.get(k) != now.get(k))
         if keys:

@@ -12,6 +12,7 @@ from typing import Any
 from common.files import load_tensors, read_json
 from federation.run_layout import RunLayout
 from leakage.ground_truth import load_ground_truth
+from pipelines.attack_output import AttackOutput
 from studies import plots
 from studies.reference import REFERENCES
 from studies.spec import StudySpec
@@ -101,15 +102,16 @@ def gallery(study_dir: Path, path: Path, limit: int = 24) -> Path | None:
     """Each training image beside its best (matched) reconstruction, over the study's cells."""
     pairs = []
     for cell in sorted((study_dir / "cells").glob("*")):
-        if not all((cell / name).is_file() for name in ("metrics.json", "cell.json", "reconstruction.safetensors")):
+        files = AttackOutput(cell)
+        if not (files.metrics.is_file() and files.reconstruction.is_file() and (cell / "cell.json").is_file()):
             continue  # unfinished, or an attack that failed (no reconstruction)
         info = read_json(cell / "cell.json")
-        metrics = read_json(cell / "metrics.json")
+        metrics = read_json(files.metrics)
         where = RunLayout.of_update(metrics["update"])
         if where is None:
             continue
         gt = load_ground_truth(*where)
-        recs = load_tensors(cell / "reconstruction.safetensors")["images"]
+        recs = load_tensors(files.reconstruction)["images"]
         axes = " ".join(f"{v}" for v in info["axes"].values())
         for row in metrics.get("per_image", []):
             j = row.get("matched_reconstruction")

@@ -33,6 +33,7 @@ from markupsafe import Markup
 
 from common.errors import UserError
 from common.versions import code_commit, package_versions
+from pipelines.attack_output import AttackOutput
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -388,13 +389,13 @@ def gallery_cells(study_dir: Path, spec: dict[str, Any], rows: list[dict[str, st
         cell_dir = study_dir / "cells" / str(cell)
         info = _read_json(cell_dir / "cell.json")
         axes = info.get("axes") if isinstance(info.get("axes"), dict) else {a: row.get(a, "") for a in grid}
-        metrics = _read_json(cell_dir / "metrics.json")
+        metrics = _read_json(AttackOutput(cell_dir).metrics)
         labels = [f"{k} = {v}" for k, v in axes.items()]
         labels += [f"seed {info.get('seed', row.get('seed', ''))}", f"round {info.get('round', row.get('round', ''))}",
                    f"client {info.get('client', row.get('client', ''))}"]
         scores = (f"SSIM {fmt_number(metrics.get('ssim', row.get('ssim'))) or 'n/a'}, "
                   f"RDLV {fmt_number(metrics.get('rdlv', row.get('rdlv'))) or 'n/a'}")
-        out.append({"name": str(cell), "slug": slug(str(cell)), "image": cell_dir / "reconstruction.png", "labels": ", ".join(labels),
+        out.append({"name": str(cell), "slug": slug(str(cell)), "image": AttackOutput(cell_dir).figure, "labels": ", ".join(labels),
                     "scores": scores, "alt": f"reconstruction of cell {cell}: " + ", ".join(labels)})
     return out
 

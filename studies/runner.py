@@ -17,9 +17,11 @@ from common.files import StagedDir, read_json, write_json
 from common.versions import provenance
 from federation.config import TrainConfig
 from federation.run_files import read_metrics
-from federation.run_layout import RunLayout
+from federation.run_layout import RunLayout, update_meta
 from inversion.config import AttackConfig
 from leakage.image_metrics import metric_names
+from leakage.record import LeakageScores
+from pipelines.attack_output import AttackOutput
 from privacy import REGISTRY as FILTERS
 from studies.executors import REGISTRY as EXECUTORS, Executor, ExecutorOptions
 from studies.spec import Cell, StudySpec, cells, config_fingerprint
@@ -30,14 +32,12 @@ ATTACK_DEFAULT = AttackConfig.DEFAULT_FILE
 
 # results.csv / per_image.csv columns; the registered image metrics (leakage/image_metrics/) follow "ssim"
 # when any cell computed them
-ROW_FIELDS = ["cell", "seed", "attack_seed", "round", "client", "num_images", "batch_size", "local_steps", "ssim", "rdlv", "rdlv_mean",
-              "ssim_gain", "rdlv_class_prior", "identification_top1", "identification_chance", "label_accuracy", "verdict", "converged", "heldout_error",
-              "leaked_images", "rungs", "test_accuracy", "final_test_accuracy",
+ROW_FIELDS = ["cell", "seed", "attack_seed", "round", "client", "num_images", "batch_size", "local_steps", *LeakageScores.COLUMNS,
+              "verdict", "converged", "heldout_error", "leaked_images", "rungs", "test_accuracy", "final_test_accuracy",
               "epsilon", "noise_std", "attack_seconds", "train_key", "commit", "torch", "train_threads", "attack_threads"]
 IMAGE_FIELDS = ["cell", "seed", "round", "client", "image", "label", "ssim", "rdlv", "ssim_gain", "prior_ssim",
                 "nearest_ssim", "rdlv_class_prior", "identification_rank", "label_correct"]
-SCORE_KEYS = ["ssim", "rdlv", "rdlv_mean", "ssim_gain", "rdlv_class_prior", "identification_top1", "identification_chance",
-              "label_accuracy"]
+SCORE_KEYS = list(LeakageScores.COLUMNS)
 
 
 def with_metrics(fields: list[str], metrics: list[str]) -> list[str]:
@@ -116,10 +116,10 @@ class StudyRunner:
 
     def ensure_attacked(self, cell: Cell, run: Path, rnd: int, client: int) -> Path:
         cell_dir = self.out / "cells" / cell.attack_key(rnd, client)
-        if (cell_dir / "metrics.json").is_file():
+        if AttackOutput(cell_dir).is_finished():
             return cell_dir
         update = RunLayout(run).update(rnd, client)
-        if not (update / "meta.json").is_file():
+        if not update_meta(update).is_file():
             raise UserError(f"study target round {rnd} client {client} was not captured in {run} (check capture.clients/rounds)")
         from pipelines.attack_job import run_attack_job
 
@@ -130,7 +130,7 @@ class StudyRunner:
             # up) is a result of the grid point, not a reason to stop the study: recorded, and not retried
             # staged like every result: the failed attack's own .partial is replaced, the record appears whole
             with StagedDir(cell_dir, what="a study cell").staged() as work:
-                write_json(work / "metrics.json", {"ssim": None, "rdlv": None, "update": str(update), "per_image": [],
+                write_json(AttackOutput(work).metrics, {"ssim": None, "rdlv": None, "update": str(update), "per_image": [],
                                                    "attack_error": str(err)})
             print(f"warning: {cell_dir.name} (round {rnd}, client {client}): attack failed: {err}", file=sys.stderr)
         write_json(cell_dir / "cell.json", {"axes": cell.axes, "seed": cell.seed, "attack_seed": cell.attack_seed, "round": rnd, "client": client,
@@ -159,7 +159,7 @@ class StudyRunner:
             if cell_dir.name not in wanted or not (cell_dir / "cell.json").is_file():
                 continue
             info = read_json(cell_dir / "cell.json")
-            metrics = read_json(cell_dir / "metrics.json")
+            metrics = read_json(AttackOutput(cell_dir).metrics)
             row = self._row(cell_dir.name, info, metrics)
             rows.append(row)
             for img in metrics.get("per_image", []):
@@ -182,7 +182,7 @@ class StudyRunner:
     def _row(self, name: str, info: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
         run = Path(info["run"])
         rnd, client = info["round"], info["client"]
-        meta = read_json(RunLayout(run).update(rnd, client) / "meta.json")
+        meta = read_json(update_meta(RunLayout(run).update(rnd, client)))
         acc = _accuracy(RunLayout(run).metrics)
         effects = _filter_effects(run, rnd, client)
         row = {"cell": name, "seed": info["seed"], "attack_seed": info.get("attack_seed"), "round": rnd, "client": client, "num_images": meta["num_images"],
@@ -203,9 +203,7 @@ def _provenance(run: Path, info: dict[str, Any]) -> dict[str, Any]:
     """commit and torch of the attack, and the thread counts of its training and of the attack (blank for
     cells made before they were recorded)."""
     attack = info.get("provenance") or {}
-    train: dict[str, Any] = {}
-    if RunLayout(run).run_json.is_file():
-        train = read_json(RunLayout(run).run_json).get("provenance") or {}
+    train = (RunLayout(run).read_run() or {}).get("provenance") or {}
     return {"commit": attack.get("commit"), "torch": attack.get("torch"), "train_threads": train.get("threads"),
             "attack_threads": attack.get("threads")}
 

@@ -45,12 +45,12 @@ def tiny_train_config(out: Path, **extra) -> TrainConfig:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A complete 2-round run with every update and ground truth captured."""
-    from federation.simulation import FederatedSimulation
+    from federation.federation import Federation
+    from federation.in_process import InProcessEngine
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     out.mkdir()
-    sim = FederatedSimulation(tiny_train_config(out))
-    sim.run(out)
+    InProcessEngine(Federation(tiny_train_config(out))).run(out)
     return out
 
 

@@ -75,11 +75,12 @@ def test_replay_statistics_use_pre_step_weights(tiny_run):
 
 def test_replay_follows_the_client_batch_split(tmp_path):
     """Defect 5: 7 images at batch 3 are three steps of 3, 3 and 1, not one batch of 7."""
-    from federation.simulation import FederatedSimulation
+    from federation.federation import Federation
+    from federation.in_process import InProcessEngine
     from tests.conftest import tiny_train_config
 
     cfg = tiny_train_config(tmp_path, **{"fl.rounds": 1, "fl.split.clients": [{"images": 7, "batch_size": 3}]})
-    FederatedSimulation(cfg).run(tmp_path)
+    InProcessEngine(Federation(cfg)).run(tmp_path)
     kn = _knowledge(tmp_path, 0, 0)
     gt = load_ground_truth(tmp_path, 0, 0)
     proc = ClientProcedure.from_meta(kn.meta)
@@ -399,11 +400,11 @@ def test_identical_reconstruction_scores_ssim_1_and_rdlv_from_prior():
     st = SSIMSettings.for_size(32)
     out = score(x.clone(), torch.tensor([0, 1, 0]), x, torch.tensor([0, 1, 0]), prior, 2, st)
     s = ssim_pairs(prior[None].expand_as(x), x, st)
-    assert out["ssim"] == pytest.approx(1.0, abs=1e-5)
-    for i, row in enumerate(out["per_image"]):
+    assert out.ssim == pytest.approx(1.0, abs=1e-5)
+    for i, row in enumerate(out.per_image):
         assert row["ssim"] == pytest.approx(1.0, abs=1e-5)
         assert row["rdlv"] == pytest.approx((1 - float(s[i])) / float(s[i]), rel=1e-4)
-    assert out["label_accuracy"] == 1.0
+    assert out.label_accuracy == 1.0
 
 
 def test_registration_undoes_a_permutation_of_the_restarts_images_exactly():
@@ -438,13 +439,14 @@ def test_group_consistency_compares_the_same_image_across_restarts():
 @pytest.fixture(scope="module")
 def rgb_run(tmp_path_factory):
     """The tiny federation on grayscale faces repeated to 3 channels (data.channels: 3)."""
-    from federation.simulation import FederatedSimulation
+    from federation.federation import Federation
+    from federation.in_process import InProcessEngine
     from tests.conftest import tiny_train_config
 
     out = tmp_path_factory.mktemp("rgb") / "run"
     out.mkdir()
     cfg = tiny_train_config(out, **{"data.channels": 3, "fl.rounds": 1, "model.norm_mean": [0.5, 0.5, 0.5], "model.norm_std": [0.5, 0.5, 0.5]})
-    FederatedSimulation(cfg).run(out)
+    InProcessEngine(Federation(cfg)).run(out)
     return out
 
 

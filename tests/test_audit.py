@@ -5,7 +5,8 @@ import torch
 
 from common.files import load_tensors
 from federation.fedavg import client_weights
-from federation.simulation import FederatedSimulation
+from federation.federation import Federation
+from federation.in_process import InProcessEngine
 from pipelines.audit import AttackAudit
 from federation.run_layout import RunLayout
 from federation.update_store import load_update
@@ -17,7 +18,7 @@ def test_withheld_update_is_absent_from_the_aggregate_and_weights_renormalise(tm
         "fl.rounds": 1,
         "audit": {"every": 1, "clients": [2], "threshold": -1.0e9, "attack": {"optim.iterations": 5, "escalation.enabled": False}},
     })
-    records = FederatedSimulation(cfg, auditor=AttackAudit).run(tmp_path)
+    records = InProcessEngine(Federation(cfg, auditor=AttackAudit)).run(tmp_path)
     assert records[0].withheld == [2]
     audit = list(csv.DictReader(open(tmp_path / "audit.csv")))
     assert len(audit) == 1 and audit[0]["client"] == "2" and audit[0]["withheld"] == "True"
@@ -40,7 +41,7 @@ def test_withheld_update_is_absent_from_the_aggregate_and_weights_renormalise(tm
 
 def test_audit_without_threshold_only_measures(tmp_path):
     cfg = tiny_train_config(tmp_path, **{"fl.rounds": 2, "audit": {"every": 2, "enforce": False, "attack": {"optim.iterations": 3, "escalation.enabled": False}}})
-    records = FederatedSimulation(cfg, auditor=AttackAudit).run(tmp_path)
+    records = InProcessEngine(Federation(cfg, auditor=AttackAudit)).run(tmp_path)
     assert [len(r.audits) for r in records] == [3, 0]  # round 0 only, all clients
     assert all(not r.withheld for r in records)
 
@@ -50,7 +51,7 @@ def _stalled_audit(tmp_path, **audit):
     cfg = tiny_train_config(tmp_path, **{"fl.rounds": 1, "audit": {"every": 1, "clients": [2], **audit,
                                                                   "attack": {"optim.iterations": 1, "optim.warmup": 0,
                                                                              "escalation.enabled": False}}})
-    records = FederatedSimulation(cfg, auditor=AttackAudit).run(tmp_path)
+    records = InProcessEngine(Federation(cfg, auditor=AttackAudit)).run(tmp_path)
     row = list(csv.DictReader(open(tmp_path / "audit.csv")))[0]
     return records[0], row
 

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from federation.batch_statistics import batch_stats
 from common.files import load_tensors, read_json
-from federation.simulation import FederatedSimulation
+from federation.federation import Federation
+from federation.in_process import InProcessEngine
 from federation.run_layout import RunLayout
 from federation.update_store import REQUIRED_META, load_update
 from model.factory import batch_norm_layers, build_model
@@ -13,7 +14,7 @@ from tests.conftest import tiny_train_config
 
 
 def test_captured_delta_is_after_minus_before_for_every_key(tmp_path):
-    sim = FederatedSimulation(tiny_train_config(tmp_path))
+    sim = Federation(tiny_train_config(tmp_path))
     before = {k: v.clone() for k, v in sim.global_model.state_dict().items()}
     result = sim.train_client(0, 0, before, 0.05, None)
     after = sim.client.model.state_dict()
@@ -89,6 +90,6 @@ def test_global_model_is_checkpointed_every_round(tiny_run):
 def test_only_the_chosen_clients_and_rounds_are_written(tmp_path):
 
     cfg = tiny_train_config(tmp_path, **{"capture.clients": [2], "capture.rounds": [-1]})
-    FederatedSimulation(cfg).run(tmp_path)
+    InProcessEngine(Federation(cfg)).run(tmp_path)
     assert [(r, c) for r, c, _ in RunLayout(tmp_path).updates()] == [(1, 2)]
     assert sorted(p.name for p in (tmp_path / "ground_truth").glob("round_*/client_*")) == ["client_2"]

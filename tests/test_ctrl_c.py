@@ -88,7 +88,8 @@ def _destructor_in_step(monkeypatch) -> None:
 
 
 def _moments() -> dict[str, Callable[[Any], None]]:
-    import federation.simulation as simulation
+    import federation.federation as federation
+    import federation.in_process as in_process
     import pipelines.train_job as train_job
     from federation.capture import UpdateCapture
     from federation.client import FLClient
@@ -100,11 +101,11 @@ def _moments() -> dict[str, Callable[[Any], None]]:
         "a destructor inside fit": _destructor_in_step,
         "capturing the update": lambda mp: _patch(mp, UpdateCapture, "on_train_end", 2),
         "saving an update": lambda mp: _mid_save(mp, "update.safetensors"),
-        "between clients": lambda mp: _patch(mp, simulation.FederatedSimulation, "train_client", 2, before=False),
-        "aggregation": lambda mp: _patch(mp, simulation.FederatedSimulation, "aggregate", 2),
+        "between clients": lambda mp: _patch(mp, federation.Federation, "train_client", 2, before=False),
+        "aggregation": lambda mp: _patch(mp, federation.Federation, "aggregate", 2),
         "saving the global model": lambda mp: _mid_save(mp, "round_2.safetensors"),
-        "test evaluation": lambda mp: _patch(mp, simulation, "evaluate", 1),
-        "writing a metrics row": lambda mp: _patch(mp, simulation, "append_metrics_csv", 1, before=False),
+        "test evaluation": lambda mp: _patch(mp, in_process, "evaluate", 1),
+        "writing a metrics row": lambda mp: _patch(mp, in_process, "append_metrics_csv", 1, before=False),
         "after the last round": lambda mp: _patch(mp, train_job, "accuracy_figure", 1),
     }
 

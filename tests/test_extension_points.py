@@ -12,7 +12,8 @@ import dataclasses
 
 from common.errors import UserError
 from common.registry import Registry, load_plugins
-from federation.simulation import FederatedSimulation
+from federation.federation import Federation
+from federation.in_process import InProcessEngine
 from leakage.image_metrics import REGISTRY as METRICS
 from leakage.image_metrics import ImageMetric, register
 from leakage.metrics import SSIMSettings
@@ -102,9 +103,9 @@ def test_a_registered_metric_is_scored_per_image_and_aggregated_as_declared(max_
     recs[1, 0, 0, 0] = 0.75  # image 1's: one pixel off by 0.75
     out = score(recs, None, origs, torch.tensor([0, 1]), torch.full((1, 16, 16), 0.5), 2, SSIMSettings.for_size(16),
                 [MaxAbsError()])
-    assert [r["max_abs_error"] for r in out["per_image"]] == [0.25, 0.75]
-    assert out["max_abs_error"] == 0.75  # aggregate "max", not the mean 0.5
-    assert "psnr" not in out  # only the metrics asked for
+    assert [r["max_abs_error"] for r in out.per_image] == [0.25, 0.75]
+    assert out.image_metrics["max_abs_error"] == 0.75  # aggregate "max", not the mean 0.5
+    assert "psnr" not in out.image_metrics  # only the metrics asked for
     assert MaxAbsError.format(0.75) == "max |error| 0.75"
 
 
@@ -112,7 +113,7 @@ def test_a_registered_metric_and_filter_reach_the_audit_and_a_study_and_its_repo
     # the leakage audit inside FL: audit.csv gets the column right after SSIM
     (tmp_path / "fl").mkdir()
     cfg = tiny_train_config(tmp_path / "fl", **{"fl.rounds": 1, "audit": {"every": 1, "clients": [2], "attack": {"optim.iterations": 3, "escalation.enabled": False}}})
-    FederatedSimulation(cfg, auditor=AttackAudit).run(tmp_path / "fl")
+    InProcessEngine(Federation(cfg, auditor=AttackAudit)).run(tmp_path / "fl")
     with open(tmp_path / "fl" / "audit.csv") as fh:
         audit = list(csv.DictReader(fh))
     assert list(audit[0])[:6] == ["round", "client", "rdlv", "ssim", "max_abs_error", "psnr"]

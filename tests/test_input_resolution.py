@@ -17,11 +17,12 @@ FAST = ["optim.iterations=3", "optim.restarts=1", "optim.grid={}", "optim.select
 @pytest.fixture(scope="module")
 def resized_run(tmp_path_factory):
     """A tiny federation whose model resizes its 16 px images to 24 px."""
-    from federation.simulation import FederatedSimulation
+    from federation.federation import Federation
+    from federation.in_process import InProcessEngine
 
     out = tmp_path_factory.mktemp("resized") / "run"
     out.mkdir()
-    FederatedSimulation(tiny_train_config(out, **{"model.resize_to": 24})).run(out)
+    InProcessEngine(Federation(tiny_train_config(out, **{"model.resize_to": 24}))).run(out)
     return out
 
 

@@ -167,8 +167,8 @@ def test_score_matches_reconstructions_given_in_a_permuted_order():
     origs = torch.rand(3, 1, 16, 16, generator=gen)
     perm = [2, 0, 1]
     out = score(origs[perm], None, origs, torch.tensor([0, 1, 0]), torch.full((1, 16, 16), 0.5), 2, SSIMSettings.for_size(16))
-    assert out["ssim"] == pytest.approx(1.0, abs=1e-6)
-    assert [row["matched_reconstruction"] for row in out["per_image"]] == [1, 2, 0]
+    assert out.ssim == pytest.approx(1.0, abs=1e-6)
+    assert [row["matched_reconstruction"] for row in out.per_image] == [1, 2, 0]
 
 
 def test_rdlv_per_image_is_the_max_over_reconstructions_and_the_client_the_max_over_images():
@@ -283,8 +283,8 @@ def test_identification_chance_is_what_reconstructions_that_know_nothing_reach()
         client = population[torch.randperm(population_size, generator=gen)[:n]]
         recs = torch.rand(n, 1, 16, 16, generator=gen)  # knows nothing of the client
         out = score(recs, None, client, None, population.mean(0), 2, settings, [], population)
-        rates.append(out["identification_top1"])
-        assert out["identification_chance"] == pytest.approx(n / population_size)
+        rates.append(out.identification_top1)
+        assert out.identification_chance == pytest.approx(n / population_size)
     mean = sum(rates) / trials
     assert abs(mean - n / population_size) < 3 * math.sqrt(0.2 * 0.8 / (n * trials)), mean  # within 3 standard errors
 
@@ -301,5 +301,5 @@ def test_score_reports_the_pinned_rdlv_functions():
     out = score(recs, None, origs, None, prior, 2, settings, [])
     sim = ssim_matrix(recs, origs, settings)
     prior_ssim = ssim_pairs(prior[None].expand_as(origs), origs, settings)
-    assert out["rdlv"] == pytest.approx(rdlv_client(sim, prior_ssim))
-    assert [r["rdlv"] for r in out["per_image"]] == pytest.approx(rdlv_per_image(sim, prior_ssim).tolist())
+    assert out.rdlv == pytest.approx(rdlv_client(sim, prior_ssim))
+    assert [r["rdlv"] for r in out.per_image] == pytest.approx(rdlv_per_image(sim, prior_ssim).tolist())

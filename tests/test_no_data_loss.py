@@ -8,7 +8,9 @@ import shutil
 import pytest
 
 from tests.conftest import run_entry
-from common.files import STAGING_MARK, StagedDir, is_attack_output, is_complete_run
+from common.files import STAGING_MARK, StagedDir
+from federation.run_layout import RunLayout
+from pipelines.attack_output import is_attack_output
 
 TINY = ["data.image_size=16", "model.name=bn_convnet", "model.resize_to=0", "model.width=8", "model.depth=3",
         "fl.rounds=1", "logging.wandb=false", "logging.progress=false"]
@@ -129,16 +131,16 @@ def test_train_replaces_its_own_run_only_with_overwrite(tmp_path, capsys):
     code, err = _run("train", TINY + ["--out", str(out), "--resume"], capsys)
     assert code == 2 and _one_line(err, "is complete: nothing to resume"), err
     assert _run("train", TINY + ["--out", str(out), "seed=1", "--overwrite"], capsys)[0] == 0
-    assert is_complete_run(out) and not (out / "attacks").exists()
+    assert RunLayout(out).is_complete() and not (out / "attacks").exists()
 
 
 def test_resume_refuses_a_different_config(tmp_path, capsys, monkeypatch):
     import train
-    from federation.simulation import FederatedSimulation
+    from federation.federation import Federation
 
     out = tmp_path / "run"
     argv = TINY + ["fl.rounds=2", "--out", str(out)]
-    original = FederatedSimulation.aggregate
+    original = Federation.aggregate
     calls = {"n": 0}
 
     def die_in_round_two(self, *a, **k):  # an interruption after round 0 was saved
@@ -147,16 +149,16 @@ def test_resume_refuses_a_different_config(tmp_path, capsys, monkeypatch):
             raise KeyboardInterrupt
         return original(self, *a, **k)
 
-    monkeypatch.setattr(FederatedSimulation, "aggregate", die_in_round_two)
+    monkeypatch.setattr(Federation, "aggregate", die_in_round_two)
     with pytest.raises(KeyboardInterrupt):
         train.main(argv)
-    monkeypatch.setattr(FederatedSimulation, "aggregate", original)
+    monkeypatch.setattr(Federation, "aggregate", original)
     assert (tmp_path / "run.partial" / "config.yaml").is_file() and not out.exists()
     code, err = _run("train", argv + ["--resume", "seed=7", "optimizer.lr=0.05"], capsys)
     assert code == 2 and _one_line(err, "differs from the interrupted run's (optimizer, seed)"), err
     code, err = _run("train", argv + ["--resume", "logging.progress=true"], capsys)  # logging may change
     assert code == 0, err
-    assert is_complete_run(out)
+    assert RunLayout(out).is_complete()
     code, err = _run("train", TINY + ["--out", str(tmp_path / "never"), "--resume"], capsys)
     assert code == 2 and _one_line(err, "nothing to resume"), err
 

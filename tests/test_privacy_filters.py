@@ -72,13 +72,14 @@ def test_chain_order_is_explicit_and_bad_filters_are_user_errors():
 
 def test_filtered_update_is_what_is_captured_and_prefilter_goes_to_ground_truth(tmp_path):
     from common.files import load_tensors
-    from federation.simulation import FederatedSimulation
+    from federation.federation import Federation
+    from federation.in_process import InProcessEngine
     from federation.run_layout import RunLayout
     from federation.update_store import load_update
     from tests.conftest import tiny_train_config
 
     cfg = tiny_train_config(tmp_path, **{"fl.rounds": 1, "privacy.filters": [{"name": "exclude", "regex": ["running_var$"]}]})
-    FederatedSimulation(cfg).run(tmp_path)
+    InProcessEngine(Federation(cfg)).run(tmp_path)
     delta, meta = load_update(RunLayout(tmp_path).update(0, 0))
     raw = load_tensors(RunLayout(tmp_path).ground_truth(0, 0) / "update_prefilter.safetensors")
     assert not any(k.endswith("running_var") for k in delta)

@@ -121,7 +121,8 @@ def test_a_ctrl_c_swallowed_by_a_destructor_still_stops_training(tmp_path):
     import gc
 
     from common import interrupt
-    from federation.simulation import FederatedSimulation
+    from federation.federation import Federation
+    from federation.in_process import InProcessEngine
     from tests.conftest import tiny_train_config
 
     old = signal.getsignal(signal.SIGINT)
@@ -139,9 +140,9 @@ def test_a_ctrl_c_swallowed_by_a_destructor_still_stops_training(tmp_path):
             interrupt.check()
         interrupt.check()  # raised once, then cleared
         # the federation checks between clients: a swallowed Ctrl-C during client 0 stops the run before client 1
-        sim = FederatedSimulation(tiny_train_config(tmp_path / "run", **{"fl.rounds": 2}))
+        fed = Federation(tiny_train_config(tmp_path / "run", **{"fl.rounds": 2}))
         trained = []
-        real = sim.train_client
+        real = fed.train_client
 
         def train_and_swallow(rnd, client, *args, **kwargs):
             trained.append((rnd, client))
@@ -149,9 +150,9 @@ def test_a_ctrl_c_swallowed_by_a_destructor_still_stops_training(tmp_path):
             interrupt._pending = True  # as _on_sigint leaves it when its KeyboardInterrupt was swallowed
             return out
 
-        sim.train_client = train_and_swallow
+        fed.train_client = train_and_swallow
         with pytest.raises(KeyboardInterrupt):
-            sim.run(None)
+            InProcessEngine(fed).run(None)
         assert trained == [(0, 0)]
     finally:
         signal.signal(signal.SIGINT, old)

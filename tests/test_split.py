@@ -58,11 +58,11 @@ def test_the_prior_is_built_from_images_no_client_holds(tmp_path, monkeypatch):
     changing one image no client holds changes it."""
     import dataclasses
 
-    import federation.simulation as simulation
+    import federation.federation as federation
     from common.files import load_tensors
     from tests.conftest import tiny_train_config
 
-    sim = simulation.FederatedSimulation(tiny_train_config(tmp_path / "a"))
+    sim = federation.Federation(tiny_train_config(tmp_path / "a"))
     split, pool = sim.split, sim.pool
     public = split.public_indices
     dealt = torch.cat(split.client_indices)
@@ -73,7 +73,7 @@ def test_the_prior_is_built_from_images_no_client_holds(tmp_path, monkeypatch):
     before = load_tensors(tmp_path / "a" / "prior.safetensors")
     assert torch.allclose(before["mean"], pool.images[public].mean(0))
 
-    real_load = simulation.load_pool
+    real_load = federation.load_pool
 
     def altered(indices):
         def load(cfg):
@@ -84,8 +84,8 @@ def test_the_prior_is_built_from_images_no_client_holds(tmp_path, monkeypatch):
         return load
 
     for indices, same in ((dealt, True), (public[:1], False)):
-        monkeypatch.setattr(simulation, "load_pool", altered(indices))
-        other = simulation.FederatedSimulation(tiny_train_config(tmp_path / "b"))
+        monkeypatch.setattr(federation, "load_pool", altered(indices))
+        other = federation.Federation(tiny_train_config(tmp_path / "b"))
         assert all(torch.equal(a, b) for a, b in zip(other.split.client_indices, split.client_indices))
         (tmp_path / "b").mkdir(exist_ok=True)
         other.write_setup(tmp_path / "b")

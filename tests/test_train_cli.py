@@ -58,7 +58,7 @@ def test_bad_input_is_one_line_nonzero_and_leaves_nothing_complete(tmp_path, cap
 
 def test_failure_mid_run_leaves_a_marked_partial_folder_and_keeps_the_old_run(tmp_path, capsys, monkeypatch):
     import train
-    from federation.simulation import FederatedSimulation
+    from federation.federation import Federation
 
     out = tmp_path / "run"
     out.mkdir()
@@ -67,7 +67,7 @@ def test_failure_mid_run_leaves_a_marked_partial_folder_and_keeps_the_old_run(tm
     def boom(self, *a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(FederatedSimulation, "aggregate", boom)
+    monkeypatch.setattr(Federation, "aggregate", boom)
     with pytest.raises(RuntimeError):
         train.main(TINY + ["--out", str(out), "--overwrite"])  # replacing it fails half-way
     assert (out / "run.json").read_text() == '{"state": "complete"}'

@@ -8,7 +8,8 @@ import torch
 
 from common.errors import UserError
 from common.files import load_tensors
-from federation.simulation import FederatedSimulation
+from federation.federation import Federation
+from federation.in_process import InProcessEngine
 from federation.run_layout import RunLayout
 from tests.conftest import tiny_train_config
 
@@ -16,7 +17,7 @@ from tests.conftest import tiny_train_config
 def _run(out: Path, **extra) -> list:
     out.mkdir()
     cfg = tiny_train_config(out, **extra)
-    return FederatedSimulation(cfg).run(out)
+    return InProcessEngine(Federation(cfg)).run(out)
 
 
 def test_two_cpu_workers_give_the_single_process_federation(tmp_path):
@@ -43,4 +44,4 @@ def test_two_cpu_workers_give_the_single_process_federation(tmp_path):
 
 def test_negative_workers_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="fl.workers"):
-        FederatedSimulation(tiny_train_config(tmp_path, **{"fl.workers": -1}))
+        Federation(tiny_train_config(tmp_path, **{"fl.workers": -1}))

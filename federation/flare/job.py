@@ -30,7 +30,7 @@ from common.errors import UserError
 from common.files import load_tensors, load_weights_only, save_tensors
 from federation.flare.outbox_filter import PREFIX, SITE_LOG, strip_prefix
 from federation.run_files import append_metrics_csv
-from federation.simulation import FederatedSimulation, RoundRecord
+from federation.federation import Federation, RoundRecord
 from federation.run_layout import RunLayout
 from federation.client import evaluate
 
@@ -45,7 +45,7 @@ def encode_config(tree: dict) -> str:
     return base64.b64encode(json.dumps(tree).encode()).decode()
 
 
-def check_supported(sim: FederatedSimulation) -> None:
+def check_supported(sim: Federation) -> None:
     fl = sim.cfg.fl
     if fl.client_fraction < 1:
         raise UserError("fl.engine=nvflare trains every client each round: fl.client_fraction must be 1 "
@@ -54,11 +54,11 @@ def check_supported(sim: FederatedSimulation) -> None:
         raise UserError("fl.workers is for the in-process engine; NVFlare runs each site in its own process")
 
 
-def site_names(sim: FederatedSimulation) -> list[str]:
+def site_names(sim: Federation) -> list[str]:
     return [f"site-{c + 1}" for c in range(sim.num_clients)]
 
 
-def aggregation_weights(sim: FederatedSimulation) -> dict[str, float] | None:
+def aggregation_weights(sim: Federation) -> dict[str, float] | None:
     """NVFlare weighs each result by aggregation_weight x local steps; these weights make that our fl.weighting."""
     weighting = sim.cfg.fl.weighting
     if weighting == "steps":
@@ -80,13 +80,13 @@ def site_threads(num_clients: int) -> int:
     return max(1, (os.cpu_count() or 1) // num_clients)
 
 
-def save_initial_model(sim: FederatedSimulation, path: Path) -> None:
+def save_initial_model(sim: Federation, path: Path) -> None:
     """The seeded initial model, with the client module's key prefix (what the server persistor loads)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({PREFIX + k: v.detach().clone() for k, v in sim.global_model.state_dict().items()}, path)
 
 
-def build_recipe(sim: FederatedSimulation, initial_ckpt: str, site_run: str, threads: int = 0, script: str = str(SCRIPT)) -> Any:
+def build_recipe(sim: Federation, initial_ckpt: str, site_run: str, threads: int = 0, script: str = str(SCRIPT)) -> Any:
     from nvflare.app_opt.pt.recipes.fedavg import FedAvgRecipe
     from nvflare.client.config import ExchangeFormat, TransferType
 
@@ -125,7 +125,7 @@ def _nvflare_process_env() -> Iterator[None]:
             os.environ["PYTHONPATH"] = saved_path
 
 
-def run_simulator(sim: FederatedSimulation, run_dir: Path) -> list[RoundRecord]:
+def run_simulator(sim: Federation, run_dir: Path) -> list[RoundRecord]:
     """Run the whole federation in NVFlare's simulator (one process per site) and lay out ``run_dir``."""
     from nvflare.recipe.sim_env import SimEnv
 
@@ -153,7 +153,7 @@ def final_model_file(job_workspace: Path) -> Path:
     return found[0]
 
 
-def collect(sim: FederatedSimulation, run_dir: Path, job_workspace: Path, seconds: float) -> list[RoundRecord]:
+def collect(sim: Federation, run_dir: Path, job_workspace: Path, seconds: float) -> list[RoundRecord]:
     """The run layout of the in-process engine from what the sites and the server left."""
     rounds = sim.cfg.fl.rounds
     saved = load_weights_only(final_model_file(job_workspace), "NVFlare's final global model")
@@ -178,7 +178,7 @@ def collect(sim: FederatedSimulation, run_dir: Path, job_workspace: Path, second
     return records
 
 
-def export_job(sim: FederatedSimulation, job_dir: Path, site_run: str = "fl_leakage_site") -> Path:
+def export_job(sim: Federation, job_dir: Path, site_run: str = "fl_leakage_site") -> Path:
     """The NVFlare job folder for real sites (POC or provisioned): submit it with ``nvflare job submit``."""
     check_supported(sim)
     with tempfile.TemporaryDirectory() as tmp, _nvflare_process_env():

@@ -43,7 +43,7 @@ class SiteOutbox(DXOFilter):
         started = time.perf_counter()
         site = fl_ctx.get_identity_name()
         pending = state.take(site)
-        job, sim = pending.job, pending.simulation
+        job, sim = pending.job, pending.federation
         rnd = shareable.get_header(AppConstants.CURRENT_ROUND)
         if rnd is not None and int(rnd) != job.round:
             raise RuntimeError(f"site {site}: result of round {rnd} but local round {job.round} is waiting")

@@ -20,7 +20,7 @@ _LOCK = threading.Lock()
 
 @dataclasses.dataclass
 class LocalRound:
-    simulation: Any  # the site's FederatedSimulation (data, split, model spec, filters, audit)
+    federation: Any  # the site's Federation (data, split, model spec, filters, audit)
     job: Any  # ClientRound
     local: Any  # LocalResult
     recorder: Any  # BatchStatisticsRecorder or None

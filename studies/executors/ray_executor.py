@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from common.errors import UserError
 from common.files import write_json
 from federation.run_layout import RunLayout
+from pipelines.attack_output import AttackOutput
 from studies.executors.base import CellRunner, Executor, register
 from studies.spec import Cell, StudySpec
 
@@ -88,7 +89,7 @@ class RayExecutor(Executor):
                 for rnd, client in runner.targets(run):
                     bar.total += 1
                     cell_dir = out / "cells" / cell.attack_key(rnd, client)
-                    if (cell_dir / "metrics.json").is_file() and (cell_dir / "cell.json").is_file():
+                    if AttackOutput(cell_dir).is_finished() and (cell_dir / "cell.json").is_file():
                         bar.update(1)
                         if on_cell is not None:
                             on_cell(cell_dir)

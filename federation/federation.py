@@ -1,39 +1,37 @@
-"""FedAvg simulation: each client is the FLClient LightningModule, trained by a Lightning Trainer."""
+"""A federation's parts: data, split, model, filters, the client LightningModule, local training, FedAvg, audit.
+
+Every engine uses these parts and nothing else: the in-process loop (``federation.in_process``) and
+NVFlare (``federation.flare``; ``flare_site.py`` on each site) train the same clients with the same
+seeds and send every update through the same outbox. Who runs the rounds is the engine's business.
+"""
 from __future__ import annotations
 
 import copy
 import dataclasses
-import gc
 import math
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from tqdm.auto import tqdm
 
-from federation.batch_statistics import BatchStatisticsRecorder
-from federation.capture import ClientResult, ClientRound, LocalResult, UpdateCapture
-from common.config import build, to_dict
 from common.errors import UserError
-from common.files import save_tensors
-from common import interrupt
 from common.interrupt import fit
 from common.interrupt_callback import StopOnInterrupt
 from common.quiet import quiet_lightning
-from common.tracking import start_run
 from datamodules.client import ClientDataModule, test_loader
 from datamodules.federated import FederatedSplit, local_steps, make_split
 from datamodules.sources import ImagePool, load_pool
 from federation.audit import AuditConfig, Auditor, AuditRecord, NoAudit, append_audit_csv, check_audit_config
+from federation.batch_statistics import BatchStatisticsRecorder
+from federation.capture import ClientResult, ClientRound, LocalResult, UpdateCapture
+from federation.client import FLClient
 from federation.config import TrainConfig, check_train_config
 from federation.fedavg import apply_update, average_updates, client_weights
 from federation.outbox import ClientOutbox
-from federation.run_files import append_metrics_csv, finished_rounds, write_setup
+from federation.run_files import write_setup
 from federation.run_layout import RunLayout
-from federation.client import FLClient, evaluate
 from model.factory import ClientModel, ModelSpec, build_model, check_batch_norm_viable
 from privacy.base import FilterChain, FilterContext
 
@@ -58,7 +56,7 @@ class RoundRecord:
     audits: list[AuditRecord] = dataclasses.field(default_factory=list)
 
 
-class FederatedSimulation:
+class Federation:
     """Everything is validated in the constructor, before any file is written."""
 
     def __init__(self, cfg: TrainConfig, device_index: int = 0, auditor: Callable[[AuditConfig, int], Auditor] | None = None):
@@ -194,105 +192,9 @@ class FederatedSimulation:
         """What a run holds before its first round: resolved config, population prior, client split."""
         write_setup(RunLayout(run_dir), self.cfg, self.pool, self.split, self.prior)
 
-    # ------------------------------------------------------------------ the loop
-
-    def resume_point(self, run_dir: Path) -> tuple[int, dict[str, torch.Tensor]] | None:
-        """(first round to run, global model) of an interrupted run in ``run_dir``; None if nothing to resume.
-
-        Rounds are the unit of resumption: a round counts as done once its metrics row is written, which
-        happens after the aggregated model is saved. Everything a round does is seeded from (seed, round,
-        client), so the resumed run ends exactly where an uninterrupted one would; stateful filters
-        (the DP accountants) replay the applications of the finished rounds.
-        """
-        point = finished_rounds(RunLayout(run_dir))
-        if point is None:
-            return None
-        nxt, state = point
-        self.replay_filters(nxt)
-        return nxt, state
-
     def replay_filters(self, first_round: int) -> None:
-        """Bring stateful filters (DP accountants) to where they stand after rounds < first_round."""
+        """Bring stateful filters (DP accountants) to where they stand after rounds < first_round (a resume)."""
         for rnd in range(first_round):
             for client in self.sample_clients(rnd):
                 idx = self.split.client_indices[client]
                 self.filters.replay(FilterContext(torch.Generator(), rnd, client, int(idx.numel()), self.expected_steps(client)))
-
-    def run(self, run_dir: Path | None, resume: bool = False) -> list[RoundRecord]:
-        """Run the remaining rounds; returns the records of the rounds run now."""
-        cfg = self.cfg
-        wandb_run = None
-        point = self.resume_point(run_dir) if resume and run_dir is not None else None
-        first = point[0] if point else 0
-        if run_dir is not None:
-            self.write_setup(run_dir)
-            wandb_run = start_run(cfg.logging.wandb, cfg.logging.project, f"train-{Path(cfg.out).name}", to_dict(cfg), run_dir, "train")
-        global_state = point[1] if point else {k: v.detach().clone() for k, v in self.global_model.state_dict().items()}
-        records: list[RoundRecord] = []
-        total = sum(len(self.sample_clients(r)) for r in range(first, cfg.fl.rounds))
-        bar = tqdm(total=total, desc="FL", unit="client", disable=not cfg.logging.progress, dynamic_ncols=True)
-        metrics_file = RunLayout(run_dir).metrics if run_dir is not None else None
-        pool = None
-        try:
-            if cfg.fl.workers > 0:
-                from federation.workers import ClientWorkers
-
-                bar.set_description(f"starting {cfg.fl.workers} FL workers")
-                pool = ClientWorkers(worker_simulation, to_dict(cfg), cfg.fl.workers, self.accelerator in ("gpu", "cuda"), first)
-            if run_dir is not None and first == 0:
-                save_tensors(RunLayout(run_dir).global_model(0), global_state)
-            for rnd in range(first, cfg.fl.rounds):
-                start = time.perf_counter()
-                lr = self.round_lr(rnd)
-                results: dict[int, ClientResult] = {}
-                audits: list[AuditRecord] = []
-                if pool is not None:
-                    bar.set_description(f"round {rnd + 1}/{cfg.fl.rounds} ({cfg.fl.workers} workers)")
-                    results = pool.train(rnd, self.sample_clients(rnd), global_state, lr, run_dir, on_client=lambda _c: bar.update(1))
-                for client in self.sample_clients(rnd):
-                    if pool is None:
-                        bar.set_description(f"round {rnd + 1}/{cfg.fl.rounds} client {client}")
-                        results[client] = self.train_client(rnd, client, global_state, lr, run_dir)
-                        interrupt.check()  # a Ctrl-C swallowed by a Trainer's destructor still stops the run
-                        bar.update(1)
-                    if self.audit.due(rnd, client):
-                        bar.set_description(f"round {rnd + 1}/{cfg.fl.rounds} client {client} (audit)")
-                        audits.append(self.run_audit(rnd, client, global_state, results[client], run_dir, wandb_run))
-                withheld = [a.client for a in audits if a.withheld]
-                received = {c: r for c, r in results.items() if c not in withheld}
-                global_state = self.aggregate(received, global_state)
-                if run_dir is not None:  # the model sent out in the next round (after the last: the final model)
-                    save_tensors(RunLayout(run_dir).global_model(rnd + 1), global_state)
-                self.global_model.load_state_dict(global_state)
-                acc, loss = evaluate(self.global_model, self.test_loader)
-                train_loss = float(np.mean([r.train_loss for r in results.values()]))
-                # the record keeps each client's metadata and filter effects, not its update tensors: a 12-round
-                # ResNet-18 run kept 4.3 GB of them (8 GB with dp_gaussian's noised copies) until the end
-                light = {c: dataclasses.replace(r, outgoing={}, raw={}) for c, r in results.items()}
-                record = RoundRecord(rnd, lr, sorted(results), acc, loss, train_loss, time.perf_counter() - start, light, withheld, audits)
-                records.append(record)
-                bar.set_postfix(acc=f"{acc:.3f}", loss=f"{loss:.3f}")
-                if metrics_file is not None:
-                    append_metrics_csv(metrics_file, record)
-                if wandb_run is not None:
-                    wandb_run.log({"round": rnd, "test/accuracy": acc, "test/loss": loss, "train/loss": train_loss, "lr": lr}, step=rnd)
-                # each client round leaves a Trainer <-> callbacks reference cycle holding model-sized tensors;
-                # Python's collector runs on object counts, not bytes, so it is run here (ms per round)
-                del results, received
-                gc.collect()
-        finally:
-            bar.close()
-            if pool is not None:
-                pool.close()
-            if wandb_run is not None:
-                wandb_run.finish()
-        return records
-
-
-def worker_simulation(cfg_tree: dict[str, Any], index: int, first_round: int) -> FederatedSimulation:
-    """A worker process's copy of the federation: it only trains (the parent process runs the audits)."""
-    cfg = build(TrainConfig, cfg_tree)
-    cfg.audit = AuditConfig()
-    sim = FederatedSimulation(cfg, device_index=index)
-    sim.replay_filters(first_round)
-    return sim
