@@ -35,6 +35,16 @@ def verdict(per_image_ssim: Iterable[float | None], rdlv: float | None, converge
     return NO_LEAK if converged is True else INCONCLUSIVE
 
 
+def update_verdict(attacks: Iterable[str | None]) -> str:
+    """The verdict on one update from several attacks of it (attack seeds): it leaks when any attack showed a leak,
+    no leak was found when none did and at least one converged, and is inconclusive otherwise. An attacker runs
+    as many attacks as it likes, so the update is as leaky as its best attack."""
+    found = set(attacks)
+    if LEAKS in found:
+        return LEAKS
+    return NO_LEAK if NO_LEAK in found else INCONCLUSIVE
+
+
 def verdict_record(scores: LeakageScores, converged: bool | None, leak_ssim: float, leak_rdlv: float | None) -> dict[str, Any]:
     """The verdict fields metrics.json, results.csv and the audit carry, from ``leakage.scoring.score``'s record."""
     per_image = [row.get("ssim") for row in scores.per_image]

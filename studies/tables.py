@@ -151,6 +151,15 @@ def verdict_cell(verdicts: list[Any]) -> str:
     return f"{leaks}/{n} leak ({lo:.2f}-{hi:.2f}), {clean} no leak found, {n - leaks - clean} inconclusive"
 
 
+def per_update_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per attacked update (training run, round, client), its verdict combined over its attacks
+    (``leakage.verdict.update_verdict``): the independent units when each update was attacked with several seeds."""
+    from leakage.verdict import update_verdict
+
+    groups = group([r for r in rows if r.get("train_key")], ["train_key", "round", "client"])
+    return [{**sel[0], "verdict": update_verdict(r.get("verdict") for r in sel), "attacks": len(sel)} for sel in groups.values()]
+
+
 def verdict_pivot(rows: list[dict[str, Any]], row_key: str, col_key: str | None, row_order: list[Any] | None = None,
                   col_order: list[Any] | None = None) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the verdicts (leakage.verdict) per cell, in the layout of :func:`pivot`."""

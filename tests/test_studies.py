@@ -282,3 +282,21 @@ def test_a_training_property_counts_once_per_update_whatever_the_attack_seeds():
     assert body[0][2].startswith("+0.000") and body[1][2].startswith("-0.350 (")
     # Welch on (0.5, 0.7, 0.6) against (0.9, 1.0, 0.95): se^2 = 0.01/3 + 0.0025/3, t = -5.42, df = 2.94, p = 0.013 (scipy.stats.ttest_ind, equal_var=False)
     assert body[1][3] == "0.013"
+
+
+def test_an_update_attacked_with_several_seeds_is_one_trial_as_leaky_as_its_best_attack():
+    from leakage.verdict import update_verdict
+    from studies.tables import per_update_verdicts, verdict_pivot
+
+    assert update_verdict(["inconclusive", "leaks"]) == "leaks"
+    assert update_verdict(["inconclusive", "no leak found"]) == "no leak found"
+    assert update_verdict(["inconclusive", "inconclusive"]) == "inconclusive"
+    rows = [{"sigma0": s, "train_key": f"t{s}{k}", "round": 11, "client": 3, "attack_seed": a, "verdict": v}
+            for s, verdicts in ((0, [("leaks", "leaks"), ("leaks", "inconclusive")]), (30, [("inconclusive", "inconclusive"), ("no leak found", "inconclusive")]))
+            for k, pair in enumerate(verdicts) for a, v in zip((1000, 1001), pair)]
+    updates = per_update_verdicts(rows)
+    assert len(updates) == 4 and all(u["attacks"] == 2 for u in updates)
+    _, body = verdict_pivot(updates, "sigma0", None)
+    assert body[0][1].startswith("2/2 leak") and body[1][1] == "0/2 leak (0.00-0.84), 1 no leak found, 1 inconclusive"
+    _, per_attack = verdict_pivot(rows, "sigma0", None)
+    assert per_attack[0][1].startswith("3/4 leak")
