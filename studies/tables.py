@@ -56,14 +56,33 @@ def group(rows: list[dict[str, Any]], keys: list[str]) -> dict[tuple, list[dict[
 PER_UPDATE = frozenset({"test_accuracy", "final_test_accuracy", "epsilon", "noise_std", "num_images", "batch_size", "local_steps"})
 
 
+def _update_key(row: dict[str, Any]) -> tuple | int:
+    return (row.get("train_key"), row.get("round"), row.get("client")) if row.get("train_key") else id(row)
+
+
 def per_unit(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     """``rows`` with one row per attacked update when ``metric`` is a property of the update (PER_UPDATE)."""
     if metric not in PER_UPDATE:
         return rows
-    seen: dict[tuple, dict[str, Any]] = {}
+    seen: dict[tuple | int, dict[str, Any]] = {}
     for row in rows:
-        seen.setdefault((row.get("train_key"), row.get("round"), row.get("client")) if row.get("train_key") else id(row), row)
+        seen.setdefault(_update_key(row), row)
     return list(seen.values())
+
+
+def per_update_means(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """One row per attacked update, ``metric`` averaged over its attacks (attack seeds): the independent units
+    for a test, since two attacks of one update share its training, its noise and its image."""
+    if metric in PER_UPDATE:
+        return per_unit(rows, metric)
+    groups: dict[tuple | int, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[_update_key(row)].append(row)
+    out = []
+    for sel in groups.values():
+        vals = [float(r[metric]) for r in sel if r.get(metric) is not None and math.isfinite(float(r[metric]))]
+        out.append({**sel[0], metric: sum(vals) / len(vals) if vals else None})
+    return out
 
 
 def welch_difference(a: list[float], b: list[float], level: float = 0.95) -> tuple[float, float, float, float]:
@@ -88,13 +107,13 @@ def welch_difference(a: list[float], b: list[float], level: float = 0.95) -> tup
 def difference_pivot(rows: list[dict[str, Any]], row_key: str, metric: str, baseline: Any, digits: int = 3,
                      row_order: list[Any] | None = None) -> tuple[list[str], list[list[str]]]:
     """(header, rows): per ``row_key`` value, ``metric``'s mean ± std and its difference to the ``baseline`` row
-    with a 95% Welch interval and p (one value per attacked update for PER_UPDATE metrics)."""
+    with a 95% Welch interval and p, over attacked updates (an attack's number averaged over the update's attacks)."""
     rws = row_order or sorted({r.get(row_key) for r in rows}, key=_natural)
-    cells = group(per_unit(rows, metric), [row_key])
+    cells = group(per_update_means(rows, metric), [row_key])
     def values(r: Any) -> list[float]:
         return [float(x[metric]) for x in cells.get((r,), []) if x.get(metric) is not None and math.isfinite(float(x[metric]))]
     base = values(_match(baseline, rws))
-    header = [row_key, metric, f"difference to {row_key} = {baseline} (95% Welch interval)", "p (Welch t)"]
+    header = [row_key, f"{metric} (per update)", f"difference to {row_key} = {baseline} (95% Welch interval)", "p (Welch t)"]
     body = []
     for r in rws:
         vals = values(r)

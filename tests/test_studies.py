@@ -282,6 +282,9 @@ def test_a_training_property_counts_once_per_update_whatever_the_attack_seeds():
     assert body[0][2].startswith("+0.000") and body[1][2].startswith("-0.350 (")
     # Welch on (0.5, 0.7, 0.6) against (0.9, 1.0, 0.95): se^2 = 0.01/3 + 0.0025/3, t = -5.42, df = 2.94, p = 0.013 (scipy.stats.ttest_ind, equal_var=False)
     assert body[1][3] == "0.013"
+    # an attack's number: averaged over the update's two attacks (0.1, 0.2 -> 0.15) before the test, n = updates
+    _, body = difference_pivot(rows, "sigma0", "ssim", "0")
+    assert body[0][1] == "0.150 ± 0.000 (n=3)" and body[1][2].startswith("+0.000")
 
 
 def test_an_update_attacked_with_several_seeds_is_one_trial_as_leaky_as_its_best_attack():
