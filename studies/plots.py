@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from studies.tables import group, mean_ci  # noqa: E402
+from studies.tables import group, mean_ci, per_unit, per_update_means  # noqa: E402
 
 
 def _order(values: list[Any]) -> list[Any]:
@@ -69,8 +69,9 @@ def privacy_utility(rows: list[dict[str, Any]], x: str, path: Path, metric: str 
     skipped = [v for v in present if v not in xs]
     groups = group(rows, [x])
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
-    leak = [mean_ci(r.get(metric) for r in groups[(v,)]) for v in xs]
-    acc = [mean_ci(r.get("test_accuracy") for r in groups[(v,)]) for v in xs]
+    # bands over attacked updates, the independent units (an update's attack seeds averaged first; its accuracy once)
+    leak = [mean_ci(r.get(metric) for r in per_update_means(groups[(v,)], metric)) for v in xs]
+    acc = [mean_ci(r.get("test_accuracy") for r in per_unit(groups[(v,)], "test_accuracy")) for v in xs]
     xv = [float(v) for v in xs]
     _line_band(ax, xv, leak, "tab:red", f"{metric} (ours)", bounds=METRIC_BOUNDS.get(metric, (-math.inf, math.inf)))
     _mark_inconclusive(ax, rows, x, metric)
