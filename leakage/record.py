@@ -36,12 +36,14 @@ class LeakageScores:
                                                   "population_size")
 
     def headline(self) -> dict[str, Any]:
-        return {"ssim": self.ssim, **self.image_metrics, "rdlv": self.rdlv, "label_accuracy": self.label_accuracy}
+        first, *rest = self.HEADLINE
+        return {first: getattr(self, first), **self.image_metrics, **{key: getattr(self, key) for key in rest}}
 
     @classmethod
     def unscored_headline(cls, metric_names: list[str]) -> dict[str, Any]:
         """The headline of an attack without ground truth: every number None."""
-        return {"ssim": None, **{name: None for name in metric_names}, "rdlv": None, "label_accuracy": None}
+        first, *rest = cls.HEADLINE
+        return {first: None, **{name: None for name in metric_names}, **{key: None for key in rest}}
 
     def to_json(self, after_headline: dict[str, Any] | None = None) -> dict[str, Any]:
         """The record as metrics.json holds it: the headline, then ``after_headline`` (the attack's own facts), then

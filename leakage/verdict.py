@@ -37,8 +37,9 @@ def verdict(per_image_ssim: Iterable[float | None], rdlv: float | None, converge
 
 def update_verdict(attacks: Iterable[str | None]) -> str:
     """The verdict on one update from several attacks of it (attack seeds): it leaks when any attack showed a leak,
-    no leak was found when none did and at least one converged, and is inconclusive otherwise. An attacker runs
-    as many attacks as it likes, so the update is as leaky as its best attack."""
+    no leak was found when none did and at least one converged, and is inconclusive otherwise. A leak that any
+    attack shows is a leak of the update (a statement about the update, scored afterwards: no attack is chosen
+    by it)."""
     found = set(attacks)
     if LEAKS in found:
         return LEAKS

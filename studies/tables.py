@@ -60,14 +60,17 @@ def _update_key(row: dict[str, Any]) -> tuple | int:
     return (row.get("train_key"), row.get("round"), row.get("client")) if row.get("train_key") else id(row)
 
 
+def by_update(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The rows of each attacked update (training run, round, client) together, in first-seen order."""
+    groups: dict[tuple | int, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[_update_key(row)].append(row)
+    return list(groups.values())
+
+
 def per_unit(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     """``rows`` with one row per attacked update when ``metric`` is a property of the update (PER_UPDATE)."""
-    if metric not in PER_UPDATE:
-        return rows
-    seen: dict[tuple | int, dict[str, Any]] = {}
-    for row in rows:
-        seen.setdefault(_update_key(row), row)
-    return list(seen.values())
+    return rows if metric not in PER_UPDATE else [sel[0] for sel in by_update(rows)]
 
 
 def per_update_means(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
@@ -75,11 +78,8 @@ def per_update_means(rows: list[dict[str, Any]], metric: str) -> list[dict[str, 
     for a test, since two attacks of one update share its training, its noise and its image."""
     if metric in PER_UPDATE:
         return per_unit(rows, metric)
-    groups: dict[tuple | int, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        groups[_update_key(row)].append(row)
     out = []
-    for sel in groups.values():
+    for sel in by_update(rows):
         vals = [float(r[metric]) for r in sel if r.get(metric) is not None and math.isfinite(float(r[metric]))]
         out.append({**sel[0], metric: sum(vals) / len(vals) if vals else None})
     return out
@@ -175,8 +175,7 @@ def per_update_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     (``leakage.verdict.update_verdict``): the independent units when each update was attacked with several seeds."""
     from leakage.verdict import update_verdict
 
-    groups = group([r for r in rows if r.get("train_key")], ["train_key", "round", "client"])
-    return [{**sel[0], "verdict": update_verdict(r.get("verdict") for r in sel), "attacks": len(sel)} for sel in groups.values()]
+    return [{**sel[0], "verdict": update_verdict(r.get("verdict") for r in sel), "attacks": len(sel)} for sel in by_update(rows)]
 
 
 def verdict_pivot(rows: list[dict[str, Any]], row_key: str, col_key: str | None, row_order: list[Any] | None = None,
