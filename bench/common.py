@@ -17,6 +17,29 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 
+def final_accuracy(run: Path) -> float:
+    """The run's final test accuracy, which every leakage number stands beside."""
+    from federation.run_layout import RunLayout
+
+    return float((RunLayout(run).read_run() or {})["final_test_accuracy"])
+
+
+def attack_once(out: Path, overrides: list[str]) -> dict[str, Any]:
+    """metrics.json of the attack in ``out``: the default attack config (no progress, W&B, LPIPS) with
+    ``overrides``, run only when ``out`` has no finished attack, so that a re-run of a benchmark resumes."""
+    from common.config import load
+    from common.files import read_json
+    from inversion.config import AttackConfig
+    from pipelines.attack_job import run_attack_job
+    from pipelines.attack_output import AttackOutput
+
+    files = AttackOutput(out)
+    if not files.is_finished():
+        run_attack_job(load(AttackConfig, [AttackConfig.DEFAULT_FILE],
+                            ["logging.progress=false", "logging.wandb=false", "scoring.lpips=false", f"out={out}"] + overrides))
+    return read_json(files.metrics)
+
+
 def ensure_run(run: Path, overrides: list[str] | None = None) -> Path:
     """A training run to attack: reuse RUN if complete, else train it with configs/default.yaml."""
     if (run / "run.json").is_file():

@@ -13,10 +13,8 @@ convergence). SSIM is scored after the attack, for this comparison only.
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
-from bench.common import ROOT, ensure_run, save
+from bench.common import ROOT, attack_once, ensure_run, final_accuracy, save
 
 SETTINGS = {"layer": ["objective.bn_statistics.holdout_unit=layer"],
             "channel": ["objective.bn_statistics.holdout_unit=channel"],
@@ -32,26 +30,18 @@ def main() -> None:
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     args = p.parse_args()
 
-    from common.config import load
     from federation.run_layout import RunLayout
-    from inversion.config import AttackConfig
-    from pipelines.attack_job import run_attack_job
 
     run = ensure_run(ROOT / "bench" / "runs" / f"convnet_depth{args.depth}",
                      ["model.name=bn_convnet", "model.resize_to=0", "model.width=32", f"model.depth={args.depth}"])
-    accuracy = json.loads((run / "run.json").read_text())["final_test_accuracy"]
+    accuracy = final_accuracy(run)
     rows = []
     for rnd in args.rounds:
         update = RunLayout(run).update(rnd, args.client)
         for setting in args.settings:
             for seed in args.seeds:
                 out = ROOT / "bench" / "runs" / "few_bn_holdout" / f"depth{args.depth}_r{rnd}_{setting}_s{seed}"
-                if not (out / "metrics.json").is_file():
-                    cfg = load(AttackConfig, [ROOT / "configs" / "attack" / "default.yaml"],
-                               ["logging.progress=false", "logging.wandb=false", "scoring.lpips=false", "escalation.enabled=false",
-                                f"update={update}", f"out={out}", f"optim.seed={seed}"] + SETTINGS[setting])
-                    run_attack_job(cfg)
-                m = json.loads((out / "metrics.json").read_text())
+                m = attack_once(out, ["escalation.enabled=false", f"update={update}", f"optim.seed={seed}"] + SETTINGS[setting])
                 conv = m.get("convergence") or {}
                 rows.append({"round": rnd, "setting": setting, "seed": seed, "ssim": round(m["ssim"], 4), "verdict": m["verdict"],
                              "converged": m["converged"], "heldout_error": conv.get("heldout_error"), "unit": conv.get("heldout_unit"),

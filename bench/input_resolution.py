@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bench.common import ROOT, ensure_run, save
+from bench.common import ROOT, attack_once, ensure_run, final_accuracy, save
 from bench.prior_sensitivity import CLIENTS
 
 
@@ -22,25 +22,18 @@ def main() -> None:
     p.add_argument("--escalation", action="store_true", help="the default attack as it is, with its escalation ladder (300 s)")
     args = p.parse_args()
 
-    from common.config import load
     from federation.run_layout import RunLayout
-    from inversion.config import AttackConfig
-    from pipelines.attack_job import run_attack_job
 
     rows = []
     for seed in args.seeds:
         clients = CLIENTS + [{"images": 1, "batch_size": 1, "classes": ["face"]}]
         run = ensure_run(ROOT / "bench" / "runs" / "prior_sensitivity" / f"face_seed{seed}",
                          [f"seed={seed}", f"fl.split.clients={json.dumps(clients)}"])
-        accuracy = json.loads((run / "run.json").read_text())["final_test_accuracy"]
+        accuracy = final_accuracy(run)
         for name, extra in (("data_32px", []), ("input_80px", ["threat.reconstruct_at_input=true"])):
             out = run / "bench_attacks" / (("prior_public" if name == "data_32px" else "at_input") + ("_escalated" if args.escalation else ""))
-            if not (out / "metrics.json").is_file():
-                cfg = load(AttackConfig, [AttackConfig.DEFAULT_FILE],
-                           ["logging.progress=false", "logging.wandb=false", "scoring.lpips=false", f"escalation.enabled={str(args.escalation).lower()}",
-                            f"update={RunLayout(run).update(11, 3)}", f"out={out}", f"prior.path={run / 'prior.safetensors'}"] + extra)
-                run_attack_job(cfg)
-            m = json.loads((out / "metrics.json").read_text())
+            m = attack_once(out, [f"escalation.enabled={str(args.escalation).lower()}", f"update={RunLayout(run).update(11, 3)}",
+                                  f"prior.path={RunLayout(run).prior}"] + extra)
             rows.append({"seed": seed, "test_accuracy": accuracy, "reconstructed_at": name, "ssim": round(m["ssim"], 4),
                          "psnr": m.get("psnr"), "rdlv": round(m["rdlv"], 3), "verdict": m["verdict"], "converged": m["converged"],
                          "heldout_error": (m.get("convergence") or {}).get("heldout_error"), "seconds": m["seconds"]})

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import ROOT, ensure_run, save
+from bench.common import ROOT, attack_once, ensure_run, final_accuracy, save
 
 CLIENTS = [{"images": 64, "batch_size": 8}, {"images": 40, "batch_size": 8}, {"images": 8, "batch_size": 4}]
 
@@ -54,10 +54,7 @@ def main() -> None:
     p.add_argument("--priors", nargs="+", default=["grey", "public", "pool"])
     args = p.parse_args()
 
-    from common.config import load
     from federation.run_layout import RunLayout
-    from inversion.config import AttackConfig
-    from pipelines.attack_job import run_attack_job
 
     rows = []
     for cls in args.classes:
@@ -65,17 +62,12 @@ def main() -> None:
             clients = CLIENTS + [{"images": 1, "batch_size": 1, "classes": [cls]}]
             run = ensure_run(ROOT / "bench" / "runs" / "prior_sensitivity" / f"{cls}_seed{seed}",
                              [f"seed={seed}", f"fl.split.clients={json.dumps(clients)}"])
-            accuracy = json.loads((run / "run.json").read_text())["final_test_accuracy"]
+            accuracy = final_accuracy(run)
             update = RunLayout(run).update(11, 3)
             files = priors(run)
             for name in args.priors:
                 out = run / "bench_attacks" / f"prior_{name}"
-                if not (out / "metrics.json").is_file():
-                    cfg = load(AttackConfig, [ROOT / "configs" / "attack" / "default.yaml"],
-                               ["logging.progress=false", "logging.wandb=false", "scoring.lpips=false", "escalation.enabled=false",
-                                f"update={update}", f"out={out}", f"prior.path={files[name]}"])
-                    run_attack_job(cfg)
-                m = json.loads((out / "metrics.json").read_text())
+                m = attack_once(out, ["escalation.enabled=false", f"update={update}", f"prior.path={files[name]}"])
                 per = (m.get("per_image") or [{}])[0]
                 rows.append({"client": cls, "seed": seed, "prior": name, "test_accuracy": accuracy, "ssim": round(m["ssim"], 4),
                              "prior_ssim": per.get("prior_ssim"), "rdlv": round(m["rdlv"], 3), "verdict": m["verdict"],
