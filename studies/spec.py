@@ -91,14 +91,22 @@ def _base(base: dict[str, str], stage: str) -> dict[str, str]:
 
 
 def config_fingerprint(files: list[str | Path]) -> str:
-    """Hash of the parsed contents of the config files a stage layers, in order (comments do not count)."""
+    """Hash of the parsed contents of the config files a stage layers, in order (comments do not count).
+
+    A file whose contents repeat the layer under it changes nothing and is not hashed: a study run from
+    another checkout layers that checkout's copy of the default config on the script's own, and must find
+    the runs it made before."""
     import yaml
 
     digest = hashlib.sha1()
+    below = None
     for f in files:
         if not Path(f).is_file():
             raise UserError(f"config file not found: {f}")
-        digest.update(json.dumps(yaml.safe_load(Path(f).read_text()), sort_keys=True, default=str).encode())
+        layer = json.dumps(yaml.safe_load(Path(f).read_text()), sort_keys=True, default=str)
+        if layer != below:
+            digest.update(layer.encode())
+        below = layer
     return digest.hexdigest()[:12]
 
 

@@ -153,6 +153,24 @@ def test_editing_a_stage_config_file_gives_new_cache_keys(tmp_path: Path):
     assert other.train_key == after.train_key and other.attack_key(-1, 3) != after.attack_key(-1, 3)
 
 
+def test_a_study_run_from_another_checkout_finds_its_cache_keys(tmp_path: Path):
+    """Run from another checkout, the stage config is that checkout's copy of the script's default config:
+    the same layer twice, which must not change the keys (it did, and a finished study started to retrain)."""
+    spec = load(StudySpec, [ROOT / "configs" / "studies" / "sigma0.yaml"], [])
+    spec.out = str(tmp_path / "study")
+    here = StudyRunner(spec, progress=False).cells[0]
+    for stage in ("train", "attack"):
+        own = ROOT / getattr(spec, stage).config
+        copy = tmp_path / "other_checkout" / stage / own.name
+        copy.parent.mkdir(parents=True)
+        copy.write_text(own.read_text())
+        getattr(spec, stage).config = str(copy)
+    there = StudyRunner(spec, progress=False).cells[0]
+    assert (there.train_key, there.attack_key(-1, 3)) == (here.train_key, here.attack_key(-1, 3))
+    copy.write_text(own.read_text() + "\noptim:\n  lr: 0.123\n")  # a layer that differs still counts
+    assert StudyRunner(spec, progress=False).cells[0].attack_key(-1, 3) != here.attack_key(-1, 3)
+
+
 def test_interval_bands_stay_inside_the_metric_range():
     """A 95% t-interval of n = 3 accuracies (0.5, 1.0, 1.0) reaches above 1: the drawn band stops at 1."""
     import matplotlib
