@@ -109,7 +109,7 @@ def difference_pivot(rows: list[dict[str, Any]], row_key: str, metric: str, base
     """(header, rows): per ``row_key`` value, ``metric``'s mean ± std and its difference to the ``baseline`` row
     with a 95% Welch interval and p, over attacked updates (an attack's number averaged over the update's attacks)."""
     rws = row_order or sorted({r.get(row_key) for r in rows}, key=_natural)
-    cells = group(per_update_means(rows, metric), [row_key])
+    cells = {k: per_update_means(sel, metric) for k, sel in group(rows, [row_key]).items()}  # per update within each row
     def values(r: Any) -> list[float]:
         return [float(x[metric]) for x in cells.get((r,), []) if x.get(metric) is not None and math.isfinite(float(x[metric]))]
     base = values(_match(baseline, rws))
@@ -137,7 +137,9 @@ def pivot(rows: list[dict[str, Any]], row_key: str, col_key: str | None, metric:
     rws = row_order or sorted({r.get(row_key) for r in rows}, key=_natural)
     header = [row_key] + [f"{col_key} = {c}" if col_key else metric for c in cols]
     body = []
-    cells = group(per_unit(rows, metric), [row_key] + ([col_key] if col_key else []))
+    # once per update within each cell: deduplicated before the split, an update attacked by two attackers (a column
+    # each) would leave its accuracy in only one of the two columns
+    cells = {k: per_unit(sel, metric) for k, sel in group(rows, [row_key] + ([col_key] if col_key else [])).items()}
     for r in rws:
         out = [str(r)]
         for c in cols:
@@ -179,12 +181,17 @@ def per_update_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def verdict_pivot(rows: list[dict[str, Any]], row_key: str, col_key: str | None, row_order: list[Any] | None = None,
-                  col_order: list[Any] | None = None) -> tuple[list[str], list[list[str]]]:
-    """(header, rows) of the verdicts (leakage.verdict) per cell, in the layout of :func:`pivot`."""
+                  col_order: list[Any] | None = None, per_update: bool = False) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of the verdicts (leakage.verdict) per cell, in the layout of :func:`pivot`.
+
+    ``per_update``: one trial per attacked update in each cell (:func:`per_update_verdicts` of the cell's attacks),
+    combined after the split, so that two attackers of one update, shown in two columns, stay two trials."""
     cols = col_order or sorted({r.get(col_key) for r in rows}, key=_natural) if col_key else [None]
     rws = row_order or sorted({r.get(row_key) for r in rows}, key=_natural)
     header = [row_key] + [f"{col_key} = {c}" if col_key else "verdicts" for c in cols]
     cells = group(rows, [row_key] + ([col_key] if col_key else []))
+    if per_update:
+        cells = {k: per_update_verdicts(sel) for k, sel in cells.items()}
     body = [[str(r)] + [verdict_cell([x.get("verdict") for x in cells.get((r, c) if col_key else (r,), [])]) for c in cols] for r in rws]
     return header, body
 

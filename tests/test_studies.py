@@ -321,3 +321,22 @@ def test_an_update_attacked_with_several_seeds_is_one_trial_as_leaky_as_its_best
     assert body[0][1].startswith("2/2 leak") and body[1][1] == "0/2 leak (0.00-0.84), 1 no leak found, 1 inconclusive"
     _, per_attack = verdict_pivot(rows, "sigma0", None)
     assert per_attack[0][1].startswith("3/4 leak")
+
+
+def test_two_attackers_of_one_update_are_two_trials_each_in_its_own_column():
+    """dp_seeds attacks each update with two attackers (a grid axis of the attack only) and two attack seeds each:
+    per column, one trial per update and one accuracy per update; reduced before the split, the updates were
+    dealt to whichever attacker came first (1/4 and 3/6 where 10 and 10 were right)."""
+    from studies.tables import difference_pivot, pivot, verdict_pivot
+
+    verdicts = {"naive": ("inconclusive", "inconclusive"), "adaptive": ("leaks", "inconclusive")}
+    rows = [{"z": "0", "attacker": who, "train_key": f"t{k}", "round": 11, "client": 3, "attack_seed": a, "verdict": v,
+             "final_test_accuracy": 0.5 + 0.1 * k, "ssim": (0.9 if v == "leaks" else 0.1) + 0.01 * k}
+            for k in range(3) for who in ("naive", "adaptive") for a, v in zip((1000, 1001), verdicts[who] if k else verdicts[who][::-1])]
+    _, body = verdict_pivot(rows, "z", "attacker", col_order=["adaptive", "naive"], per_update=True)
+    assert body == [["0", "3/3 leak (0.29-1.00), 0 no leak found, 0 inconclusive", "0/3 leak (0.00-0.71), 0 no leak found, 3 inconclusive"]]
+    _, body = pivot(rows, "z", "attacker", "final_test_accuracy", col_order=["adaptive", "naive"])
+    assert body == [["0", "0.600 ± 0.100 (n=3)", "0.600 ± 0.100 (n=3)"]]
+    # attackers as rows: each row's updates averaged over that attacker's seeds only (0.5 and 0.1, +0.01 k)
+    _, body = difference_pivot(rows, "attacker", "ssim", "naive")
+    assert body[0][:2] == ["adaptive", "0.510 ± 0.010 (n=3)"] and body[1][1] == "0.110 ± 0.010 (n=3)"
