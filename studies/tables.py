@@ -68,9 +68,31 @@ def by_update(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
     return list(groups.values())
 
 
+# of those, the columns of the global model a training produced, not of one client's update: two clients attacked
+# in one round of one training share them, so they count once per (training, round) or once per training
+PER_ROUND = frozenset({"test_accuracy"})
+PER_TRAINING = frozenset({"final_test_accuracy"})
+
+
+def _unit_key(row: dict[str, Any], metric: str) -> tuple | int:
+    if not row.get("train_key"):
+        return id(row)
+    if metric in PER_TRAINING:
+        return (row.get("train_key"),)
+    if metric in PER_ROUND:
+        return (row.get("train_key"), row.get("round"))
+    return _update_key(row)
+
+
 def per_unit(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
-    """``rows`` with one row per attacked update when ``metric`` is a property of the update (PER_UPDATE)."""
-    return rows if metric not in PER_UPDATE else [sel[0] for sel in by_update(rows)]
+    """``rows`` with one row per unit that ``metric`` belongs to (PER_UPDATE): per attacked update, and per
+    training round (test accuracy) or training (final test accuracy) for the global model's accuracy."""
+    if metric not in PER_UPDATE:
+        return rows
+    first: dict[tuple | int, dict[str, Any]] = {}
+    for row in rows:
+        first.setdefault(_unit_key(row, metric), row)
+    return list(first.values())
 
 
 def per_update_means(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:

@@ -340,3 +340,25 @@ def test_two_attackers_of_one_update_are_two_trials_each_in_its_own_column():
     # attackers as rows: each row's updates averaged over that attacker's seeds only (0.5 and 0.1, +0.01 k)
     _, body = difference_pivot(rows, "attacker", "ssim", "naive")
     assert body[0][:2] == ["adaptive", "0.510 ± 0.010 (n=3)"] and body[1][1] == "0.110 ± 0.010 (n=3)"
+
+
+def test_two_clients_of_one_round_share_one_test_accuracy():
+    """per_round attacks clients 2 and 3 of the same last round: the global model's test accuracy is one number
+    per training round, not one per attacked client (it showed n=6 and a shrunken std from 3 trainings)."""
+    from studies.tables import pivot
+
+    acc = {"t0": 0.9, "t1": 1.0, "t2": 0.95}
+    rows = [{"train_key": t, "seed": k, "round": 11, "client": c, "test_accuracy": a, "final_test_accuracy": a}
+            for k, (t, a) in enumerate(acc.items()) for c in (2, 3)]
+    rows += [{"train_key": t, "seed": k, "round": 10, "client": 3, "test_accuracy": a - 0.1, "final_test_accuracy": a}
+             for k, (t, a) in enumerate(acc.items())]
+    # by hand: mean 0.95, std sqrt(((-0.05)^2 + 0.05^2 + 0) / 2) = 0.05, over the 3 trainings
+    _, body = pivot(rows, "round", None, "test_accuracy")
+    assert body == [["10", "0.850 ± 0.050 (n=3)"], ["11", "0.950 ± 0.050 (n=3)"]]
+    # client 3 was attacked after rounds 10 and 11: two global models per training, 6 accuracies (by hand: mean 0.9,
+    # std sqrt((0.1^2 + 0.05^2 + 0 + 0 + 0.1^2 + 0.05^2) / 5) = 0.0707)
+    _, body = pivot(rows, "client", None, "test_accuracy")
+    assert body == [["2", "0.950 ± 0.050 (n=3)"], ["3", "0.900 ± 0.071 (n=6)"]]
+    # the final accuracy is one per training, whatever the rounds and clients attacked
+    _, body = pivot([dict(r, study="per_round") for r in rows], "study", None, "final_test_accuracy")
+    assert body == [["per_round", "0.950 ± 0.050 (n=3)"]]
