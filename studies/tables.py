@@ -75,13 +75,11 @@ PER_TRAINING = frozenset({"final_test_accuracy"})
 
 
 def _unit_key(row: dict[str, Any], metric: str) -> tuple | int:
-    if not row.get("train_key"):
-        return id(row)
-    if metric in PER_TRAINING:
-        return (row.get("train_key"),)
-    if metric in PER_ROUND:
-        return (row.get("train_key"), row.get("round"))
-    return _update_key(row)
+    """A prefix of the update's key (training run, round, client)."""
+    key = _update_key(row)
+    if not isinstance(key, tuple):
+        return key
+    return key[:1] if metric in PER_TRAINING else key[:2] if metric in PER_ROUND else key
 
 
 def per_unit(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
