@@ -116,8 +116,8 @@ def welch_difference(a: list[float], b: list[float], level: float = 0.95) -> tup
     vb = sum((x - mb) ** 2 for x in b) / (nb - 1)
     diff = ma - mb
     se2 = va / na + vb / nb
-    if se2 == 0:
-        return diff, diff, diff, (1.0 if diff == 0 else 0.0)
+    if se2 == 0:  # no spread on either side: t is undefined, and a point interval or p = 0 would read as certainty
+        return diff, math.nan, math.nan, math.nan
     df = se2 ** 2 / ((va / na) ** 2 / (na - 1) + (vb / nb) ** 2 / (nb - 1))
     half = float(stats.t.ppf(0.5 + level / 2, df)) * math.sqrt(se2)
     p = 2 * float(stats.t.sf(abs(diff) / math.sqrt(se2), df))
@@ -140,7 +140,8 @@ def difference_pivot(rows: list[dict[str, Any]], row_key: str, metric: str, base
         mean, std, _, n = mean_ci(vals)
         diff, lo, hi, p = welch_difference(vals, base)
         body.append([str(r), "n/a" if n == 0 else f"{mean:.{digits}f} ± {std:.{digits}f} (n={n})",
-                     "n/a" if math.isnan(diff) else f"{diff:+.{digits}f} ({lo:+.{digits}f} to {hi:+.{digits}f})",
+                     "n/a" if math.isnan(diff) else f"{diff:+.{digits}f} (no spread on either side: no interval)" if math.isnan(lo)
+                     else f"{diff:+.{digits}f} ({lo:+.{digits}f} to {hi:+.{digits}f})",
                      "n/a" if math.isnan(p) else f"{p:.3g}"])
     return header, body
 

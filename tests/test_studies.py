@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -283,6 +284,17 @@ def test_welch_difference_agrees_with_scipys_welch_test():
     ref = stats.ttest_ind(a, b, equal_var=False)
     assert p == pytest.approx(ref.pvalue)
     assert (lo, hi) == pytest.approx(tuple(ref.confidence_interval(0.95)))
+
+
+def test_welch_difference_gives_no_interval_when_neither_side_varies():
+    from studies.tables import difference_pivot, welch_difference
+
+    diff, lo, hi, p = welch_difference([0.5, 0.5], [0.975, 0.975])
+    assert diff == pytest.approx(-0.475) and math.isnan(lo) and math.isnan(hi) and math.isnan(p)
+    rows = [{"sigma0": s, "train_key": f"t{s}{k}", "round": 11, "client": 3, "attack_seed": 1, "final_test_accuracy": acc}
+            for s, acc in ((0, 0.975), (5, 0.5)) for k in range(2)]
+    _, body = difference_pivot(rows, "sigma0", "final_test_accuracy", "0")
+    assert body[1][2] == "-0.475 (no spread on either side: no interval)" and body[1][3] == "n/a"
 
 
 def test_a_training_property_counts_once_per_update_whatever_the_attack_seeds():
