@@ -87,7 +87,10 @@ def privacy_utility(rows: list[dict[str, Any]], x: str, path: Path, metric: str 
         if "test_accuracy" in reference:
             ax2.plot(rx, reference["test_accuracy"], "b:", marker="x", label="paper test accuracy")
     if log_x:
-        ax.set_xscale("symlog")
+        # linear only below the smallest positive point: with matplotlib's default (1) every point under 1
+        # (z = 0.001, 0.01, 0.1) crowds onto zero; this way each decade gets its own width
+        positive = [v for v in xv if v > 0]
+        ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0)
     lines = ax.get_legend_handles_labels()
     lines2 = ax2.get_legend_handles_labels()
     ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="best")

@@ -374,3 +374,21 @@ def test_two_clients_of_one_round_share_one_test_accuracy():
     # the final accuracy is one per training, whatever the rounds and clients attacked
     _, body = pivot([dict(r, study="per_round") for r in rows], "study", None, "final_test_accuracy")
     assert body == [["per_round", "0.950 ± 0.050 (n=3)"]]
+
+
+def test_log_x_privacy_utility_gives_each_decade_its_width(tmp_path, monkeypatch):
+    """With a zero point and noise multipliers 0.001-2 on a symlog axis, 0.001 and 0.01 must not crowd onto 0
+    (matplotlib's default linear range of 1 put every point under 1 within a few pixels of it)."""
+    from studies import plots
+    captured = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: captured.setdefault("fig", fig) and path)
+    xs = ["0", "0.001", "0.01", "0.1", "2"]
+    rows = [{"z": v, "rdlv": 0.1 * s, "test_accuracy": 0.5, "seed": s, "attack_seed": None, "cell": f"{v}-{s}",
+             "verdict": "leaks"} for v in xs for s in (0, 1)]
+    plots.privacy_utility(rows, "z", tmp_path / "p.png", log_x=True)
+    ax = captured["fig"].axes[0]
+    px = {v: ax.transData.transform((float(v), 0.0))[0] for v in xs}
+    width = ax.bbox.width
+    # the four gaps 0 | 0.001 | 0.01 | 0.1 | 2 each take at least a tenth of the axis
+    for a, b in zip(xs, xs[1:]):
+        assert px[b] - px[a] > 0.1 * width, (a, b, px)
