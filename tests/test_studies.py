@@ -392,3 +392,4 @@ def test_log_x_privacy_utility_gives_each_decade_its_width(tmp_path, monkeypatch
     # the four gaps 0 | 0.001 | 0.01 | 0.1 | 2 each take at least a tenth of the axis
     for a, b in zip(xs, xs[1:]):
         assert px[b] - px[a] > 0.1 * width, (a, b, px)
+    plots.plt.close(captured["fig"])
