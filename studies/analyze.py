@@ -17,7 +17,7 @@ from studies import plots
 from studies.reference import REFERENCES
 from studies.spec import StudySpec
 from common.files import write_json
-from studies.tables import difference_pivot, group, markdown_table, pivot, read_rows, verdict_pivot
+from studies.tables import difference_pivot, group, markdown_table, pivot, pools_attacks, read_rows, verdict_pivot
 
 
 def _split_by(rows: list[dict[str, Any]], by: str | None) -> dict[Any, list[dict[str, Any]]]:
@@ -70,7 +70,7 @@ def analyze(study_dir: Path, spec: StudySpec) -> dict[str, Any]:
                 header, body = verdict_pivot(sel, row_key, col_key, row_order=t.get("row_order"), col_order=t.get("col_order"))
                 tables.append({"heading": f"{heading} (leak rate with its 95% Clopper-Pearson interval; an inconclusive attack "
                                           f"did not converge and counts as neither leak nor protection)", "header": header, "rows": body})
-                if len({r.get("attack_seed") for r in sel}) > 1:  # several attacks per update: the updates are the independent trials
+                if pools_attacks(sel, [row_key] + ([col_key] if col_key else [])):  # the updates are the independent trials
                     header, body = verdict_pivot(sel, row_key, col_key, row_order=t.get("row_order"), col_order=t.get("col_order"),
                                                  per_update=True)
                     tables.append({"heading": f"{heading}, per attacked update (it leaks when any of its attacks in the cell shows a leak; "

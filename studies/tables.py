@@ -201,6 +201,12 @@ def per_update_verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**sel[0], "verdict": update_verdict(r.get("verdict") for r in sel), "attacks": len(sel)} for sel in by_update(rows)]
 
 
+def pools_attacks(rows: list[dict[str, Any]], keys: list[str]) -> bool:
+    """Whether some cell of the layout ``keys`` holds several attacks of one update: attack seeds, or attackers
+    that the layout puts in one cell. Then its attacks are not independent trials, and the updates are."""
+    return any(len(u) > 1 for sel in group(rows, keys).values() for u in by_update(sel))
+
+
 def verdict_pivot(rows: list[dict[str, Any]], row_key: str, col_key: str | None, row_order: list[Any] | None = None,
                   col_order: list[Any] | None = None, per_update: bool = False) -> tuple[list[str], list[list[str]]]:
     """(header, rows) of the verdicts (leakage.verdict) per cell, in the layout of :func:`pivot`.

@@ -393,3 +393,20 @@ def test_log_x_privacy_utility_gives_each_decade_its_width(tmp_path, monkeypatch
     for a, b in zip(xs, xs[1:]):
         assert px[b] - px[a] > 0.1 * width, (a, b, px)
     plots.plt.close(captured["fig"])
+
+
+def test_a_layout_that_pools_two_attackers_of_one_update_is_counted_per_update():
+    """dp.yaml's 'verdicts by noise_multiplier' put the naive and the adaptive attack of each update in one cell
+    and counted them as two trials (5/10 leak, CP 0.19-0.81, where 5 of 5 updates leaked); one attack seed
+    each, so the old test (several attack seeds) never asked for the per-update table."""
+    from studies.tables import pools_attacks, verdict_pivot
+
+    rows = [{"z": "0", "attacker": who, "train_key": f"t{k}", "round": 11, "client": 3, "attack_seed": None,
+             "verdict": "leaks" if who == "adaptive" else "inconclusive"} for k in range(5) for who in ("naive", "adaptive")]
+    assert pools_attacks(rows, ["z"])  # both attackers of an update in the one cell
+    assert not pools_attacks(rows, ["z", "attacker"])  # one attack per update and column
+    assert not pools_attacks([r for r in rows if r["attacker"] == "naive"], ["z"])
+    _, per_attack = verdict_pivot(rows, "z", None)
+    _, per_update = verdict_pivot(rows, "z", None, per_update=True)
+    assert per_attack == [["0", "5/10 leak (0.19-0.81), 0 no leak found, 5 inconclusive"]]
+    assert per_update == [["0", "5/5 leak (0.48-1.00), 0 no leak found, 0 inconclusive"]]
