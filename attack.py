@@ -69,13 +69,15 @@ def main(argv: list[str] | None = None) -> None:
         rdlv += f" against {m['prior']}"  # RDLV is relative to the prior image the attacker started from
         print(f"SSIM {m['ssim']:.3f}  {extra}{rdlv}  label accuracy {m['label_accuracy']:.2f}  "
               f"({m['iterations']} iterations, {m['seconds']:.0f}s) -> {summary['out']}")
-        print(f"verdict: {m['verdict']} ({m['leaked_images']} of {len(m['per_image'])} image(s) at SSIM >= {m['leak_ssim']:g}); {convergence_line(m)}")
+        print(f"verdict: {m['verdict']} ({m['verdict_reason']}); {convergence_line(m)}")
+        print(server_line(m))
         if m["prior"].startswith("uniform grey"):
             print("no population prior: the attack started from uniform grey and RDLV is measured against it; "
                   "prior.path=FILE (a safetensors 'mean' [C, H, W] of public images like the client's) gives the attack one")
     else:
         print(f"reconstruction written ({m['iterations']} iterations, {m['seconds']:.0f}s; no ground truth to score) -> {summary['out']}")
         print(convergence_line(m))
+        print(server_line(m))
 
 
 def budget_warning(cfg: AttackConfig, m: dict) -> None:
@@ -104,6 +106,15 @@ def batch_client(cfg: AttackConfig) -> int:
     except (UserError, AttributeError, TypeError, ValueError):
         return 0
     return n if n > 1 else 0
+
+
+def server_line(m: dict) -> str:
+    """The verdict from the update alone (what a server or auditor without the images can say) and its risk score."""
+    risk = m.get("risk_heldout_error")
+    score = f"risk score: held-out error {risk:.2g} per layer (lower = closer solution)" if risk is not None else "no risk score"
+    meaning = ("the attack inverted the update" if m["server_verdict"] == "reconstructed"
+               else "the attack did not converge: no evidence either way")
+    return f"server verdict (update alone): {m['server_verdict']}: {meaning}; {score}; calibration: docs/attack.md"
 
 
 def convergence_line(m: dict) -> str:

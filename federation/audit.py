@@ -30,6 +30,8 @@ class AuditConfig:
     threshold: float | None = option(None, "an update whose RDLV exceeds this also counts as leaking (null = judged by audit.leak_ssim alone); "
                                            "the official filter uses 1.0")
     leak_ssim: float = option(0.75, "an update leaks when a reconstructed image reaches this SSIM with the client's image")
+    reid_alpha: float = option(0.01, "an update also leaks when the attack picks the client's images out of the federation's image pool "
+                                     "more often than chance (exact one-sided binomial p below this)")
     inconclusive: Literal["withhold", "send"] = option("withhold", "what happens to an update on which the attack did not converge (verdict "
                                                                    "inconclusive): withhold (a stalled attack is no evidence of safety) or send")
     enforce: bool = option(True, "withhold as the verdicts say; false = only measure (every update is sent, verdicts recorded)")
@@ -52,6 +54,10 @@ class AuditRecord:
     converged: bool | None = None
     heldout_error: float | None = None  # the convergence signal (inversion.convergence)
     rungs: int = 1  # attack rungs run (1 = no escalation)
+    leak_tests: str = ""  # the tests that found the leak (leakage.verdict.TESTS), space-separated
+    identified: int | None = None  # the client's images re-identified in the federation's pool (leakage.reidentification)
+    identification_p: float | None = None  # the re-identification test's p-value
+    server_verdict: str = ""  # from the update alone: reconstructed or inconclusive (leakage.verdict.server_verdict)
     metrics: dict[str, float | None] = dataclasses.field(default_factory=dict)  # the registered image metrics (PSNR, ...)
 
     def row(self) -> dict[str, Any]:
@@ -67,12 +73,15 @@ class Auditor(Protocol):
     def due(self, rnd: int, client: int) -> bool: ...
 
     def run(self, rnd: int, client: int, spec: ModelSpec, global_state: dict[str, torch.Tensor], update: dict[str, torch.Tensor],
-            meta: dict[str, Any], prior: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> AuditRecord: ...
+            meta: dict[str, Any], prior: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+            population: torch.Tensor | None = None) -> AuditRecord: ...
 
 
 def check_audit_config(cfg: AuditConfig, num_clients: int) -> None:
     if cfg.every < 0:
         raise UserError(f"audit.every must be >= 0, got {cfg.every}")
+    if not 0 < cfg.reid_alpha < 1:
+        raise UserError(f"audit.reid_alpha must be between 0 and 1, got {cfg.reid_alpha}")
     bad = [c for c in cfg.clients if not 0 <= c < num_clients]
     if bad:
         raise UserError(f"audit.clients {bad} out of range: there are {num_clients} clients")

@@ -179,7 +179,7 @@ class Federation:
                   run_dir: Path | None, wandb_run: Any) -> AuditRecord:
         idx = self.split.client_indices[client]
         record = self.audit.run(rnd, client, self.spec, global_state, result.outgoing, result.meta, self.prior,
-                                self.pool.images[idx], self.pool.labels[idx])
+                                self.pool.images[idx], self.pool.labels[idx], self.reference_pool())
         if run_dir is not None:
             append_audit_csv(RunLayout(run_dir).audit, record)
         if wandb_run is not None:
@@ -187,6 +187,12 @@ class Federation:
                            f"audit/withheld_client{client}": int(record.withheld),
                            f"audit/converged_client{client}": int(bool(record.converged))}, step=rnd)
         return record
+
+    def reference_pool(self) -> torch.Tensor:
+        """The images the audit's re-identification test picks among: every training-pool image (the client's, the
+        other clients', the public ones dealt to no client), as attack.py's scoring uses (the test images left out)."""
+        test = set(self.split.test_indices.tolist())
+        return self.pool.images[[i for i in range(len(self.pool)) if i not in test]]
 
     def write_setup(self, run_dir: Path) -> None:
         """What a run holds before its first round: resolved config, population prior, client split."""

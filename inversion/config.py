@@ -69,6 +69,8 @@ class ScoringConfig:
     lpips: bool = option(True, "report LPIPS when its weights are available locally (skipped with a message otherwise)")
     leak_ssim: float = option(0.75, "verdict 'leaks' when a reconstructed image reaches this SSIM with its matched training image")
     leak_rdlv: float | None = option(None, "verdict 'leaks' also when the RDLV (maximum over images) exceeds this (null = SSIM alone)")
+    reid_alpha: float = option(0.01, "verdict 'leaks' also when the attack re-identifies the client's images in the run's image pool more "
+                                     "often than chance: exact one-sided binomial p below this (leakage/reidentification.py)")
 
 
 @dataclasses.dataclass
@@ -126,5 +128,7 @@ def check_attack_config(cfg: AttackConfig) -> None:
         if coupled:
             raise UserError(f"objective term {coupled[0]} couples the restarts, which devices={cfg.devices} spreads over processes "
                             "that do not see each other's: use devices=1 (or set its weight to 0)")
+    if not 0 < cfg.scoring.reid_alpha < 1:
+        raise UserError(f"scoring.reid_alpha must be between 0 and 1, got {cfg.scoring.reid_alpha}")
     check_convergence_config(cfg.convergence)
     check_escalation_config(cfg.escalation)

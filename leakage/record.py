@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+from leakage.reidentification import Reidentification
+
 
 @dataclasses.dataclass
 class LeakageScores:
@@ -26,14 +28,25 @@ class LeakageScores:
     identification_chance: float | None = None  # the same share for a reconstruction that knows nothing: n / N
     identification_rank_median: float | None = None
     population_size: int | None = None
+    reidentification: Reidentification | None = None  # the re-identification test over the population (leakage/reidentification.py)
 
     #: the headline numbers, first in metrics.json (the registered image metrics follow ssim) and in every log
     HEADLINE: ClassVar[tuple[str, ...]] = ("ssim", "rdlv", "label_accuracy")
     #: the summary numbers a study's results.csv carries per attack
     COLUMNS: ClassVar[tuple[str, ...]] = ("ssim", "rdlv", "rdlv_mean", "ssim_gain", "rdlv_class_prior", "identification_top1",
-                                          "identification_chance", "label_accuracy")
+                                          "identification_chance", "identified", "identification_p", "label_accuracy")
     _IDENTIFICATION: ClassVar[tuple[str, ...]] = ("identification_top1", "identification_chance", "identification_rank_median",
                                                   "population_size")
+
+    @property
+    def identified(self) -> int | None:
+        """The client's images re-identified first in the population (the ones the prior alone picks out not counted)."""
+        return self.reidentification.identified if self.reidentification is not None else None
+
+    @property
+    def identification_p(self) -> float | None:
+        """The re-identification test's exact one-sided p-value."""
+        return self.reidentification.p_value if self.reidentification is not None else None
 
     def headline(self) -> dict[str, Any]:
         first, *rest = self.HEADLINE
@@ -55,4 +68,7 @@ class LeakageScores:
         rest.update({f"{name}_note": note for name, note in self.metric_notes.items()})
         if self.population_size is not None:
             rest.update({key: getattr(self, key) for key in self._IDENTIFICATION})
+        if self.reidentification is not None:
+            rest.update({"identified": self.identified, "identification_p": self.identification_p,
+                         "reidentification": self.reidentification.to_dict()})
         return {**self.headline(), **(after_headline or {}), **rest}

@@ -14,6 +14,7 @@ from inversion.labels import count_accuracy
 from leakage.image_metrics import ImageMetric, metrics_for
 from leakage.metrics import SSIMSettings, ssim_matrix, ssim_pairs
 from leakage.record import LeakageScores
+from leakage.reidentification import Reidentification
 from leakage.rdlv import identification_rank, rdlv_client, rdlv_per_image, ssim_gain
 
 
@@ -46,6 +47,8 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
         class_prior_ssim = ssim_pairs(cp, origs, settings)
         class_rdlv = rdlv_per_image(sim, class_prior_ssim)
     pop_sim = ssim_matrix(recs, population, settings) if population is not None else None
+    # the pool image the attacker's own starting image is nearest to: picking that one out is no evidence
+    prior_pick = int(ssim_matrix(prior[None].float().clamp(0, 1), population, settings)[0].argmax()) if population is not None else None
     per_image = []
     for i in range(origs.shape[0]):
         j = matched.get(i)
@@ -67,7 +70,9 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
         if j is not None and rec_labels is not None and labels is not None:
             row["label_correct"] = bool(int(rec_labels[j]) == int(labels[i]))
         if pop_sim is not None and j is not None:
-            row["identification_rank"] = identification_rank(pop_sim[j], _find(population, origs[i]))
+            own = _find(population, origs[i])
+            row["identification_rank"] = identification_rank(pop_sim[j], own)
+            row["prior_identifies"] = own == prior_pick
         per_image.append(row)
     matched_rows = [r for r in per_image if r["ssim"] is not None]
     out = LeakageScores(
@@ -89,6 +94,8 @@ def score(recs: torch.Tensor, rec_labels: torch.Tensor | None, origs: torch.Tens
         out.identification_chance = identification_chance(origs.shape[0], int(population.shape[0]))
         out.identification_rank_median = float(torch.tensor(ranks, dtype=torch.float).median()) if ranks else None
         out.population_size = int(population.shape[0])
+        out.reidentification = Reidentification.of([r.get("identification_rank") for r in per_image], out.population_size,
+                                                   [bool(r.get("prior_identifies")) for r in per_image])
     return out
 
 

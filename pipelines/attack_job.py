@@ -34,7 +34,7 @@ from leakage.ground_truth import GroundTruth, ground_truth_for_update, load_imag
 from leakage.image_metrics import metric_names
 from leakage.record import LeakageScores
 from leakage.scoring import score_as_configured
-from leakage.verdict import verdict_record
+from leakage.verdict import server_record, verdict_record
 from inversion.attack_module import AttackResult, GradientInversionAttack, iteration_loader
 from inversion.convergence import Convergence
 from inversion.escalation import Rung
@@ -293,10 +293,11 @@ def add_verdict(metrics: dict[str, Any], scores: LeakageScores | None, escalated
     metrics["converged"] = conv.converged
     metrics["convergence"] = conv.to_dict()
     metrics["escalation"] = escalated.record(cfg)
+    metrics.update(server_record(conv.converged, conv.heldout_error))  # from the update alone: what a server can say
     if gt is None or scores is None:
-        metrics["verdict"] = None  # converged or not, without the client's images nothing is judged
+        metrics["verdict"] = None  # without the client's images, leakage is not judged: server_verdict is the verdict
         return
-    metrics.update(verdict_record(scores, conv.converged, cfg.scoring.leak_ssim, cfg.scoring.leak_rdlv))
+    metrics.update(verdict_record(scores, conv.converged, cfg.scoring.leak_ssim, cfg.scoring.leak_rdlv, cfg.scoring.reid_alpha))
     for entry, rung_result in zip(metrics["escalation"]["rungs"], escalated.results):
         if rung_result is escalated.result:
             entry["ssim"] = scores.ssim  # the returned rung is scored already
@@ -341,7 +342,8 @@ def _wandb_finish(logger: Any, work: Path, metrics: dict[str, Any]) -> None:
 
     run = logger.experiment
     run.log({"reconstruction": wandb.Image(str(AttackOutput(work).figure))})
-    for key in (*LeakageScores.HEADLINE, *metric_names(), "iterations", "seconds", "objective", "converged", "verdict"):
+    for key in (*LeakageScores.HEADLINE, *metric_names(), "iterations", "seconds", "objective", "converged", "verdict", "verdict_reason",
+                "server_verdict", "risk_heldout_error", "identified", "identification_p"):
         if metrics.get(key) is not None:
             run.summary[key] = metrics[key]
     conv = metrics.get("convergence") or {}

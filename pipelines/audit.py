@@ -16,7 +16,7 @@ from federation.audit import AuditConfig, AuditRecord, audit_due, withholds
 from inversion.config import AttackConfig
 from inversion.threat_model import AttackerKnowledge, ThreatConfig
 from leakage.scoring import score_as_configured
-from leakage.verdict import verdict_record
+from leakage.verdict import server_verdict, verdict_record
 from model.factory import ModelSpec
 from pipelines.attack_job import build_attack, run_attack
 from pipelines.escalation import attack_until_converged
@@ -38,20 +38,25 @@ class AttackAudit:
         return audit_due(self.cfg, rnd, client)
 
     def run(self, rnd: int, client: int, spec: ModelSpec, global_state: dict[str, torch.Tensor], update: dict[str, torch.Tensor],
-            meta: dict[str, Any], prior: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> AuditRecord:
+            meta: dict[str, Any], prior: torch.Tensor, images: torch.Tensor, labels: torch.Tensor,
+            population: torch.Tensor | None = None) -> AuditRecord:
+        """``population``: the reference pool for the re-identification test (the client's images among the others the
+        federation holds); None = judged by SSIM (and RDLV) alone."""
         started = time.perf_counter()
         cfg = self.attack_cfg
         knowledge = AttackerKnowledge(ThreatConfig(), spec, global_state, update, meta, prior, "mean of the images no client holds")
         escalated = attack_until_converged(knowledge, cfg, run_attack, build_attack)
         result = escalated.result
-        s, metrics = score_as_configured(cfg.scoring, result.images, result.labels, images, labels, prior, spec.num_classes)
+        s, metrics = score_as_configured(cfg.scoring, result.images, result.labels, images, labels, prior, spec.num_classes, population)
         threshold = self.cfg.threshold
         conv = escalated.convergence
-        verdict = verdict_record(s, conv.converged, self.cfg.leak_ssim, threshold)["verdict"]
+        judged = verdict_record(s, conv.converged, self.cfg.leak_ssim, threshold, self.cfg.reid_alpha)
+        verdict = judged["verdict"]
         return AuditRecord(rnd, client, s.rdlv, s.ssim, s.ssim_gain, s.label_accuracy, threshold,
                            withholds(self.cfg, verdict), round(time.perf_counter() - started, 2),
                            metrics={m.name: s.image_metrics[m.name] for m in metrics}, verdict=verdict, converged=conv.converged,
-                           heldout_error=conv.heldout_error, rungs=len(escalated.records))
+                           heldout_error=conv.heldout_error, rungs=len(escalated.records), leak_tests=" ".join(judged["leak_tests"]),
+                           identified=s.identified, identification_p=s.identification_p, server_verdict=server_verdict(conv.converged))
 
 
 def auditor_for(cfg: AuditConfig, num_clients: int) -> AttackAudit | None:

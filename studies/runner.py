@@ -33,10 +33,10 @@ ATTACK_DEFAULT = AttackConfig.DEFAULT_FILE
 # results.csv / per_image.csv columns; the registered image metrics (leakage/image_metrics/) follow "ssim"
 # when any cell computed them
 ROW_FIELDS = ["cell", "seed", "attack_seed", "round", "client", "num_images", "batch_size", "local_steps", *LeakageScores.COLUMNS,
-              "verdict", "converged", "heldout_error", "leaked_images", "rungs", "test_accuracy", "final_test_accuracy",
+              "verdict", "leak_tests", "server_verdict", "converged", "heldout_error", "leaked_images", "rungs", "test_accuracy", "final_test_accuracy",
               "epsilon", "noise_std", "attack_seconds", "train_key", "commit", "torch", "train_threads", "attack_threads"]
 IMAGE_FIELDS = ["cell", "seed", "round", "client", "image", "label", "ssim", "rdlv", "ssim_gain", "prior_ssim",
-                "nearest_ssim", "rdlv_class_prior", "identification_rank", "label_correct"]
+                "nearest_ssim", "rdlv_class_prior", "identification_rank", "prior_identifies", "label_correct"]
 SCORE_KEYS = list(LeakageScores.COLUMNS)
 
 
@@ -213,6 +213,8 @@ def _verdict_columns(metrics: dict[str, Any]) -> dict[str, Any]:
     is inconclusive: it showed nothing either way."""
     conv = metrics.get("convergence") or {}
     return {"verdict": metrics.get("verdict") or ("inconclusive" if metrics.get("attack_error") else None),
+            "leak_tests": " ".join(metrics.get("leak_tests") or []) or None,
+            "server_verdict": metrics.get("server_verdict") or ("inconclusive" if metrics.get("attack_error") else None),
             "converged": metrics.get("converged"), "heldout_error": conv.get("heldout_error"),
             "leaked_images": metrics.get("leaked_images"), "rungs": len((metrics.get("escalation") or {}).get("rungs", [])) or None}
 

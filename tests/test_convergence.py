@@ -176,8 +176,12 @@ def test_a_stalled_attack_is_inconclusive_in_metrics_json_and_on_the_console(tin
     assert conv["heldout_error"] == pytest.approx(conv["heldout_mismatch"] / conv["heldout_layers"])
     assert m["escalation"]["stopped"] == "escalation off" and len(m["escalation"]["rungs"]) == 1
     assert "ssim" in m["escalation"]["rungs"][0]  # scored afterwards, for the record
+    assert m["server_verdict"] == "inconclusive" and m["risk_heldout_error"] == conv["heldout_error"]
+    assert m["leak_tests"] == [] and m["verdict_reason"].startswith("not converged") and "identified" in m["verdict_reason"]
+    assert m["reidentification"]["pool"] == m["population_size"] and m["identification_p"] == m["reidentification"]["p_value"]
     printed = capsys.readouterr().out
     assert "verdict: inconclusive" in printed and "did not converge" in printed
+    assert "server verdict (update alone): inconclusive" in printed
 
 
 def test_an_escalated_attack_records_every_rung(tiny_run, tmp_path):
