@@ -185,7 +185,8 @@ class Federation:
         if wandb_run is not None:
             wandb_run.log({f"audit/rdlv_client{client}": record.rdlv, f"audit/ssim_client{client}": record.ssim,
                            f"audit/withheld_client{client}": int(record.withheld),
-                           f"audit/converged_client{client}": int(bool(record.converged))}, step=rnd)
+                           f"audit/converged_client{client}": int(bool(record.converged)),
+                           f"audit/reidentified_client{client}": record.identified or 0}, step=rnd)
         return record
 
     def reference_pool(self) -> torch.Tensor:

@@ -93,8 +93,17 @@ def _verdict_lead(rows: list[dict[str, Any]]) -> str:
     if not verdicts:
         return ""
     counts = {v: verdicts.count(v) for v in ("leaks", "no leak found", "inconclusive")}
-    return (f" Verdicts: {counts['leaks']} leak, {counts['no leak found']} no leak found (converged), "
+    lead = (f" Verdicts: {counts['leaks']} leak, {counts['no leak found']} no leak found (converged), "
             f"{counts['inconclusive']} inconclusive (the attack did not converge: no evidence either way).")
+    tests = [t for r in rows if r.get("verdict") == "leaks" for t in str(r.get("leak_tests") or "").split()]
+    if tests:  # rows written before the tests were recorded have none
+        lead += " Leaks found by " + ", ".join(f"{name} {tests.count(name)}" for name in ("ssim", "reidentification", "rdlv")
+                                               if name in tests) + " (an attack may fire several)."
+    server = [r.get("server_verdict") for r in rows if r.get("server_verdict")]
+    if server:
+        lead += (f" From the update alone: {server.count('reconstructed')} reconstructed, {server.count('inconclusive')} "
+                 "inconclusive (docs/verdict-validation.md).")
+    return lead
 
 
 def summary_markdown(summary: dict[str, Any]) -> str:

@@ -145,3 +145,14 @@ def test_auroc_is_the_mann_whitney_probability():
     assert auroc([0.1, 0.8, 0.9], [True, True, False]) == 0.0
     assert auroc([0.5, 0.5, 0.9, 0.1], [True, False, True, False]) == pytest.approx((0.5 + 1 + 1 + 1) / 4)
     assert auroc([0.5], [True]) is None
+
+
+def test_a_study_summary_counts_the_tests_that_fired_and_the_server_verdicts():
+    from studies.analyze import _verdict_lead
+
+    rows = [{"verdict": LEAKS, "leak_tests": "ssim reidentification", "server_verdict": RECONSTRUCTED},
+            {"verdict": LEAKS, "leak_tests": "reidentification", "server_verdict": INCONCLUSIVE},
+            {"verdict": INCONCLUSIVE, "leak_tests": None, "server_verdict": INCONCLUSIVE}]
+    lead = _verdict_lead(rows)
+    assert "2 leak, 0 no leak found (converged), 1 inconclusive" in lead
+    assert "Leaks found by ssim 1, reidentification 2" in lead and "1 reconstructed, 2 inconclusive" in lead
