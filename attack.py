@@ -114,7 +114,7 @@ def server_line(m: dict) -> str:
     score = f"risk score: held-out error {risk:.2g} per layer (lower = closer solution)" if risk is not None else "no risk score"
     meaning = ("the attack inverted the update" if m["server_verdict"] == "reconstructed"
                else "the attack did not converge: no evidence either way")
-    return f"server verdict (update alone): {m['server_verdict']}: {meaning}; {score}; calibration: docs/attack.md"
+    return f"server verdict (update alone): {m['server_verdict']}: {meaning}; {score}; calibration: docs/verdict-validation.md"
 
 
 def convergence_line(m: dict) -> str:
