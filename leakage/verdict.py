@@ -100,10 +100,9 @@ def verdict_record(scores: LeakageScores, converged: bool | None, leak_ssim: flo
     found = verdict(per_image, scores.rdlv, converged, leak_ssim, leak_rdlv, reid, reid_alpha)
     if fired:
         reason = "; ".join(fired.values())
-    elif found == NO_LEAK:
-        reason = f"converged, no image at SSIM >= {leak_ssim:g}" + (f", {reid.describe()} >= {reid_alpha:g}" if reid else "")
     else:
-        reason = f"not converged, no image at SSIM >= {leak_ssim:g}" + (f", {reid.describe()} >= {reid_alpha:g}" if reid else "")
+        reason = (f"{'converged' if found == NO_LEAK else 'not converged'}, no image at SSIM >= {leak_ssim:g}"
+                  + (f", {reid.describe()} >= {reid_alpha:g}" if reid else ""))
     return {"verdict": found, "leak_tests": [t for t in TESTS if t in fired], "verdict_reason": reason,
             "leaked_images": leaked_images(per_image, leak_ssim), "leak_ssim": leak_ssim, "leak_rdlv": leak_rdlv,
             "reid_alpha": reid_alpha}

@@ -102,11 +102,11 @@ def validation(rows: Iterable[dict[str, Any]], reid_alpha: float = 0.01) -> dict
 
 
 def _table(rows: list[dict[str, Any]], reid_alpha: float) -> dict[str, Any]:
-    leaks = [rescore(r, reid_alpha)[0] == LEAKS for r in rows]
+    verdicts = [rescore(r, reid_alpha)[0] for r in rows]
+    leaks = [v == LEAKS for v in verdicts]
     server = [server_verdict(True if converged(r) else None) for r in rows]
     rec = [i for i, s in enumerate(server) if s == RECONSTRUCTED]
     unrec = [i for i, s in enumerate(server) if s != RECONSTRUCTED]
-    verdicts = [rescore(r, reid_alpha)[0] for r in rows]
     nlf = [i for i, v in enumerate(verdicts) if v == NO_LEAK]
     return {
         "updates": len(rows),
