@@ -192,8 +192,7 @@ class Federation:
     def reference_pool(self) -> torch.Tensor:
         """The images the audit's re-identification test picks among: every training-pool image (the client's, the
         other clients', the public ones dealt to no client), as attack.py's scoring uses (the test images left out)."""
-        test = set(self.split.test_indices.tolist())
-        return self.pool.images[[i for i in range(len(self.pool)) if i not in test]]
+        return self.pool.images[self.split.train_indices]
 
     def write_setup(self, run_dir: Path) -> None:
         """What a run holds before its first round: resolved config, population prior, client split."""

@@ -77,3 +77,15 @@ def test_the_audit_policy_table():
     assert not withholds(AuditConfig(), "no leak found")
     assert not withholds(AuditConfig(inconclusive="send"), "inconclusive") and withholds(AuditConfig(inconclusive="send"), "leaks")
     assert not any(withholds(AuditConfig(enforce=False), v) for v in ("leaks", "inconclusive", "no leak found"))
+
+
+def test_the_audit_runs_the_reidentification_test_over_the_federations_pool(tmp_path):
+    """The audit scores against the same pool as attack.py (the run's training pool), so its verdict can fire on
+    re-identification; and it records the verdict a server could give from the update alone."""
+    record, row = _stalled_audit(tmp_path)
+    audit = record.audits[0]
+    assert audit.identified in (0, 1)  # client 2 of the tiny split holds one image
+    pool = len(Federation(tiny_train_config(tmp_path / "again")).split.train_indices)
+    assert float(row["identification_p"]) == (1.0 if audit.identified == 0 else 1 / pool)  # chance 1 / N over the training pool
+    assert audit.server_verdict == "inconclusive" and row["server_verdict"] == "inconclusive"
+    assert row["leak_tests"] == ("reidentification" if audit.verdict == "leaks" else "")
