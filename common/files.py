@@ -18,6 +18,17 @@ from common.errors import UserError
 from common.interrupt import deferred, failure_note
 
 
+def inside(root: str | Path, name: str | Path, what: str) -> Path:
+    """``root / name``, refused (one line) unless it stays inside ``root`` once ``..`` and symlinks are resolved.
+
+    For names read from files a user may have been handed (a study's results.csv, an update's metadata): a name
+    that is absolute, climbs out with ``..`` or follows a link out of the folder never becomes a path we read."""
+    base = Path(root).resolve()
+    if Path(name).is_absolute() or not (base / name).resolve().is_relative_to(base):
+        raise UserError(f"{what} '{name}' points outside {root}: refused")
+    return base / name
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically (temp file + rename) so that readers never see half a file."""
     path = Path(path)

@@ -32,6 +32,7 @@ import yaml
 from markupsafe import Markup
 
 from common.errors import UserError
+from common.files import inside
 from common.versions import code_commit, package_versions
 from pipelines.attack_output import AttackOutput
 
@@ -91,6 +92,11 @@ def read_results(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         raise UserError(f"{path} cannot be read as CSV ({err})") from err
     if not fields:
         raise UserError(f"{path} is empty: the study has not collected any results yet")
+    if "cell" not in fields:
+        raise UserError(f"{path} has no 'cell' column: it is not a study's results.csv (re-run study.py to collect it)")
+    torn = next((i for i, r in enumerate(rows, start=2) if None in r or any(v is None for v in r.values())), None)
+    if torn is not None:
+        raise UserError(f"{path} is torn: line {torn} does not have the header's {len(fields)} columns (re-run study.py to collect it)")
     return fields, rows
 
 
@@ -386,7 +392,7 @@ def gallery_cells(study_dir: Path, spec: dict[str, Any], rows: list[dict[str, st
     out = []
     for cell in dict.fromkeys(r.get("cell") for r in rows if r.get("cell")):
         row = by_cell[cell]
-        cell_dir = study_dir / "cells" / str(cell)
+        cell_dir = inside(study_dir / "cells", str(cell), "results.csv cell")
         info = _read_json(cell_dir / "cell.json")
         axes = info.get("axes") if isinstance(info.get("axes"), dict) else {a: row.get(a, "") for a in grid}
         metrics = _read_json(AttackOutput(cell_dir).metrics)
@@ -411,10 +417,10 @@ def config_blocks(study_dir: Path, rows: list[dict[str, str]]) -> list[dict[str,
         listed = ", ".join(f"{m} (seed {seeds.get(m.split('/', 1)[1], '')})" for m in members)
         return [f"Runs: {listed}"] + notes
 
-    train = [(f"train/{k}", study_dir / "train" / str(k) / "config.yaml") for k in train_keys]
-    missing = [str(k) for k in train_keys if not (study_dir / "train" / str(k) / "config.yaml").is_file()]
+    train = [(f"train/{k}", inside(study_dir / "train", str(k), "results.csv train_key") / "config.yaml") for k in train_keys]
+    missing = [label.split("/", 1)[1] for label, path in train if not path.is_file()]
     cells = list(dict.fromkeys(r.get("cell") for r in rows if r.get("cell")))
-    attack = [(f"cells/{c}", study_dir / "cells" / str(c) / "config.yaml") for c in cells]
+    attack = [(f"cells/{c}", inside(study_dir / "cells", str(c), "results.csv cell") / "config.yaml") for c in cells]
     return [
         _config_block("Training runs", "runs", "run", train, TRAIN_PER_RUN_KEYS, train_notes, ", ".join(missing)),
         _config_block("Attacks", "cells", "cell", attack, ATTACK_PER_CELL_KEYS,

@@ -364,3 +364,48 @@ def test_cli_wandb_report_offline_writes_the_specification(study: Path, tmp_path
     assert "not saved: not logged in to W&B, or WANDB_MODE is offline/disabled" in done.stdout, done.stdout
     done = _cli(str(study), "--out", str(tmp_path / "x.html"), "--entity", "my-team")
     assert done.returncode == 2 and done.stderr.strip() == "error: --entity and --project are for --wandb-report", done.stderr
+
+
+def _copy_with_results(study: Path, tmp_path: Path, edit) -> Path:
+    """A copy of the study whose results.csv went through ``edit`` (lines -> lines)."""
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(study, copy)
+    lines = (copy / "results.csv").read_text().splitlines(keepends=True)
+    (copy / "results.csv").write_text("".join(edit(lines)))
+    return copy
+
+
+def _with_cell(lines: list[str], name: str) -> list[str]:
+    header = lines[0].rstrip("\r\n").split(",")
+    first = lines[1].rstrip("\r\n").split(",")
+    first[header.index("cell")] = name
+    return [lines[0], ",".join(first) + "\n", *lines[2:]]
+
+
+@pytest.mark.parametrize("name", ["../../outside", "ABSOLUTE", "link"])
+def test_a_cell_name_that_leaves_the_study_is_refused(study: Path, tmp_path: Path, name: str):
+    """A results.csv is data a user may be handed: its cell names never become paths outside the study."""
+    from studies.report import write_report
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "cell.json").write_text('{"seed": "secret"}')
+    name = str(outside) if name == "ABSOLUTE" else name
+    copy = _copy_with_results(study, tmp_path, lambda lines: _with_cell(lines, name))
+    if name == "link":
+        (copy / "cells" / "link").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(UserError, match="points outside"):
+        write_report(copy)
+
+
+def test_a_torn_or_column_less_results_csv_is_refused(study: Path, tmp_path: Path):
+    from studies.report import write_report
+
+    torn = _copy_with_results(study, tmp_path / "torn", lambda lines: [*lines[:-1], lines[-1][: len(lines[-1]) // 3]])
+    with pytest.raises(UserError, match="torn: line"):
+        write_report(torn)
+    no_cell = _copy_with_results(study, tmp_path / "nocell", lambda lines: ["a,b\n", "1,2\n"])
+    with pytest.raises(UserError, match="no 'cell' column"):
+        write_report(no_cell)
