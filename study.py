@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers < 0:
         raise UserError(f"--workers must be >= 0, got {args.workers}")
     executor = EXECUTORS.get(args.executor)(ExecutorOptions(address=args.address, workers=args.workers))
+    from common import interrupt
+
+    interrupt.install()  # a Ctrl-C that lands in a destructor still stops the study (exit 130; a re-run resumes)
     started = time.time()
     runner = StudyRunner(spec, progress=not args.no_progress, wandb=args.wandb)
     results = runner.run(executor=executor)

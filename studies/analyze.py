@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from common.errors import UserError
 from common.files import load_tensors, read_json
 from federation.run_layout import RunLayout
 from leakage.ground_truth import load_ground_truth
@@ -24,6 +25,22 @@ def _split_by(rows: list[dict[str, Any]], by: str | None) -> dict[Any, list[dict
     if not by:
         return {None: rows}
     return {k[0]: v for k, v in sorted(group(rows, [by]).items(), key=lambda kv: str(kv[0]))}
+
+
+#: the plot kinds a spec's report may ask for (dispatched in :func:`analyze`)
+PLOT_KINDS = ("bars", "privacy_utility", "heatmap", "per_round")
+
+
+def check_report(report: dict[str, Any]) -> None:
+    """A spec's report section, checked before any cell runs (else its mistakes surface after hours of cells)."""
+    for plot in report.get("plots", []) or []:
+        if not isinstance(plot, dict) or plot.get("kind") not in PLOT_KINDS:
+            raise UserError(f"study report plot {plot!r}: kind must be one of {', '.join(PLOT_KINDS)}")
+        if plot["kind"] in ("bars", "privacy_utility") and "x" not in plot:
+            raise UserError(f"study report plot {plot!r} needs an x (the axis on the horizontal axis)")
+    for table in report.get("tables", []) or []:
+        if not isinstance(table, dict) or "row" not in table or "metric" not in table:
+            raise UserError(f"study report table {table!r} needs a row and a metric")
 
 
 def analyze(study_dir: Path, spec: StudySpec) -> dict[str, Any]:
@@ -48,8 +65,8 @@ def analyze(study_dir: Path, spec: StudySpec) -> dict[str, Any]:
                 figures.append(plots.heatmap(sel, name, metric))
             elif kind == "per_round":
                 figures.append(plots.per_round(sel, name, metric))
-            else:
-                raise ValueError(f"unknown plot kind '{kind}'")
+            else:  # check_report refuses it before any cell runs
+                raise UserError(f"study report plot kind '{kind}' is not one of {', '.join(PLOT_KINDS)}")
     for t in report.get("tables", []):
         for value, sel in _split_by(rows, t.get("by")).items():
             heading = f"{t['metric']} by {t['row']}" + (f" x {t['col']}" if t.get("col") else "") + (f", {t['by']} {value}" if t.get("by") else "")

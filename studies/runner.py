@@ -15,15 +15,16 @@ from common.config import load, overrides_list
 from common.errors import UserError
 from common.files import StagedDir, read_json, write_json
 from common.versions import provenance
-from federation.config import TrainConfig
+from federation.config import TrainConfig, check_train_config
 from federation.run_files import read_metrics
 from federation.run_layout import RunLayout, update_meta
-from inversion.config import AttackConfig
+from inversion.config import AttackConfig, check_attack_config
 from leakage.image_metrics import metric_names
 from leakage.record import LeakageScores
 from pipelines.attack_output import AttackOutput
 from privacy import REGISTRY as FILTERS
 from studies.executors import REGISTRY as EXECUTORS, Executor, ExecutorOptions
+from studies.executors.base import cell_is_whole
 from studies.spec import Cell, StudySpec, cells, config_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,6 +39,8 @@ ROW_FIELDS = ["cell", "seed", "attack_seed", "round", "client", "num_images", "b
 IMAGE_FIELDS = ["cell", "seed", "round", "client", "image", "label", "ssim", "rdlv", "ssim_gain", "prior_ssim",
                 "nearest_ssim", "rdlv_class_prior", "identification_rank", "prior_identifies", "label_correct"]
 SCORE_KEYS = list(LeakageScores.COLUMNS)
+#: what makes a study folder this study's: another value of any of these is another study (StudyRunner.check_out)
+STUDY_IDENTITY = ("name", "train", "attack", "grid", "all_clients")
 
 
 def with_metrics(fields: list[str], metrics: list[str]) -> list[str]:
@@ -117,7 +120,13 @@ class StudyRunner:
     def ensure_attacked(self, cell: Cell, run: Path, rnd: int, client: int) -> Path:
         cell_dir = self.out / "cells" / cell.attack_key(rnd, client)
         if AttackOutput(cell_dir).is_finished():
-            return cell_dir
+            if cell_is_whole(cell_dir):
+                return cell_dir
+            # damaged (a torn metrics.json, or a crash before cell.json): redone, never an error on every re-run
+            print(f"warning: {cell_dir} is damaged (unreadable metrics.json or no cell.json): redoing it", file=sys.stderr)
+            import shutil
+
+            shutil.rmtree(cell_dir)
         update = RunLayout(run).update(rnd, client)
         if not update_meta(update).is_file():
             raise UserError(f"study target round {rnd} client {client} was not captured in {run} (check capture.clients/rounds)")
@@ -138,10 +147,50 @@ class StudyRunner:
         self.attacks_run += 1
         return cell_dir
 
+    # ------------------------------------------------------------------ the checks
+
+    def check(self) -> None:
+        """Every cell's training and attack config and the report section, validated before any cell runs: a typo
+        in a grid's override is an error now, never an attack failure recorded as a result hours later."""
+        from studies.analyze import check_report
+
+        check_report(self.spec.report or {})
+        for cell in self.cells:
+            check_train_config(self.train_config(cell))
+            check_attack_config(self.attack_config(cell, self.out / "update", self.out / "cell"))
+
+    def check_out(self) -> None:
+        """A study writes only into a folder of its own: an empty or new one, or one holding this study (the same
+        name, training, attack and grid; more seeds, targets or another report only add cells and tables)."""
+        out = self.out
+        if not out.exists():
+            return
+        if not out.is_dir():
+            raise UserError(f"study out {out} is a file: choose a folder")
+        if not any(out.iterdir()):
+            return
+        saved = out / "study.yaml"
+        if not saved.is_file():
+            raise UserError(f"study out {out} is not a study folder (it has no study.yaml): choose another out, nothing was written")
+        import yaml
+        from common.config import dump_yaml
+
+        try:
+            old = yaml.safe_load(saved.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise UserError(f"{saved} cannot be read ({err}): choose another out") from None
+        new = yaml.safe_load(dump_yaml(self.spec))
+        differ = [key for key in STUDY_IDENTITY if old.get(key) != new.get(key)]
+        if differ:
+            raise UserError(f"study out {out} holds the study '{old.get('name')}' with another {', '.join(differ)}: choose another out "
+                            "(nothing was written; seeds, targets and the report may change, they only add cells and tables)")
+
     # ------------------------------------------------------------------ the loop
 
     def run(self, on_cell: Callable[[Path], None] | None = None, executor: Executor | None = None) -> Path:
         """Run every unfinished cell with ``executor`` (default: the local one), then collect the tables."""
+        self.check_out()
+        self.check()
         self.out.mkdir(parents=True, exist_ok=True)
         from common.config import dump_yaml
 
@@ -156,8 +205,8 @@ class StudyRunner:
         axes = list(self.spec.grid)
         wanted = {(c.attack_key(r, k)) for c in self.cells for r, k in self._known_targets(c)}
         for cell_dir in sorted((self.out / "cells").glob("*")):
-            if cell_dir.name not in wanted or not (cell_dir / "cell.json").is_file():
-                continue
+            if cell_dir.name not in wanted or not cell_is_whole(cell_dir):
+                continue  # unfinished or damaged: the next run redoes it
             info = read_json(cell_dir / "cell.json")
             metrics = read_json(AttackOutput(cell_dir).metrics)
             row = self._row(cell_dir.name, info, metrics)

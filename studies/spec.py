@@ -120,6 +120,9 @@ def cells(spec: StudySpec, base: dict[str, str] | None = None) -> list[Cell]:
             unknown = set(stages or {}) - {"train", "attack"}
             if unknown:
                 raise UserError(f"study axis '{name}' value '{label}' has unknown stage(s) {sorted(unknown)} (train, attack)")
+    negative = [s for s in [*spec.seeds, *spec.attack_seeds] if s < 0]
+    if negative:
+        raise UserError(f"study seeds and attack_seeds must be >= 0, got {negative}")
     if len(set(spec.attack_seeds)) != len(spec.attack_seeds):
         raise UserError(f"study attack_seeds {spec.attack_seeds} repeat a seed: each is an attack of its own")
     if spec.attack_seeds and ("optim.seed" in spec.attack.overrides or any(

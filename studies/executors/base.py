@@ -6,8 +6,20 @@ import dataclasses
 from pathlib import Path
 from typing import Callable, ClassVar, Protocol
 
+from common.errors import UserError
+from common.files import read_json
 from common.registry import Registry
+from pipelines.attack_output import AttackOutput
 from studies.spec import Cell, StudySpec
+
+
+def cell_is_whole(cell_dir: Path) -> bool:
+    """A finished study cell whose two records (the attack's metrics.json, the study's cell.json) read back as JSON
+    objects; anything else is unfinished or damaged, and is (re)done."""
+    try:
+        return all(isinstance(read_json(path), dict) for path in (AttackOutput(cell_dir).metrics, cell_dir / "cell.json"))
+    except UserError:
+        return False
 
 
 class CellRunner(Protocol):

@@ -6,6 +6,7 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
+from common import interrupt
 from common.errors import UserError
 from studies.executors.base import CellRunner, Executor, ExecutorOptions, register
 
@@ -25,6 +26,7 @@ class LocalExecutor(Executor):
         bar = tqdm(total=len(runner.cells), desc=spec.name, unit="cell", disable=not runner.progress, dynamic_ncols=True)
         try:
             for cell in runner.cells:
+                interrupt.check()  # a Ctrl-C something swallowed (common/interrupt.py) stops the study between cells too
                 label = " ".join(f"{k}={v}" for k, v in cell.axes.items()) or "base"
                 bar.set_description(f"{spec.name}: {label} seed {cell.seed}")
                 run = runner.ensure_trained(cell)

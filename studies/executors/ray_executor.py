@@ -22,8 +22,7 @@ from tqdm.auto import tqdm
 from common.errors import UserError
 from common.files import write_json
 from federation.run_layout import RunLayout
-from pipelines.attack_output import AttackOutput
-from studies.executors.base import CellRunner, Executor, register
+from studies.executors.base import CellRunner, Executor, cell_is_whole, register
 from studies.spec import Cell, StudySpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,7 +88,7 @@ class RayExecutor(Executor):
                 for rnd, client in runner.targets(run):
                     bar.total += 1
                     cell_dir = out / "cells" / cell.attack_key(rnd, client)
-                    if AttackOutput(cell_dir).is_finished() and (cell_dir / "cell.json").is_file():
+                    if cell_is_whole(cell_dir):
                         bar.update(1)
                         if on_cell is not None:
                             on_cell(cell_dir)
@@ -123,6 +122,10 @@ class RayExecutor(Executor):
                     runner.attacks_run += int(ran)
                     if on_cell is not None:
                         on_cell(Path(path))
+        except KeyboardInterrupt:  # Ctrl-C: the cells in flight stop too (a joined cluster would run them on)
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
         finally:
             bar.close()
             if started_here:
