@@ -19,17 +19,27 @@ from pathlib import Path
 
 def site_client(site: str, num_clients: int) -> int:
     """``site-<k>`` -> client k - 1."""
+    from common.errors import UserError
+
     try:
         k = int(site.rsplit("-", 1)[1])
     except (IndexError, ValueError):
-        raise ValueError(f"site name '{site}' is not site-<k>") from None
+        raise UserError(f"site name '{site}' is not site-<k>") from None
     if not 1 <= k <= num_clients:
-        raise ValueError(f"site {site} has no client in a split of {num_clients} clients")
+        raise UserError(f"site {site} has no client in a split of {num_clients} clients")
     return k - 1
 
 
 def decode_config(text: str) -> dict:
-    return json.loads(base64.b64decode(text.encode()).decode())
+    from common.errors import UserError
+
+    try:
+        data = json.loads(base64.b64decode(text.encode(), validate=True).decode())
+    except (ValueError, UnicodeDecodeError) as err:  # binascii.Error and JSONDecodeError are ValueErrors
+        raise UserError(f"--config-b64 is not a base64-encoded JSON train config ({err})") from None
+    if not isinstance(data, dict):
+        raise UserError("--config-b64 is not a train config (a JSON object)")
+    return data
 
 
 def write_global(run_dir: Path, rnd: int, state: dict) -> None:
@@ -56,19 +66,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run", required=True, help="where this site writes its updates and ground truth")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = p.parse_args(argv)
+    from common.config import build
+    from federation.config import TrainConfig
+
+    cfg = build(TrainConfig, decode_config(args.config_b64))  # a bad config is one line before NVFlare is touched
 
     import torch
     import nvflare.client.lightning as flare
 
-    from common.config import build
-    from federation.config import TrainConfig
     from federation.flare import state
     from federation.federation import Federation
     from pipelines.audit import AttackAudit
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = build(TrainConfig, decode_config(args.config_b64))
     sim = Federation(cfg, auditor=AttackAudit)  # the same data, split, model spec, filters and audit as the in-process engine
     run_dir = Path(args.run)
     flare.init()
@@ -92,4 +103,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from common.errors import run_cli
+
+    run_cli(main)

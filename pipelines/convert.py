@@ -107,6 +107,15 @@ def _check_single_normalisation(spec: ModelSpec, expected: dict[str, torch.Tenso
                         f"({spec.norm_mean}, {spec.norm_std}) would normalise it again: leave them at their defaults (0, 1)")
 
 
+def _check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """A NaN or infinity in the model or its update is the client's bug, said here in one line: the attack would
+    otherwise start from it and blame its own learning rate."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise UserError(f"{what} has non-finite values (NaN or inf) in {len(bad)} tensor(s), e.g. "
+                        f"'{bad[0].removeprefix(PREFIX)}': fix the client's model before converting")
+
+
 def convert(spec: ModelSpec, facts: ClientFacts, global_path: str | Path, out: str | Path, local_path: str | Path | None = None,
             delta_path: str | Path | None = None, overwrite: bool = False, strip_prefix: str = "") -> Path:
     if (local_path is None) == (delta_path is None):
@@ -121,6 +130,8 @@ def convert(spec: ModelSpec, facts: ClientFacts, global_path: str | Path, out: s
     else:
         after = align_keys(load_state_dict(local_path, "local model"), expected, "the local model", strip_prefix)
         delta = {k: after[k] - before[k] for k in expected}
+    _check_finite(before, "the global model")
+    _check_finite(delta, "the delta" if delta_path is not None else "the delta (local model - global model)")
     counters = {int(v) for k, v in delta.items() if k.endswith("num_batches_tracked")}
     if counters and counters != {facts.local_steps}:
         raise UserError(f"the BN counters say {sorted(counters)} local steps, the facts {facts.local_steps} "

@@ -66,6 +66,9 @@ class TrainJob:
 
         if job_dir.exists() or job_dir.is_symlink():
             raise UserError(f"{job_dir} already exists: choose a new folder for the NVFlare job")
+        blocked = next((p for p in job_dir.parents if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise UserError(f"--export-job {job_dir}: {blocked} is a file, not a folder")
         export_job(self.federation, job_dir)
 
 

@@ -310,3 +310,20 @@ def test_a_model_that_normalises_itself_is_not_normalised_twice(tmp_path, capsys
     plain = [a for i, a in enumerate(argv) if a not in ("--norm-mean", "--norm-std") and argv[i - 1] not in ("--norm-mean", "--norm-std")]
     code, err = _cli("convert", plain + ["--out", "upd"], capsys)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("name, message", [("global.pt", "the global model has non-finite values"),
+                                           ("client_after.pt", "the delta (local model - global model) has non-finite values")])
+def test_a_non_finite_model_is_refused_before_conversion(tmp_path, capsys, monkeypatch, name, message):
+    """A NaN in the global model or the client's model is the client's bug: one line, nothing written (the attack
+    would otherwise start from it and blame its own learning rate)."""
+    monkeypatch.chdir(tmp_path)
+    _plain_client(tmp_path)
+    state = torch.load(tmp_path / name, weights_only=True)
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key].clone()
+    state[key].view(-1)[0] = float("nan")
+    torch.save(state, tmp_path / name)
+    code, err = _cli("convert", CONVERT + ["--out", "upd"], capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "upd").exists() and not (tmp_path / "upd.partial").exists()

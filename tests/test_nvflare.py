@@ -171,3 +171,34 @@ def test_resume_is_refused_before_any_work_for_an_engine_that_cannot(tmp_path, c
     code, err = run_entry(train.main, ["--config", str(config), "fl.engine=nvflare", "--resume", "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and len(err.splitlines()) == 1 and "--resume is for simulation, not fl.engine=nvflare" in err, err
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+
+
+@pytest.mark.parametrize("config_b64, message", [("%%% not base64", "--config-b64 is not a base64-encoded JSON train config"),
+                                                 ("WzEsIDJd", "--config-b64 is not a train config")])  # base64 of [1, 2]
+def test_a_site_with_a_bad_config_says_so_in_one_line(tmp_path, config_b64, message):
+    done = subprocess.run([sys.executable, str(ROOT / "flare_site.py"), "--config-b64", config_b64, "--run", str(tmp_path / "site")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+    assert not (tmp_path / "site").exists()
+
+
+def test_a_site_name_outside_the_split_is_one_line():
+    import flare_site
+    from common.errors import UserError
+
+    with pytest.raises(UserError, match="is not site-<k>"):
+        flare_site.site_client("hospital", 4)
+    with pytest.raises(UserError, match="no client in a split of 4"):
+        flare_site.site_client("site-5", 4)
+
+
+def test_export_job_under_a_file_is_one_line(tmp_path, capsys):
+    import train
+
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(SystemExit) as info:
+        run_cli(lambda: train.main(["--config", str(ROOT / "configs" / "convnet.yaml"), "--export-job", str(tmp_path / "afile" / "job")]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(err) == 1 and "afile is a file, not a folder" in err[0], err
+    assert (tmp_path / "afile").read_text() == "mine"
