@@ -109,3 +109,21 @@ def test_executor_options_are_one_line_errors(tmp_path, capsys):
     code, err = run_entry(study.main, ["--config", str(spec_file), "--address", "auto"], capsys)
     assert code == 2 and err == "error: --address and --workers are for --executor ray; the local executor runs one cell at a time", err
     assert not (tmp_path / "study").exists()  # refused before anything was written
+
+
+def test_a_cluster_address_that_does_not_answer_is_one_line(tmp_path, capsys):
+    """Ray would wait on it without a word; a closed port on this machine answers at once with a refusal."""
+    import socket
+
+    import study
+    from tests.conftest import run_entry
+
+    with socket.socket() as probe:  # a port nobody listens on: bound, then closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(dump_yaml(_spec(tmp_path / "study")))
+    code, err = run_entry(study.main, ["--config", str(spec_file), "--executor", "ray", "--address", f"127.0.0.1:{port}"], capsys)
+    assert code == 2 and err.startswith(f"error: --address 127.0.0.1:{port}: the Ray cluster did not answer within 10 s"), err
+    code, err = run_entry(study.main, ["--config", str(spec_file), "--executor", "ray", "--address", "nohost"], capsys)
+    assert code == 2 and "expected HOST:PORT" in err, err

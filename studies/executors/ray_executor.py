@@ -52,6 +52,26 @@ def attack_cell(runner_type: Callable[..., CellRunner], spec: StudySpec, wandb: 
     return str(cell_dir), runner.attacks_run > 0
 
 
+#: how long a cluster address may take to accept a connection before the study gives up on it
+CONNECT_SECONDS = 10.0
+
+
+def check_reachable(address: str, seconds: float = CONNECT_SECONDS) -> None:
+    """A HOST:PORT address must accept a TCP connection within ``seconds``: ``ray.init`` would wait on a host that
+    does not answer without a word (auto and ray:// addresses are left to Ray)."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise UserError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.5:6379) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as err:
+        raise UserError(f"--address {address}: the Ray cluster did not answer within {seconds:g} s ({err.strerror or err})") from None
+
+
 @register
 class RayExecutor(Executor):
     name = "ray"
@@ -141,6 +161,7 @@ class RayExecutor(Executor):
                "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
         kwargs: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, runtime_env={"env_vars": env})
         if self.options.address:
+            check_reachable(self.options.address)
             kwargs["address"] = self.options.address
         else:  # a local instance sized for the cells side by side
             workers = self.options.workers or max(1, int((os.cpu_count() or 1) // max(cpus, 1e-9)))
