@@ -155,6 +155,9 @@ class StagedDir:
                 raise UserError(f"{self.final} exists and is not a folder: choose another output folder")
             if not self.overwrite:
                 raise UserError(f"{self.final} already exists: choose another output folder, or pass --overwrite to replace it")
+            if self.final.is_symlink():  # replacing would swap the link for a folder and strand what it points to
+                raise UserError(f"{self.final} is a symbolic link: --overwrite replaces only a real folder; name the folder it "
+                                f"points to ({self.final.resolve()}) instead")
             if self.own is None or not self.own(self.final):
                 raise UserError(f"{self.final} is not {self.what} of this tool: refusing to replace it, even with --overwrite")
         if self.partial.exists() and not self.resume and not _ours(self.partial):

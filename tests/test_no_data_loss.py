@@ -134,6 +134,20 @@ def test_train_replaces_its_own_run_only_with_overwrite(tmp_path, capsys):
     assert RunLayout(out).is_complete() and not (out / "attacks").exists()
 
 
+def test_overwrite_through_a_symlink_is_refused_and_leaves_no_stray_folder(tmp_path, capsys):
+    """--out LINK --overwrite used to swap the link for a new folder, fail on removing the old link and leave a
+    '*.replaced-PID' behind: now it is refused in one line, the link and the run it points to untouched."""
+    out = tmp_path / "run"
+    assert _run("train", TINY + ["--out", str(out)], capsys)[0] == 0
+    first = json.loads((out / "run.json").read_text())
+    link = tmp_path / "latest"
+    link.symlink_to(out, target_is_directory=True)
+    code, err = _run("train", TINY + ["--out", str(link), "seed=1", "--overwrite"], capsys)
+    assert code == 2 and _one_line(err, "is a symbolic link"), err
+    assert link.is_symlink() and json.loads((out / "run.json").read_text()) == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "run"]
+
+
 def test_resume_refuses_a_different_config(tmp_path, capsys, monkeypatch):
     import train
     from federation.federation import Federation
