@@ -156,8 +156,22 @@ class StudyRunner:
 
         check_report(self.spec.report or {})
         for cell in self.cells:
-            check_train_config(self.train_config(cell))
+            train = self.train_config(cell)
+            check_train_config(train)
             check_attack_config(self.attack_config(cell, self.out / "update", self.out / "cell"))
+            self.check_captured(train)
+
+    def check_captured(self, train: TrainConfig) -> None:
+        """Every target is an update the training captures (else the study would train, then fail)."""
+        rounds, capture = train.fl.rounds, train.capture
+        captured = {r % rounds for r in capture.rounds}
+        for t in self.spec.targets:
+            if not self.spec.all_clients and capture.clients and t.client not in capture.clients:
+                raise UserError(f"study target client {t.client} is not captured (capture.clients {capture.clients}): add it to the "
+                                "train overrides' capture.clients, or choose a captured client")
+            if capture.rounds and t.round % rounds not in captured:
+                raise UserError(f"study target round {t.round} is not captured (capture.rounds {capture.rounds} of {rounds} rounds): "
+                                "add it to the train overrides' capture.rounds")
 
     def check_out(self) -> None:
         """A study writes only into a folder of its own: an empty or new one, or one holding this study (the same

@@ -54,10 +54,16 @@ def test_another_studys_folder_is_refused_with_the_difference_named(tmp_path: Pa
     ({"grid": {"sigma0": {"0": {"train": {"fl.roundz": 2}}}}}, "roundz"),
     ({"report": {"plots": [{"kind": "pie", "metric": "ssim"}]}}, "kind must be one of"),
     ({"seeds": [-1]}, "must be >= 0"),
+    ({"targets": [{"round": -1, "client": 0}]}, "target client 0 is not captured"),
+    ({"targets": [{"round": 0, "client": 3}]}, "target round 0 is not captured"),
 ])
 def test_a_config_mistake_is_an_error_before_any_cell_runs(tmp_path: Path, mistake: dict, message: str):
     spec = _spec(tmp_path / "study")
     for key, value in mistake.items():
+        if key == "targets":
+            from studies.spec import Target
+
+            value = [Target(**t) for t in value]
         setattr(spec, key, value)
     with pytest.raises(UserError, match=message):
         StudyRunner(spec, progress=False).run()
@@ -114,3 +120,27 @@ def test_ctrl_c_stops_a_study_and_a_rerun_resumes(tmp_path: Path, capsys, monkey
     assert code == 0, err
     with open(tmp_path / "study" / "results.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 2
+
+
+def test_an_empty_spec_is_one_line_before_any_training(tmp_path: Path, capsys):
+    """The default target (client 0 of the last round) is not captured by the default federation (clients 2 and 3):
+    said before a federation is trained for nothing."""
+    import study
+    from tests.conftest import run_entry
+
+    spec = tmp_path / "empty.yaml"
+    spec.write_text(f"name: empty\nout: {tmp_path / 'out'}\n")
+    code, err = run_entry(study.main, ["--config", str(spec), "--no-progress"], capsys)
+    assert code == 2 and err.startswith("error: study target client 0 is not captured (capture.clients [2, 3])"), err
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_shipped_study_passes_the_checks_in_full_and_reduced():
+    from common.config import load
+    from studies.quick import reduce
+    from studies.spec import StudySpec
+
+    for path in sorted((ROOT / "configs" / "studies").glob("*.yaml")):
+        spec = load(StudySpec, [path], [])
+        StudyRunner(spec, progress=False).check()
+        StudyRunner(reduce(spec), progress=False).check()
