@@ -127,3 +127,25 @@ def test_a_cluster_address_that_does_not_answer_is_one_line(tmp_path, capsys):
     assert code == 2 and err.startswith(f"error: --address 127.0.0.1:{port}: the Ray cluster did not answer within 10 s"), err
     code, err = run_entry(study.main, ["--config", str(spec_file), "--executor", "ray", "--address", "nohost"], capsys)
     assert code == 2 and "expected HOST:PORT" in err, err
+
+
+def test_ctrl_c_cancels_the_tasks_in_flight(tmp_path, monkeypatch):
+    """A Ctrl-C while cells run on Ray cancels every task in flight (on a joined cluster they would run on) and is
+    raised as the interruption it is."""
+    cancelled = []
+    real_cancel = ray.cancel
+
+    def wait(refs, num_returns=1, **kwargs):
+        raise KeyboardInterrupt  # the moment the driver waits on its first tasks
+
+    def cancel(ref, force=False, **kwargs):
+        cancelled.append(ref)
+        return real_cancel(ref, force=force, **kwargs)
+
+    monkeypatch.setattr(ray, "wait", wait)
+    monkeypatch.setattr(ray, "cancel", cancel)
+    runner = StudyRunner(_spec(tmp_path / "ray"), progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run(executor=EXECUTORS.get("ray")(ExecutorOptions(workers=2)))
+    assert len(cancelled) == len({c.train_key for c in runner.cells}) == 3  # the three trainings submitted first
+    assert not ray.is_initialized()  # the local instance is shut down
