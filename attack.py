@@ -15,11 +15,9 @@ import sys
 
 os.environ.setdefault("WANDB_MODE", "offline")
 
-from common.cli import load_config, parser  # noqa: E402
+from common.cli import parser  # noqa: E402
 from common.errors import run_cli  # noqa: E402
 from inversion.config import AttackConfig  # noqa: E402
-
-BATCH_CONFIG = str(AttackConfig.DEFAULT_FILE.parent / "batch.yaml")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,25 +36,16 @@ def main(argv: list[str] | None = None) -> None:
                    "same as force=true)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it is an earlier output of attack.py (anything else is never replaced)")
     args = p.parse_intermixed_args(argv)
-    cfg = load_config(AttackConfig, args, str(AttackConfig.DEFAULT_FILE), {"update": args.update, "out": args.out, "run": args.run,
-                                                                 "ground_truth": args.ground_truth})
-    images = batch_client(cfg) if args.config is None else 0
-    if images:
-        args.config = [BATCH_CONFIG]
-        cfg = load_config(AttackConfig, args, str(AttackConfig.DEFAULT_FILE), {"update": args.update, "out": args.out, "run": args.run,
-                                                                     "ground_truth": args.ground_truth})
-        print(f"the update's client had {images} images: attacking with configs/attack/batch.yaml "
-              f"({cfg.optim.iterations} iterations or {cfg.optim.max_seconds:g} s, whichever ends first; "
-              "--config configs/attack/default.yaml for the single-image attack)")
-    if args.no_escalation:
-        cfg.escalation.enabled = False
-    if args.force:
-        cfg.force = True
+    flags = [*(["escalation.enabled=false"] if args.no_escalation else []), *(["force=true"] if args.force else [])]
+    from pipelines.attack_plan import plan_attack
 
-    from pipelines.attack_job import run_attack_job
-
-    summary = run_attack_job(cfg, resume=args.resume, overwrite=args.overwrite)
-    m = summary["metrics"]
+    plan = plan_attack(args.config, [*args.overrides, *flags], update=args.update, out=args.out, run=args.run,
+                       ground_truth=args.ground_truth)
+    if plan.batch:
+        print(plan.describe())
+    cfg = plan.config
+    report = plan.run(resume=args.resume, overwrite=args.overwrite)
+    m = report.metrics
     if not m:  # a DDP worker process: rank 0 reports
         return
     budget_warning(cfg, m)
@@ -68,14 +57,14 @@ def main(argv: list[str] | None = None) -> None:
         rdlv = f"RDLV {m['rdlv']:.2f}" if len(m["per_image"]) == 1 else f"RDLV max {m['rdlv']:.2f} (mean {m['rdlv_mean']:.2f})"
         rdlv += f" against {m['prior']}"  # RDLV is relative to the prior image the attacker started from
         print(f"SSIM {m['ssim']:.3f}  {extra}{rdlv}  label accuracy {m['label_accuracy']:.2f}  "
-              f"({m['iterations']} iterations, {m['seconds']:.0f}s) -> {summary['out']}")
+              f"({m['iterations']} iterations, {m['seconds']:.0f}s) -> {report.out}")
         print(f"verdict: {m['verdict']} ({m['verdict_reason']}); {convergence_line(m)}")
         print(server_line(m))
         if m["prior"].startswith("uniform grey"):
             print("no population prior: the attack started from uniform grey and RDLV is measured against it; "
                   "prior.path=FILE (a safetensors 'mean' [C, H, W] of public images like the client's) gives the attack one")
     else:
-        print(f"reconstruction written ({m['iterations']} iterations, {m['seconds']:.0f}s; no ground truth to score) -> {summary['out']}")
+        print(f"reconstruction written ({m['iterations']} iterations, {m['seconds']:.0f}s; no ground truth to score) -> {report.out}")
         print(convergence_line(m))
         print(server_line(m))
 
@@ -90,22 +79,6 @@ def budget_warning(cfg: AttackConfig, m: dict) -> None:
     print(f"warning: the time budget (optim.max_seconds={cfg.optim.max_seconds:g}) bought {done} of the configured "
           f"{cfg.optim.iterations} iterations and the attack did not converge: the verdict says what this machine managed; "
           "raise optim.max_seconds or run on a GPU (accelerator=gpu)", file=sys.stderr)
-
-
-def batch_client(cfg: AttackConfig) -> int:
-    """The number of images of the attacked client when more than one (0 otherwise, or when the update
-    cannot be read: the attack job then says why)."""
-    from common.errors import UserError
-    from common.files import read_json
-    from federation.run_layout import update_meta
-    from pipelines.attack_job import resolve_update
-
-    try:
-        meta = read_json(update_meta(resolve_update(cfg)))
-        n = int(meta.get("num_images", 1))
-    except (UserError, AttributeError, TypeError, ValueError):
-        return 0
-    return n if n > 1 else 0
 
 
 def server_line(m: dict) -> str:

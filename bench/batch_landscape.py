@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from bench.common import ROOT, attack_files, save
+from bench.common import ROOT, save
 
 
 def slots(gt, steps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,19 +53,18 @@ def main() -> None:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
 
-    from common.config import load
     from federation.run_layout import RunLayout
-    from inversion.config import AttackConfig
     from inversion.labels import choose_labels, count_accuracy
     from inversion.objective import Objective
     from leakage.ground_truth import load_ground_truth
     from pipelines.attack_job import attacker_knowledge
+    from pipelines.attack_plan import attack_config
     from safetensors.torch import load_file
 
     layout = RunLayout(Path(args.run))
     rnd = args.round if args.round >= 0 else max(r for r, _, _ in layout.updates())
     update = layout.update(rnd, args.client)
-    cfg = load(AttackConfig, attack_files(args.config), ["logging.progress=false", "logging.wandb=false", *args.overrides])
+    cfg = attack_config(args.config, ["logging.progress=false", "logging.wandb=false", *args.overrides])
     kn = attacker_knowledge(cfg, update)
     obj = Objective(kn, cfg.objective, batch_seed=cfg.optim.seed, vectorize=False)
     gt = load_ground_truth(layout, rnd, args.client)

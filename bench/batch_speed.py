@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import statistics
 
-from bench.common import ROOT, attack_files, device_name, save, target_parser
+from bench.common import ROOT, device_name, save, target_parser
 
 
 def seconds_per_iteration(update, config: str, iterations: int, overrides: list[str]) -> tuple[float, int, bool]:
     """(seconds per iteration after the first logged step, restarts, compiled) of one attack run."""
-    from common.config import load
-    from inversion.config import AttackConfig
     from pipelines.attack_job import attacker_knowledge, run_attack
+    from pipelines.attack_plan import attack_config
 
-    cfg = load(AttackConfig, attack_files(config), [f"optim.iterations={iterations}", "logging.progress=false", "logging.wandb=false",
+    cfg = attack_config(config, [f"optim.iterations={iterations}", "logging.progress=false", "logging.wandb=false",
                                      "logging.log_every=1", "escalation.enabled=false", *overrides])
     result, attack = run_attack(attacker_knowledge(cfg, update), cfg)
     trace = attack.objective_trace  # (step, seconds, best objective), every log_every steps
@@ -30,11 +29,10 @@ def flops_per_iteration(update, config: str, overrides: list[str]) -> float:
     by torch's FlopCounterMode on an eager objective (convolutions and matmuls: what a GPU spends its time on)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from common.config import load
-    from inversion.config import AttackConfig
     from pipelines.attack_job import attacker_knowledge, build_attack
+    from pipelines.attack_plan import attack_config
 
-    cfg = load(AttackConfig, attack_files(config), ["optim.compile=false", "logging.progress=false", "logging.wandb=false", *overrides])
+    cfg = attack_config(config, ["optim.compile=false", "logging.progress=false", "logging.wandb=false", *overrides])
     attack = build_attack(attacker_knowledge(cfg, update), cfg)
     with FlopCounterMode(display=False) as counter:
         total, _ = attack.objective(attack.images, attack.label_input().detach())

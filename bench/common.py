@@ -24,19 +24,16 @@ def final_accuracy(run: Path) -> float:
     return float((RunLayout(run).read_run() or {})["final_test_accuracy"])
 
 
-def attack_once(out: Path, overrides: list[str]) -> dict[str, Any]:
-    """metrics.json of the attack in ``out``: the default attack config (no progress, W&B, LPIPS) with
-    ``overrides``, run only when ``out`` has no finished attack, so that a re-run of a benchmark resumes."""
-    from common.config import load
+def attack_once(out: Path, overrides: list[str], config: str | None = None) -> dict[str, Any]:
+    """metrics.json of the attack in ``out``: attack.py's config for the update (pipelines.attack_plan; no progress,
+    W&B, LPIPS) with ``overrides``, run only when ``out`` has no finished attack, so that a re-run of a benchmark resumes."""
     from common.files import read_json
-    from inversion.config import AttackConfig
-    from pipelines.attack_job import run_attack_job
     from pipelines.attack_output import AttackOutput
+    from pipelines.attack_plan import plan_attack
 
     files = AttackOutput(out)
     if not files.is_finished():
-        run_attack_job(load(AttackConfig, [AttackConfig.DEFAULT_FILE],
-                            ["logging.progress=false", "logging.wandb=false", "scoring.lpips=false", f"out={out}"] + overrides))
+        plan_attack(config, ["logging.progress=false", "logging.wandb=false", "scoring.lpips=false", f"out={out}"] + overrides).run()
     return read_json(files.metrics)
 
 
@@ -59,33 +56,21 @@ def target_parser(doc: str) -> "argparse.ArgumentParser":
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default=str(ROOT / "bench" / "runs" / "default"), help="training run (trained with configs/default.yaml if missing)")
     p.add_argument("--client", type=int, default=3)
-    from inversion.config import AttackConfig
-
-    p.add_argument("--config", default=str(AttackConfig.DEFAULT_FILE))
+    p.add_argument("--config", default=None, help="attack config file on top of the defaults (none: what attack.py chooses for the update)")
     return p
 
 
 def load_target(args: Any, overrides: list[str]):
     """(update folder of ``args.client`` in the last round of ``args.run``, attack config, attacker knowledge)."""
-    from common.config import load
     from federation.run_layout import RunLayout
-    from inversion.config import AttackConfig
     from pipelines.attack_job import attacker_knowledge
+    from pipelines.attack_plan import plan_attack
 
     run = ensure_run(Path(args.run))
     last = max(r for r, _, _ in RunLayout(run).updates())
     update = RunLayout(run).update(last, args.client)
-    cfg = load(AttackConfig, [args.config], overrides + ["logging.progress=false", "logging.wandb=false"] + list(args.overrides))
+    cfg = plan_attack(args.config, overrides + ["logging.progress=false", "logging.wandb=false"] + list(args.overrides), update=update).config
     return update, cfg, attacker_knowledge(cfg, update)
-
-
-def attack_files(config: str | Path) -> list[str]:
-    """``config`` on top of configs/attack/default.yaml, as ``attack.py --config`` layers them."""
-    from common.cli import config_files
-
-    from inversion.config import AttackConfig
-
-    return config_files(AttackConfig.DEFAULT_FILE, [config])
 
 
 def peak_rss_mb() -> float:

@@ -26,9 +26,8 @@ LEAK_SSIM = 0.75
 
 
 def attack(args: argparse.Namespace) -> None:
-    from common.config import load
-    from inversion.config import AttackConfig
     from pipelines.attack_job import run_attack_job
+    from pipelines.attack_plan import DEFAULT_FILE, attack_config
 
     bad = [p for p in args.updates if "=" in p]
     if bad:  # an override after --updates would otherwise be taken for a pattern and silently ignored
@@ -40,8 +39,8 @@ def attack(args: argparse.Namespace) -> None:
         out = root / name
         if (out / "metrics.json").is_file():
             continue
-        cfg = load(AttackConfig, [ROOT / "configs" / "attack" / "default.yaml"],
-                   ["logging.progress=false", "logging.wandb=false", "scoring.lpips=false", f"update={update}", f"out={out}"] + args.set)
+        cfg = attack_config(DEFAULT_FILE,  # the single-image attack on every update: what this rule was chosen on
+                            ["logging.progress=false", "logging.wandb=false", "scoring.lpips=false", f"update={update}", f"out={out}"] + args.set)
         m = run_attack_job(cfg)["metrics"]
         print(f"[{k + 1}/{len(updates)}] {update}: SSIM {m['ssim']:.3f} {m['verdict']} "
               f"(held-out {m['convergence']['heldout_error']:.3g}, {m['seconds']:.0f}s)", flush=True)

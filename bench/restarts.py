@@ -15,13 +15,11 @@ from bench.common import device_name, load_target, save, target_parser
 
 
 def per_iteration(knowledge, cfg, restarts: int, vectorize: bool) -> float:
-    from common.config import build, to_dict
-    from inversion.config import AttackConfig
+    import dataclasses
+
     from pipelines.attack_job import run_attack
 
-    tree = to_dict(cfg)
-    tree["optim"].update({"restarts": restarts, "vectorize": vectorize})
-    c = build(AttackConfig, tree)
+    c = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, restarts=restarts, vectorize=vectorize))
     result, attack = run_attack(knowledge, c)
     return attack.seconds / result.iterations
 

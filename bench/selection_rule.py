@@ -25,8 +25,7 @@ def main() -> None:
     p.add_argument("--tag", default="", help="results go to bench/results/selection_rule_TAG.json")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    from common.config import load
-    from inversion.config import AttackConfig
+    from pipelines.attack_plan import attack_config
     from leakage.ground_truth import ground_truth_for_update
     from leakage.metrics import SSIMSettings
     from leakage.scoring import score
@@ -35,7 +34,7 @@ def main() -> None:
     attacks = []
     for update in args.updates:
         for seed in args.seeds:
-            cfg = load(AttackConfig, [args.config], ["logging.progress=false", "logging.wandb=false"] + args.overrides + [f"optim.seed={seed}"])
+            cfg = attack_config(args.config, ["logging.progress=false", "logging.wandb=false"] + args.overrides + [f"optim.seed={seed}"])
             knowledge = attacker_knowledge(cfg, Path(update))
             result, _ = run_attack(knowledge, cfg)
             gt = ground_truth_for_update(Path(update))  # after the attack: analysis only

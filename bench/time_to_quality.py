@@ -31,10 +31,9 @@ def main() -> None:
     p.add_argument("--tag", default="", help="results go to bench/results/time_to_quality_TAG.json")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    from common.config import load
     from federation.run_layout import RunLayout
     from federation.update_store import high_risk_update
-    from inversion.config import AttackConfig
+    from pipelines.attack_plan import attack_config
     from leakage.ground_truth import ground_truth_for_update
     from leakage.metrics import SSIMSettings
     from leakage.scoring import score
@@ -51,7 +50,7 @@ def main() -> None:
         if rnd not in saved:
             raise SystemExit(f"error: round {rnd} of client {client} was not saved in {run} (saved: {saved})")
         update = folders[rnd]
-        cfg = load(AttackConfig, [args.config], ["logging.progress=false", "logging.wandb=false"] + args.overrides + [f"optim.seed={seed}"])
+        cfg = attack_config(args.config, ["logging.progress=false", "logging.wandb=false"] + args.overrides + [f"optim.seed={seed}"])
         knowledge = attacker_knowledge(cfg, update)
         result, attack = run_attack(knowledge, cfg, trace_every=args.every)
         gt = ground_truth_for_update(update)  # only after the attack, for scoring its snapshots

@@ -24,7 +24,7 @@ class ClientSpec:
 
 @dataclasses.dataclass
 class SplitConfig:
-    clients: list[ClientSpec] = option(help="one entry per client (ignored when preset is set)", factory=lambda: [ClientSpec()])
+    clients: list[ClientSpec] = option(help="one entry per client (ignored when preset is set)", factory=lambda: [ClientSpec(64, 8), ClientSpec(40, 8), ClientSpec(8, 4), ClientSpec(1, 1, ["face"])])
     preset: str = option("", "'' or paper9: the paper's 9-client layout, scaled down to the data available")
     partition: str = option("iid", "iid, or dirichlet: label skew with class proportions ~ Dirichlet(alpha)")
     dirichlet_alpha: float = option(0.5, "concentration of the Dirichlet label skew (smaller = more skewed)")

@@ -35,7 +35,8 @@ class AuditConfig:
     inconclusive: Literal["withhold", "send"] = option("withhold", "what happens to an update on which the attack did not converge (verdict "
                                                                    "inconclusive): withhold (a stalled attack is no evidence of safety) or send")
     enforce: bool = option(True, "withhold as the verdicts say; false = only measure (every update is sent, verdicts recorded)")
-    attack_config: str = option("configs/attack/default.yaml", "attack config file")
+    attack_config: str = option("", "attack config file on top of the attack defaults ('' = what attack.py chooses: "
+                                    "configs/attack/batch.yaml for a client with more than one image, the defaults otherwise)")
     attack: dict[str, Any] = option(help="attack config overrides, e.g. {optim.iterations: 200}", factory=dict)
 
 

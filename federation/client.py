@@ -17,8 +17,8 @@ from model.factory import ClientModel
 @dataclasses.dataclass
 class OptimizerConfig:
     name: Literal["sgd", "adam"] = option("sgd", "sgd or adam")
-    lr: float = option(0.01, "client learning rate (the server may decay it over rounds)")
-    momentum: float = option(0.0, "sgd: momentum")
+    lr: float = option(0.02, "client learning rate (the server may decay it over rounds)")
+    momentum: float = option(0.9, "sgd: momentum")
     dampening: float = option(0.0, "sgd: dampening")
     nesterov: bool = option(False, "sgd: Nesterov momentum")
     weight_decay: float = option(0.0, "L2 weight decay (added to the gradient, as torch.optim does)")

@@ -24,10 +24,10 @@ class LocalConfig:
 
 @dataclasses.dataclass
 class FLConfig:
-    rounds: int = option(3, "number of FL rounds")
+    rounds: int = option(12, "number of FL rounds")
     client_fraction: float = option(1.0, "fraction of clients sampled each round (at least one)")
     weighting: Literal["steps", "samples", "uniform"] = option("steps", "FedAvg weights: steps (the paper), samples, or uniform")
-    lr_decay_every: int = option(0, "multiply the client lr by lr_decay every this many rounds (0 = never)")
+    lr_decay_every: int = option(9, "multiply the client lr by lr_decay every this many rounds (0 = never)")
     lr_decay: float = option(0.1, "lr decay factor")
     workers: int = option(0, "train each round's clients in this many worker processes (accelerator gpu: worker i on GPU i; "
                              "cpu: the cores shared out); client c always goes to worker c % workers; 0 = in this process")
@@ -38,8 +38,9 @@ class FLConfig:
 
 @dataclasses.dataclass
 class CaptureConfig:
-    clients: list[int] = option(help="clients whose updates are saved (empty = all)", factory=list)
-    rounds: list[int] = option(help="rounds whose updates are saved (empty = all; negative counts from the end, -1 = last)", factory=list)
+    clients: list[int] = option(help="clients whose updates are saved (empty = all)", factory=lambda: [2, 3])
+    rounds: list[int] = option(help="rounds whose updates are saved (empty = all; negative counts from the end, -1 = last)",
+                               factory=lambda: [0, -1])
     bn_statistics: bool = option(True, "record every step's exact BN batch statistics in the ground truth")
 
 

@@ -14,8 +14,9 @@ from inversion.threat_model import ThreatConfig
 
 
 def default_objective() -> dict[str, dict[str, Any]]:
+    """The default attack's objective (configs/attack/default.yaml restates it; docs/attack.md says why each term)."""
     return {
-        "bn_statistics": {"weight": 1.0, "source": "auto"},
+        "bn_statistics": {"weight": 1.0, "source": "auto", "normalize": "layer", "holdout": 4},
         "update_matching": {"weight": 0.0},
         "total_variation": {"weight": 1e-2, "norm": "l1"},
     }
@@ -28,11 +29,11 @@ class OptimConfig:
     betas: list[float] = option(help="Adam betas", factory=lambda: [0.9, 0.999])
     warmup: int = option(50, "linear warm-up steps")
     schedule: Literal["cosine", "constant"] = option("cosine", "lr schedule after warm-up: cosine or constant")
-    restarts: int = option(1, "independent restarts (an extra batch dimension); each keeps its best iterate by objective, optim.select picks the one returned")
+    restarts: int = option(4, "independent restarts (an extra batch dimension); each keeps its best iterate by objective, optim.select picks the one returned")
     grid: dict[str, list[float]] = option(help="term weights (and Adam learning rates, axis lr) tried side by side as restarts, e.g. "
                                                "{total_variation: [0.003, 0.03], lr: [0.1, 0.3]}: restart r takes combination r mod the grid size "
                                                "({} = every restart uses the objective's weights and optim.lr)",
-                                          factory=dict)
+                                          factory=lambda: {"total_variation": [0.003, 0.01, 0.03, 0.1]})
     select: Literal["auto", "objective", "holdout"] = option("auto", "which restart is returned: objective (lowest objective with the configured weights, the same for every restart), "
                                  "holdout (lowest mismatch of the BN layers held out of the prior, objective.bn_statistics.holdout), "
                                  "auto (holdout when layers are held out, else objective)")

@@ -73,7 +73,13 @@ def check_escalation_config(cfg: EscalationConfig) -> None:
 
 
 def rung_config(cfg: Any, rung: Rung, seconds_left: float | None) -> Any:
-    """The attack config of one rung: the configured one with the rung's overrides and the time left."""
+    """The attack config of one rung: the configured one with the rung's overrides and, when the attack has a time
+    budget of its own (optim.max_seconds > 0, which its lr schedule follows), at most the time left.
+
+    An attack without one keeps an lr schedule that follows its iterations alone: the escalation's time left is
+    then a hard stop (``rung_stop``), never a schedule input, so that a rung's numbers depend on its inputs, seed,
+    thread count and iteration count, not on how fast the machine ran the rungs before it (issue 38: the same
+    study gave other later-rung numbers in-process than on Ray)."""
     if rung.index == 0 and seconds_left is None:
         return cfg
     tree = to_dict(cfg)
@@ -84,8 +90,18 @@ def rung_config(cfg: Any, rung: Rung, seconds_left: float | None) -> Any:
         set_path(tree, path, _scaled(tree, path, value, rung.name))
     if seconds_left is not None:
         own = float(tree["optim"].get("max_seconds", 0.0) or 0.0)
-        tree["optim"]["max_seconds"] = seconds_left if own <= 0 else min(own, seconds_left)
+        if own > 0:
+            tree["optim"]["max_seconds"] = min(own, seconds_left)
     return build(type(cfg), tree)
+
+
+def rung_stop(cfg: Any, seconds_left: float | None) -> dict[str, Any]:
+    """Trainer arguments that stop a rung when the escalation's time is spent (a stop only: see ``rung_config``)."""
+    if seconds_left is None or float(cfg.optim.max_seconds) > 0:
+        return {}
+    import datetime
+
+    return {"max_time": datetime.timedelta(seconds=seconds_left)}
 
 
 def _scaled(tree: dict[str, Any], path: list[str], value: Any, rung: str) -> Any:

@@ -22,7 +22,7 @@ from common.errors import UserError
 class ModelConfig:
     name: str = option("resnet18", "any timm model name (created with pretrained=False), bn_convnet (small, for tests), or any "
                                    "PyTorch model as an import path package.module:callable, built with kwargs alone")
-    resize_to: int = option(64, "fixed bilinear resize in the input path (0 = none); lets ResNets keep >1x1 maps at 32 px")
+    resize_to: int = option(80, "fixed bilinear resize in the input path (0 = none); lets ResNets keep >1x1 maps at 32 px")
     norm_mean: list[float] = option(help="input normalisation mean per channel (one value = all channels)", factory=lambda: [0.5])
     norm_std: list[float] = option(help="input normalisation std per channel (one value = all channels)", factory=lambda: [0.5])
     bn_momentum: float = option(0.1, "BatchNorm momentum of every BN layer (PyTorch convention)")

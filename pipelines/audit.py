@@ -5,13 +5,11 @@ knowledge. Entry points hand it to the federation (``Federation(cfg, auditor=...
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from common.cli import config_files
-from common.config import load, overrides_list
+from common.config import overrides_list
 from federation.audit import AuditConfig, AuditRecord, audit_due, withholds
 from inversion.config import AttackConfig
 from inversion.threat_model import AttackerKnowledge, ThreatConfig
@@ -19,20 +17,23 @@ from leakage.scoring import score_as_configured
 from leakage.verdict import server_verdict, verdict_record
 from model.factory import ModelSpec
 from pipelines.attack_job import build_attack, run_attack
+from pipelines.attack_plan import attack_config
 from pipelines.escalation import attack_until_converged
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 class AttackAudit:
     def __init__(self, cfg: AuditConfig, num_clients: int):
         self.cfg = cfg  # checked by the federation (check_audit_config), which builds the auditor
-        path = Path(cfg.attack_config)
-        if not path.is_absolute() and not path.exists():
-            path = ROOT / path
-        over = overrides_list(cfg.attack) + ["logging.wandb=false", "logging.progress=false", "scoring.lpips=false"]
-        files = config_files(AttackConfig.DEFAULT_FILE, [path])
-        self.attack_cfg: AttackConfig = load(AttackConfig, files, over) if cfg.every else AttackConfig()
+        self.overrides = overrides_list(cfg.attack) + ["logging.wandb=false", "logging.progress=false", "scoring.lpips=false"]
+        self._configs: dict[int, AttackConfig] = {}
+        self.attack_config(1)  # a bad attack config or override fails when the federation is built, not in its first audit
+
+    def attack_config(self, num_images: int) -> AttackConfig:
+        """attack.py's config for an update of a client with ``num_images`` images (pipelines.attack_plan): the same
+        configuration, batch.yaml for a multi-image client included, unless audit.attack_config names a file."""
+        key = num_images if num_images > 1 else 1
+        if key not in self._configs:
+            self._configs[key] = attack_config(self.cfg.attack_config, self.overrides, num_images=key)
+        return self._configs[key]
 
     def due(self, rnd: int, client: int) -> bool:
         return audit_due(self.cfg, rnd, client)
@@ -43,7 +44,7 @@ class AttackAudit:
         """``population``: the reference pool for the re-identification test (the client's images among the others the
         federation holds); None = judged by SSIM (and RDLV) alone."""
         started = time.perf_counter()
-        cfg = self.attack_cfg
+        cfg = self.attack_config(int(meta.get("num_images", 1)))
         knowledge = AttackerKnowledge(ThreatConfig(), spec, global_state, update, meta, prior, "mean of the images no client holds")
         escalated = attack_until_converged(knowledge, cfg, run_attack, build_attack)
         result = escalated.result

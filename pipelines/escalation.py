@@ -17,7 +17,7 @@ from common.errors import UserError
 from inversion.attack_module import AttackResult, GradientInversionAttack
 from inversion.config import AttackConfig
 from inversion.convergence import Convergence, judge
-from inversion.escalation import Rung, better, rung_config, rungs
+from inversion.escalation import Rung, better, rung_config, rung_stop, rungs
 from inversion.threat_model import AttackerKnowledge
 
 
@@ -70,7 +70,7 @@ def attack_until_converged(knowledge: AttackerKnowledge, cfg: AttackConfig, run:
             attack = first if rung.index == 0 and first is not None else build(knowledge, rcfg)
             first_rung = rung.index == 0
             result, attack = run(knowledge, rcfg, logger=logger if first_rung else False, callbacks=callbacks if first_rung else None,
-                                 ckpt_path=ckpt_path if first_rung else None, attack=attack)
+                                 ckpt_path=ckpt_path if first_rung else None, attack=attack, **rung_stop(rcfg, left))
         except UserError as err:
             if not escalating:
                 raise

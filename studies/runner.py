@@ -66,8 +66,13 @@ class StudyRunner:
         self.out = Path(spec.out)
         self.progress = progress
         self.wandb = wandb
+        attack_files = _config_file(spec.attack.config, ATTACK_DEFAULT)
+        if not spec.attack.config:  # the automatic choice may apply batch.yaml: editing it must not reuse cells made before
+            from pipelines.attack_plan import BATCH_FILE
+
+            attack_files = [*attack_files, str(BATCH_FILE)]
         self.cells = cells(spec, {"train": config_fingerprint(_config_file(spec.train.config, TRAIN_DEFAULT)),
-                                  "attack": config_fingerprint(_config_file(spec.attack.config, ATTACK_DEFAULT))})
+                                  "attack": config_fingerprint(attack_files)})
         self.attacks_run = 0
         self.trainings_run = 0
 
@@ -78,10 +83,16 @@ class StudyRunner:
                                                        "logging.progress=false", f"logging.wandb={str(self.wandb).lower()}"]
         return load(TrainConfig, _config_file(self.spec.train.config, TRAIN_DEFAULT), over)
 
-    def attack_config(self, cell: Cell, update: Path, out: Path) -> AttackConfig:
-        over = overrides_list(cell.attack_overrides) + [f"update={update}", f"out={out}", "logging.progress=false",
-                                                        f"logging.wandb={str(self.wandb).lower()}"]
-        return load(AttackConfig, _config_file(self.spec.attack.config, ATTACK_DEFAULT), over)
+    def attack_config(self, cell: Cell, update: Path, out: Path, num_images: int | None = None) -> AttackConfig:
+        """attack.py's config for this cell's update (pipelines.attack_plan): with no attack.config named, batch.yaml for a
+        client with more than one image. ``num_images``: the client's, when the update is not on disk yet (checks)."""
+        from pipelines.attack_plan import attack_config, update_images
+
+        over = overrides_list(cell.attack_overrides) + [f"out={out}", "logging.progress=false", f"logging.wandb={str(self.wandb).lower()}"]
+        images = num_images if num_images is not None else (update_images(update) or 1)
+        cfg = attack_config(self.spec.attack.config, over, num_images=images)
+        cfg.update = str(update)
+        return cfg
 
     def ensure_trained(self, cell: Cell) -> Path:
         cfg = self.train_config(cell)
@@ -158,7 +169,8 @@ class StudyRunner:
         for cell in self.cells:
             train = self.train_config(cell)
             check_train_config(train)
-            check_attack_config(self.attack_config(cell, self.out / "update", self.out / "cell"))
+            for images in (1, 2):  # the single- and the multi-image choice (the same config when attack.config names one)
+                check_attack_config(self.attack_config(cell, self.out / "update", self.out / "cell", images))
             self.check_captured(train)
 
     def check_captured(self, train: TrainConfig) -> None:

@@ -29,7 +29,8 @@ from common.errors import UserError
 
 @dataclasses.dataclass
 class Stage:
-    config: str = option("", "YAML config file of the stage ('' = the script's default)")
+    config: str = option("", "YAML config file of the stage on top of the script's defaults ('' = none; for the attack, '' = what "
+                             "attack.py chooses: configs/attack/batch.yaml for a client with more than one image)")
     overrides: dict[str, Any] = option(help="key: value overrides (dotted keys)", factory=dict)
 
 

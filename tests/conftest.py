@@ -25,8 +25,9 @@ def tiny_train_config(out: Path, **extra) -> TrainConfig:
         "out": str(out),
         "data": {"source": "lfw", "image_size": 16},
         "model": {"name": "bn_convnet", "resize_to": 0, "width": 8, "depth": 3},
-        "optimizer": {"name": "sgd", "lr": 0.05},
-        "fl": {"rounds": 2, "split": {"clients": [
+        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.0},
+        "capture": {"clients": [], "rounds": []},
+        "fl": {"rounds": 2, "lr_decay_every": 0, "split": {"clients": [
             {"images": 8, "batch_size": 4},
             {"images": 6, "batch_size": 3},
             {"images": 1, "batch_size": 1, "classes": ["face"]},

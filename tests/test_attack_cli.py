@@ -196,7 +196,9 @@ def test_a_multi_image_update_is_attacked_with_the_batch_config_unless_one_is_na
     update = str(tiny_run / "updates" / "round_1" / "client_0")  # 8 images, batch 4
     attack.main(FAST + ["optim.compile=false", "--update", update, "--out", str(tmp_path / "auto")])
     assert "had 8 images: attacking with configs/attack/batch.yaml" in capsys.readouterr().out
-    batch = yaml.safe_load(Path(attack.BATCH_CONFIG).read_text())
+    from pipelines.attack_plan import BATCH_FILE
+
+    batch = yaml.safe_load(BATCH_FILE.read_text())
     used = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
     assert used["objective"]["update_matching"]["weight"] == batch["objective"]["update_matching"]["weight"] > 0
     attack.main(FAST + ["--config", str(attack.AttackConfig.DEFAULT_FILE), "--update", update, "--out", str(tmp_path / "named")])

@@ -121,7 +121,7 @@ def test_replay_never_mutates_the_global_model(tiny_run):
     """Defect 3: the global model does not drift while the attack runs."""
     kn = _knowledge(tiny_run, 1, 0)
     before = {k: v.clone() for k, v in kn.global_state.items()}
-    cfg = build(AttackConfig, {"objective": {"update_matching": {"weight": 1.0}, "bn_statistics": {"weight": 1.0}}, "optim": {"iterations": 3}})
+    cfg = build(AttackConfig, {"objective": {"update_matching": {"weight": 1.0}, "bn_statistics": {"weight": 1.0}}, "optim": {"iterations": 3, "grid": {}}})
     attack = GradientInversionAttack(kn, cfg.objective, cfg.optim, cfg.labels)
     model_before = {k: v.clone() for k, v in attack.objective.model.state_dict().items()}
     for _ in range(3):
@@ -222,7 +222,7 @@ def test_objective_follows_the_module_to_another_device(tiny_run):
     kn = _knowledge(tiny_run, 1, 0)
     for objective in ({"bn_statistics": {"weight": 1.0}, "update_matching": {"weight": 1.0}, "total_variation": {"weight": 0.1}},
                       {"bn_statistics": {"weight": 1.0}, "prior_distance": {"weight": 1.0}, "image_l2": {"weight": 1.0}}):
-        cfg = build(AttackConfig, {"objective": objective, "optim": {"restarts": 2}})
+        cfg = build(AttackConfig, {"objective": objective, "optim": {"restarts": 2, "grid": {}}})
         attack = GradientInversionAttack(kn, cfg.objective, cfg.optim, cfg.labels)
         attack.objective.to("meta")
         images = attack.images.detach().to("meta").requires_grad_(True)
@@ -238,7 +238,7 @@ def test_conv_layout_is_channels_last_for_batch_one_convolutions_only(tiny_run):
         conv_layout("nhwc", 1)
     kn = _knowledge(tiny_run, 1, 2)  # 1 image, batch 1
     for restarts, expected in ((1, True), (2, False)):
-        cfg = build(AttackConfig, {"optim": {"restarts": restarts}})
+        cfg = build(AttackConfig, {"optim": {"restarts": restarts, "grid": {}}})
         objective = GradientInversionAttack(kn, cfg.objective, cfg.optim, cfg.labels).objective
         convs = [p for p in objective.params0.values() if p.dim() == 4]
         # 1x1 and single-channel 3x3 kernels are both layouts at once: only the others tell them apart
@@ -273,7 +273,7 @@ def test_auto_source_falls_back_to_none_when_running_statistics_are_withheld(tin
 def test_every_objective_term_sends_a_nonzero_gradient_to_the_images(tiny_run, term, params):
     """Defect 1: update matching (and every other term) really reaches the images."""
     kn = _knowledge(tiny_run, 1, 0)
-    cfg = build(AttackConfig, {"objective": {term: params}, "optim": {"restarts": 2, "init_noise": 0.1}})
+    cfg = build(AttackConfig, {"objective": {term: params}, "optim": {"restarts": 2, "init_noise": 0.1, "grid": {}}})
     attack = GradientInversionAttack(kn, cfg.objective, cfg.optim, cfg.labels)
     total, parts = attack.objective(attack.images, attack.label_input())
     total.sum().backward()
@@ -287,7 +287,7 @@ def test_objective_has_no_hidden_unweighted_term(tiny_run):
     kn = _knowledge(tiny_run, 1, 0)
 
     def grad(weight):
-        cfg = build(AttackConfig, {"objective": {"update_matching": {"weight": weight}}, "optim": {"seed": 3}})
+        cfg = build(AttackConfig, {"objective": {"update_matching": {"weight": weight}}, "optim": {"seed": 3, "grid": {}}})
         attack = GradientInversionAttack(kn, cfg.objective, cfg.optim, cfg.labels)
         total, _ = attack.objective(attack.images, attack.label_input())
         total.sum().backward()
@@ -302,7 +302,7 @@ def test_vectorised_restarts_equal_looped_restarts(tiny_run):
     spec = {"update_matching": {"weight": 1.0}, "bn_statistics": {"weight": 0.5}, "total_variation": {"weight": 0.1}}
     values = {}
     for vec in (True, False):
-        cfg = build(AttackConfig, {"objective": spec, "optim": {"restarts": 3, "vectorize": vec}})
+        cfg = build(AttackConfig, {"objective": spec, "optim": {"restarts": 3, "vectorize": vec, "grid": {}}})
         attack = GradientInversionAttack(kn, cfg.objective, cfg.optim, cfg.labels)
         total, _ = attack.objective(attack.images, attack.label_input())
         total.sum().backward()
@@ -347,7 +347,7 @@ def test_label_counts_for_a_batch_from_the_last_layer(tiny_run):
 
 def _attack(kn, **optim):
     cfg = build(AttackConfig, {"objective": {"bn_statistics": {"weight": 1.0}, "total_variation": {"weight": 0.01}},
-                               "optim": {"iterations": 5, "warmup": 1, **optim}, "logging": {"progress": False, "wandb": False}})
+                               "optim": {"iterations": 5, "warmup": 1, "grid": {}, **optim}, "logging": {"progress": False, "wandb": False}})
     return cfg, GradientInversionAttack(kn, cfg.objective, cfg.optim, cfg.labels)
 
 
@@ -455,7 +455,7 @@ def test_grayscale_constraint_keeps_every_channel_one_image(rgb_run):
 
     kn = _knowledge(rgb_run, 0, 2)
     assert kn.spec.in_chans == 3
-    base = {"optim": {"iterations": 6, "restarts": 2, "warmup": 0, "init_noise": 0.2}, "logging": {"progress": False, "wandb": False},
+    base = {"optim": {"iterations": 6, "restarts": 2, "warmup": 0, "init_noise": 0.2, "grid": {}}, "logging": {"progress": False, "wandb": False},
             "escalation": {"enabled": False}}
     free, _ = run_attack(kn, build(AttackConfig, base))
     tied, attack = run_attack(kn, build(AttackConfig, {**base, "optim": {**base["optim"], "grayscale": True}}))

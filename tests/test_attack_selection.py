@@ -175,7 +175,7 @@ def test_a_restart_of_the_lr_axis_follows_the_same_path_as_an_attack_run_at_that
     or 0.2: Adam's step is linear in lr and its moments do not see it, so rescaling the step per restart is Adam at that lr."""
     kn = _knowledge(tiny_run, 1, 2)
     base = {**GRID, "objective": {"bn_statistics": {"weight": 1.0, "holdout": 2}, "total_variation": {"weight": 0.01, "norm": "l1"}}}
-    optim = {"restarts": 2, "iterations": 6, "warmup": 0}
+    optim = {"restarts": 2, "iterations": 6, "warmup": 0, "grid": {}}
     grid, attack = run_attack(kn, build(AttackConfig, {**base, "optim": {**optim, "lr": 0.05, "grid": {"lr": [0.02, 0.2]}}}))
     assert attack.lr_scale.tolist() == pytest.approx([0.4, 4.0])
     assert [grid.restart_settings[r] for r in (0, 1)] == [{"lr": 0.02}, {"lr": 0.2}]

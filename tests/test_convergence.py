@@ -74,12 +74,14 @@ class FakeAttacks:
     def __init__(self, heldout):
         self.heldout = heldout  # cfg -> held-out mismatch (or an exception)
         self.ran: list[AttackConfig] = []
+        self.stops: list = []  # the Trainer's max_time of each rung (None: no stop)
 
     def build(self, knowledge, cfg):
         return SimpleNamespace(objective=SimpleNamespace(heldout_layers=5, bn_normalized=True, heldout_unit="layer"), cfg=cfg)
 
-    def run(self, knowledge, cfg, logger=False, callbacks=None, ckpt_path=None, attack=None):
+    def run(self, knowledge, cfg, logger=False, callbacks=None, ckpt_path=None, attack=None, **trainer):
         self.ran.append(cfg)
+        self.stops.append(trainer.get("max_time"))
         value = self.heldout(cfg)
         if isinstance(value, Exception):
             raise value
@@ -145,7 +147,14 @@ def test_the_budget_stops_the_ladder_and_caps_each_rung():
     fake = FakeAttacks(slow)
     out = _climb(fake, _cfg(max_seconds=1.8))
     assert out.stopped == "budget spent" and 2 <= len(fake.ran) <= 3
-    assert all(0 < c.optim.max_seconds <= 1.8 for c in fake.ran[1:])  # a rung gets what is left
+    # a rung gets what is left as a stop; its lr schedule still follows its iterations alone (optim.max_seconds 0)
+    assert fake.stops[0] is None and all(0 < s.total_seconds() <= 1.8 for s in fake.stops[1:])
+    assert all(c.optim.max_seconds == 0 for c in fake.ran)
+    # an attack with a time budget of its own (its schedule follows it) gets at most what is left, as its budget
+    own = FakeAttacks(slow)
+    _climb(own, build(AttackConfig, {**BASE, "optim": {**BASE["optim"], "max_seconds": 100.0}, "escalation": {"max_seconds": 1.8}}))
+    assert own.ran[0].optim.max_seconds == 100.0 and all(0 < c.optim.max_seconds <= 1.8 for c in own.ran[1:])
+    assert all(s is None for s in own.stops)
 
 
 def test_a_rung_config_scales_and_refuses():

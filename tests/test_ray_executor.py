@@ -24,9 +24,11 @@ from tests.test_studies import ROOT, tiny_quick
 TIMING = "attack_seconds"  # the one column two executions cannot share
 
 
-def _spec(out: Path, iterations: int = 5):
+def _spec(out: Path, iterations: int = 5, climb: bool = False):
     spec = tiny_quick(ROOT / "configs" / "studies" / "sigma0.yaml", out)
     spec.attack.overrides = {**spec.attack.overrides, "optim.iterations": iterations}
+    if climb:  # nothing converges at a held-out error of 1e-12: every escalation rung runs, and each must match across executors
+        spec.attack.overrides.update({"escalation.enabled": True, "convergence.heldout_error": 1e-12})
     return spec
 
 
@@ -53,8 +55,8 @@ def _same_tables(a: Path, b: Path) -> None:
 
 
 def test_ray_gives_the_local_tables_and_a_rerun_starts_no_task(tmp_path):
-    reference = _local(_spec(tmp_path / "local")).parent
-    spec = _spec(tmp_path / "ray")
+    reference = _local(_spec(tmp_path / "local", climb=True)).parent
+    spec = _spec(tmp_path / "ray", climb=True)
     executor = EXECUTORS.get("ray")(ExecutorOptions(workers=2))
     runner = StudyRunner(spec, progress=False)
     started = time.perf_counter()
