@@ -17,7 +17,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 from common.cli import parser  # noqa: E402
 from common.errors import run_cli  # noqa: E402
-from inversion.config import AttackConfig  # noqa: E402
+from inversion.attack_config import AttackConfig  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
     import yaml
 
     from model.factory import ModelSpec
-    from pipelines.convert import ClientFacts, convert
+    from pipelines.update_conversion import ClientFacts, convert
 
     try:
         kwargs = yaml.safe_load(args.model_kwargs)

@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--run", required=True, help="where this site writes its updates and ground truth")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     args = p.parse_args(argv)
-    from common.config import build
-    from federation.config import TrainConfig
+    from common.config_loader import build
+    from federation.train_config import TrainConfig
 
     cfg = build(TrainConfig, decode_config(args.config_b64))  # a bad config is one line before NVFlare is touched
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from federation.flare import state
     from federation.federation import Federation
-    from pipelines.audit import AttackAudit
+    from pipelines.attack_audit import AttackAudit
 
     if args.threads:
         torch.set_num_threads(args.threads)

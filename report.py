@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
 
         raise UserError("--entity and --project are for --wandb-report")
 
-    from studies.report import write_report
+    from studies.html_report import write_report
 
     path = write_report(Path(args.study), Path(args.out) if args.out else None)
     print(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")

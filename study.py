@@ -16,7 +16,7 @@ import time
 os.environ.setdefault("WANDB_MODE", "offline")
 
 from common.cli import parser  # noqa: E402
-from common.config import load  # noqa: E402
+from common.config_loader import load  # noqa: E402
 from common.errors import UserError, run_cli  # noqa: E402
 from studies.spec import StudySpec  # noqa: E402
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     results = runner.run(executor=executor)
     summary = analyze(results.parent, spec)
     if args.wandb:
-        from studies.report import study_figures
+        from studies.html_report import study_figures
 
         log_study_run(results.parent, spec, study_figures(results.parent))
     print(f"{spec.name}: {len(runner.cells)} cells ({runner.trainings_run} trainings and {runner.attacks_run} attacks run now, "
@@ -77,7 +77,7 @@ def log_study_run(study_dir, spec: StudySpec, figures: list) -> None:
     """One more W&B run with the study's own products: the results table (axis columns included) and its figures."""
     import csv
 
-    from common.config import to_dict
+    from common.config_loader import to_dict
     from common.tracking import start_run
 
     run = start_run(True, "fl-leakage", f"study-{spec.name}", to_dict(spec), study_dir, "study")

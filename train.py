@@ -14,7 +14,7 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 from common.cli import load_config, parser  # noqa: E402
 from common.errors import run_cli  # noqa: E402
-from federation.config import TrainConfig  # noqa: E402
+from federation.train_config import TrainConfig  # noqa: E402
 
 
 

@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    from common.config import load  # noqa: F401  (imported before timing)
+    from common.config_loader import load  # noqa: F401  (imported before timing)
     from federation.run_layout import RunLayout
     from pathlib import Path
 

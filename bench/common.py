@@ -41,8 +41,8 @@ def ensure_run(run: Path, overrides: list[str] | None = None) -> Path:
     """A training run to attack: reuse RUN if complete, else train it with configs/default.yaml."""
     if (run / "run.json").is_file():
         return run
-    from common.config import load
-    from federation.config import TrainConfig
+    from common.config_loader import load
+    from federation.train_config import TrainConfig
     from pipelines.train_job import TrainJob
 
     cfg = load(TrainConfig, [TrainConfig.DEFAULT_FILE], [f"out={run}", "logging.wandb=false", "logging.progress=false"] + (overrides or []))

@@ -52,8 +52,8 @@ def main() -> None:
     p.add_argument("--capture", action="store_true", help="write every update and its ground truth (disk I/O counted)")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args()
-    from common.config import load
-    from federation.config import TrainConfig
+    from common.config_loader import load
+    from federation.train_config import TrainConfig
     from federation.federation import Federation
 
     cfg = load(TrainConfig, [args.config], [f"fl.rounds={args.rounds}", "logging.wandb=false", "logging.progress=false",

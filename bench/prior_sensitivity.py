@@ -29,9 +29,9 @@ CLIENTS = [{"images": 64, "batch_size": 8}, {"images": 40, "batch_size": 8}, {"i
 def priors(run: Path) -> dict[str, Path]:
     """The three prior files of a run (grey and pool written beside it, once)."""
     from common.files import load_tensors, save_tensors
-    from common.config import load
+    from common.config_loader import load
     from datamodules.sources import load_pool
-    from federation.config import TrainConfig
+    from federation.train_config import TrainConfig
 
     out = {"public": run / "prior.safetensors", "grey": run / "bench_prior_grey.safetensors", "pool": run / "bench_prior_pool.safetensors"}
     mean = load_tensors(out["public"])["mean"]

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Any, TypeVar
 
-from common import config as config_lib
+from common import config_loader as config_lib
 
 T = TypeVar("T")
 

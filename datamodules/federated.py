@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from common.config import option
+from common.config_loader import option
 from common.errors import UserError
 from datamodules.sources import ImagePool
 

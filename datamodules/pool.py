@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from common.config import option
+from common.config_loader import option
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@ the client) every N rounds on chosen clients. Unlike it, its answer has three va
 converge is ``inconclusive``, and follows ``audit.inconclusive`` (withheld by default: a stalled
 attack is no evidence of safety); ``no leak found`` (converged, nothing close) is sent. This module
 holds what the FL layer needs (the config, the record, the :class:`Auditor` interface); the auditor
-that attacks and scores is ``pipelines.audit.AttackAudit``, handed to the federation by the entry
+that attacks and scores is ``pipelines.attack_audit.AttackAudit``, handed to the federation by the entry
 point, so that the FL layer never imports the attack.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol
 
 import torch
 
-from common.config import option
+from common.config_loader import option
 from common.errors import UserError
 from model.factory import ModelSpec
 
@@ -104,7 +104,7 @@ class NoAudit:
 
     def __init__(self, cfg: AuditConfig):
         if cfg.every:
-            raise ValueError("audit.every > 0 needs an auditor: pass pipelines.audit.AttackAudit to the federation")
+            raise ValueError("audit.every > 0 needs an auditor: pass pipelines.attack_audit.AttackAudit to the federation")
         self.cfg = cfg
 
     def due(self, rnd: int, client: int) -> bool:

@@ -9,7 +9,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from common.config import option
+from common.config_loader import option
 from common.errors import UserError
 from model.factory import ClientModel
 

@@ -27,7 +27,7 @@ from federation.audit import AuditConfig, Auditor, AuditRecord, NoAudit, append_
 from federation.batch_statistics import BatchStatisticsRecorder
 from federation.capture import ClientResult, ClientRound, LocalResult, UpdateCapture
 from federation.client import FLClient
-from federation.config import TrainConfig, check_train_config
+from federation.train_config import TrainConfig, check_train_config
 from federation.fedavg import apply_update, average_updates, client_weights
 from federation.outbox import ClientOutbox
 from federation.run_files import write_setup
@@ -60,7 +60,7 @@ class Federation:
     """Everything is validated in the constructor, before any file is written."""
 
     def __init__(self, cfg: TrainConfig, device_index: int = 0, auditor: Callable[[AuditConfig, int], Auditor] | None = None):
-        """``auditor``: builds the leakage auditor (``pipelines.audit.AttackAudit``) when ``cfg.audit`` asks for one."""
+        """``auditor``: builds the leakage auditor (``pipelines.attack_audit.AttackAudit``) when ``cfg.audit`` asks for one."""
         quiet_lightning()
         self.cfg = cfg
         self.device_index = device_index

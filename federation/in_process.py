@@ -16,13 +16,13 @@ import torch
 from tqdm.auto import tqdm
 
 from common import interrupt
-from common.config import build, to_dict
+from common.config_loader import build, to_dict
 from common.files import save_tensors
 from common.tracking import start_run
 from federation.audit import AuditConfig, AuditRecord
 from federation.capture import ClientResult
 from federation.client import evaluate
-from federation.config import TrainConfig
+from federation.train_config import TrainConfig
 from federation.federation import Federation, RoundRecord
 from federation.run_files import append_metrics_csv, finished_rounds
 from federation.run_layout import RunLayout

@@ -8,12 +8,12 @@ from typing import Any
 
 import torch
 
-from common.config import dump_yaml
+from common.config_loader import dump_yaml
 from common.errors import UserError
 from common.files import load_tensors, save_tensors, write_json
 from datamodules.federated import FederatedSplit
 from datamodules.sources import ImagePool
-from federation.config import TrainConfig
+from federation.train_config import TrainConfig
 from federation.run_layout import RunLayout
 
 METRIC_FIELDS = ["round", "lr", "clients", "withheld", "test_accuracy", "test_loss", "train_loss", "seconds"]

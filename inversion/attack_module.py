@@ -17,7 +17,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from common.errors import UserError
-from inversion.config import LabelConfig, OptimConfig
+from inversion.attack_config import LabelConfig, OptimConfig
 from inversion.labels import assign_labels, choose_labels, recover_labels
 from inversion.objective import Objective
 from inversion.threat_model import AttackerKnowledge
@@ -100,7 +100,7 @@ def restart_generator(seed: int, restart: int) -> torch.Generator:
 class GradientInversionAttack(pl.LightningModule):
     def __init__(self, knowledge: AttackerKnowledge, objective: dict[str, dict[str, Any]], optim: OptimConfig,
                  labels: LabelConfig, trace_every: int = 0):
-        super().__init__()  # the settings were checked by inversion.config.check_attack_config (pipelines.attack_job)
+        super().__init__()  # the settings were checked by inversion.attack_config.check_attack_config (pipelines.attack_job)
         self.knowledge = knowledge
         self.optim_cfg = optim
         self.restart_ids = list(range(optim.restarts))

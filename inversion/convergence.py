@@ -22,7 +22,7 @@ import dataclasses
 import math
 from typing import Any
 
-from common.config import option
+from common.config_loader import option
 from common.errors import UserError
 
 

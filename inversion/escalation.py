@@ -14,8 +14,8 @@ import dataclasses
 import math
 from typing import Any
 
-from common.config import build, set_path, to_dict
-from common.config import option
+from common.config_loader import build, set_path, to_dict
+from common.config_loader import option
 from common.errors import UserError
 
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from common.config import build, option
+from common.config_loader import build, option
 from common.errors import UserError
 from common.registry import Registry
 from inversion.bn_sources import BNSource, source_names

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from common.config import option
+from common.config_loader import option
 from common.errors import UserError
 from common.files import load_tensors
 from federation.update_store import load_update, resolve_global_model

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.config import option
+from common.config_loader import option
 from common.errors import UserError
 
 

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from common.config import build, to_dict
+from common.config_loader import build, to_dict
 from common.errors import UserError
 from common.files import StagedDir, load_tensors, load_weights_only, save_tensors, write_json
 from common.interrupt import fit
@@ -27,7 +27,7 @@ from common.quiet import quiet_lightning
 from federation.run_layout import RunLayout, UpdateLocation
 from pipelines.attack_output import AttackOutput, is_attack_output
 from federation.update_store import high_risk_update
-from inversion.config import AttackConfig, check_attack_config
+from inversion.attack_config import AttackConfig, check_attack_config
 from inversion.threat_model import AttackerKnowledge, at_input_resolution, load_knowledge, load_prior, prior_description
 from leakage.figures import reconstruction_figure
 from leakage.ground_truth import GroundTruth, ground_truth_for_update, load_image_file, oracle_knowledge
@@ -38,7 +38,7 @@ from leakage.verdict import server_record, verdict_record
 from inversion.attack_module import AttackResult, GradientInversionAttack, iteration_loader
 from inversion.convergence import Convergence
 from inversion.escalation import Rung
-from pipelines.escalation import Escalated, attack_until_converged
+from pipelines.escalation_runner import Escalated, attack_until_converged
 from model.factory import batch_norm_layers, build_model
 
 

@@ -5,7 +5,7 @@ the same user input is attacked with the same configuration wherever it is attac
 the audit and the studies attacked an 8-image update with the 1-image configuration, and only attack.py
 picked ``configs/attack/batch.yaml``). The rule:
 
-- the defaults are :class:`inversion.config.AttackConfig`'s (``configs/attack/default.yaml`` restates
+- the defaults are :class:`inversion.attack_config.AttackConfig`'s (``configs/attack/default.yaml`` restates
   them, and ``tests/test_attack_plan.py`` fails if they ever differ);
 - no config file named (``None``, ``""`` or ``[]``): the update of a client with more than one image
   gets ``configs/attack/batch.yaml`` on top of the defaults, any other the defaults alone;
@@ -29,12 +29,12 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from common.cli import config_files
-from common.config import load, overrides_list
+from common.config_loader import load, overrides_list
 from common.errors import UserError
 from common.files import read_json
 from federation.run_layout import update_meta
 from federation.update_store import high_risk_update
-from inversion.config import AttackConfig, check_attack_config
+from inversion.attack_config import AttackConfig, check_attack_config
 
 DEFAULT_FILE = AttackConfig.DEFAULT_FILE
 BATCH_FILE = AttackConfig.DEFAULT_FILE.parent / "batch.yaml"

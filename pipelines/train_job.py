@@ -12,17 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common.config import to_dict
+from common.config_loader import to_dict
 from common.errors import UserError
 from common.files import StagedDir, write_json
 from common.versions import package_versions, provenance
-from federation.config import TrainConfig
+from federation.train_config import TrainConfig
 from federation.curves import accuracy_figure
 from federation.engines import engine
 from federation.run_files import read_metrics
 from federation.run_layout import RunLayout
 from federation.federation import Federation, RoundRecord
-from pipelines.audit import AttackAudit
+from pipelines.attack_audit import AttackAudit
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from common.config import build, to_dict
+from common.config_loader import build, to_dict
 from common.errors import UserError
 from common.registry import Registry
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from common.config import option
+from common.config_loader import option
 from common.errors import UserError
 from privacy.base import FilterContext, PrivacyFilter, Update, float_keys, global_norm, register
 

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from common.config import option
+from common.config_loader import option
 from common.errors import UserError
 from privacy.base import FilterContext, PrivacyFilter, Update, flat_abs, float_keys, global_norm, register
 

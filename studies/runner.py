@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from common.config import load, overrides_list
+from common.config_loader import load, overrides_list
 from common.errors import UserError
 from common.files import StagedDir, read_json, write_json
 from common.versions import provenance
-from federation.config import TrainConfig, check_train_config
+from federation.train_config import TrainConfig, check_train_config
 from federation.run_files import read_metrics
 from federation.run_layout import RunLayout, update_meta
-from inversion.config import AttackConfig, check_attack_config
+from inversion.attack_config import AttackConfig, check_attack_config
 from leakage.image_metrics import metric_names
 from leakage.record import LeakageScores
 from pipelines.attack_output import AttackOutput
@@ -199,7 +199,7 @@ class StudyRunner:
         if not saved.is_file():
             raise UserError(f"study out {out} is not a study folder (it has no study.yaml): choose another out, nothing was written")
         import yaml
-        from common.config import dump_yaml
+        from common.config_loader import dump_yaml
 
         try:
             old = yaml.safe_load(saved.read_text()) or {}
@@ -218,7 +218,7 @@ class StudyRunner:
         self.check_out()
         self.check()
         self.out.mkdir(parents=True, exist_ok=True)
-        from common.config import dump_yaml
+        from common.config_loader import dump_yaml
 
         (self.out / "study.yaml").write_text(dump_yaml(self.spec))
         self.executor = executor or EXECUTORS.get("local")(ExecutorOptions())

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from common.config import option
+from common.config_loader import option
 from common.errors import UserError
 
 

@@ -10,8 +10,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from common.config import build  # noqa: E402
-from federation.config import TrainConfig  # noqa: E402
+from common.config_loader import build  # noqa: E402
+from federation.train_config import TrainConfig  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 

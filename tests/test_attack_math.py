@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.config import build
+from common.config_loader import build
 from common.errors import UserError
 from federation.run_layout import RunLayout
 from inversion.bn_sources import make_bn_source, one_step_inference
 from inversion.bn_sources.multi_step import MultiStepSource
-from inversion.config import AttackConfig
+from inversion.attack_config import AttackConfig
 from inversion.functional import BNStat, FunctionalModel
 from inversion.labels import recover_labels
 from inversion.objective import conv_layout

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from common.config import build, load, to_dict
+from common.config_loader import build, load, to_dict
 from federation.audit import AuditConfig
-from federation.config import TrainConfig
-from inversion.config import AttackConfig
+from federation.train_config import TrainConfig
+from inversion.attack_config import AttackConfig
 from pipelines.attack_plan import BATCH_FILE, DEFAULT_FILE, attack_config, plan_attack
 
 SAME = {"optim.seed": 0, "optim.iterations": 7, "logging.wandb": False, "logging.progress": False, "scoring.lpips": False}
@@ -48,7 +48,7 @@ def test_the_default_files_restate_the_class_defaults_exactly():
 
 @pytest.mark.parametrize("client,images", [(2, 1), (0, 8)])
 def test_attack_py_the_audit_and_a_study_cell_build_the_same_config(tiny_run, tmp_path, monkeypatch, client, images):
-    from pipelines.audit import AttackAudit
+    from pipelines.attack_audit import AttackAudit
     from studies.runner import StudyRunner
     from studies.spec import StudySpec, cells
 
@@ -86,7 +86,7 @@ def test_the_plan_reads_the_update_and_says_why_it_chose_the_batch_attack(tiny_r
 
 def test_the_audit_attacks_a_multi_image_client_with_the_multi_image_config(monkeypatch):
     """Not only its helper: the auditor's run() attacks with the config for the client's image count."""
-    import pipelines.audit as audit_module
+    import pipelines.attack_audit as audit_module
 
     used: list[AttackConfig] = []
 
@@ -109,7 +109,7 @@ def test_the_audit_attacks_a_multi_image_client_with_the_multi_image_config(monk
 
 def test_a_bad_override_fails_when_the_audit_is_built():
     from common.errors import UserError
-    from pipelines.audit import AttackAudit
+    from pipelines.attack_audit import AttackAudit
 
     with pytest.raises(UserError, match="optim.lr"):
         AttackAudit(AuditConfig(every=1, attack={"optim.lr": -1}), num_clients=3)

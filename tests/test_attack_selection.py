@@ -7,12 +7,12 @@ import shutil
 import pytest
 import torch
 
-from common.config import build
+from common.config_loader import build
 from common.errors import UserError
 from federation.run_layout import RunLayout
 from inversion.bn_sources import layer_scales, make_bn_source, weighted_mean_inference
 from inversion.bn_sources.multi_step import MultiStepSource
-from inversion.config import AttackConfig
+from inversion.attack_config import AttackConfig
 from inversion.functional import BNStat
 from inversion.objective import Objective
 from inversion.replay import ReplayOutput

@@ -7,7 +7,7 @@ from common.files import load_tensors
 from federation.fedavg import client_weights
 from federation.federation import Federation
 from federation.in_process import InProcessEngine
-from pipelines.audit import AttackAudit
+from pipelines.attack_audit import AttackAudit
 from federation.run_layout import RunLayout
 from federation.update_store import load_update
 from tests.conftest import tiny_train_config

@@ -5,13 +5,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from common.config import build
+from common.config_loader import build
 from common.errors import UserError
-from inversion.config import AttackConfig
+from inversion.attack_config import AttackConfig
 from inversion.convergence import ConvergenceConfig, judge
 from inversion.escalation import EscalationConfig, Rung, rung_config, rungs
 from leakage.verdict import INCONCLUSIVE, LEAKS, NO_LEAK, leaked_images, verdict
-from pipelines.escalation import attack_until_converged
+from pipelines.escalation_runner import attack_until_converged
 
 # ----------------------------------------------------------------------------- the rule
 

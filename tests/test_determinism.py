@@ -8,13 +8,13 @@ import types
 
 import torch
 
-from common.config import build
+from common.config_loader import build
 from common.files import load_tensors
 from federation.run_layout import RunLayout
-from inversion.config import AttackConfig
+from inversion.attack_config import AttackConfig
 from inversion.threat_model import ThreatConfig, load_knowledge
 from pipelines.attack_job import build_attack, run_attack, run_attack_job
-from pipelines.escalation import attack_until_converged
+from pipelines.escalation_runner import attack_until_converged
 
 # every rung runs (nothing meets a held-out error of 1e-12), on a budget no rung comes near
 CLIMB = {"optim": {"iterations": 6, "warmup": 1, "restarts": 2, "grid": {"total_variation": [0.003, 0.03]}},

@@ -18,7 +18,7 @@ from leakage.image_metrics import REGISTRY as METRICS
 from leakage.image_metrics import ImageMetric, register
 from leakage.metrics import SSIMSettings
 from leakage.scoring import score
-from pipelines.audit import AttackAudit
+from pipelines.attack_audit import AttackAudit
 from privacy import REGISTRY as FILTERS
 from privacy import FilterChain, FilterContext, PrivacyFilter
 from privacy import register as register_filter
@@ -120,10 +120,10 @@ def test_a_registered_metric_and_filter_reach_the_audit_and_a_study_and_its_repo
     assert 0.0 < float(audit[0]["max_abs_error"]) <= 1.0
 
     # a study: results.csv, per_image.csv and the HTML report
-    from common.config import load
+    from common.config_loader import load
     from studies.analyze import analyze
     from studies.quick import reduce
-    from studies.report import write_report
+    from studies.html_report import write_report
     from studies.runner import StudyRunner
     from studies.spec import StudySpec
     from tests.test_studies import TINY_ATTACK, TINY_TRAIN

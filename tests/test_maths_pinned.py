@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 from scipy.signal import correlate2d
 
-from common.config import build
+from common.config_loader import build
 from common.errors import UserError
 from federation.run_layout import RunLayout
 from inversion.bn_sources import make_bn_source
-from inversion.config import AttackConfig
+from inversion.attack_config import AttackConfig
 from inversion.functional import BNStat, FunctionalModel, relu_with_smooth_grad
 from inversion.labels import recover_labels, summed_gradient
 from inversion.objective import Objective

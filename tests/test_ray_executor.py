@@ -16,7 +16,7 @@ import pytest
 import ray  # noqa: F401 - a missing Ray is a failure here, not a skip
 import torch
 
-from common.config import dump_yaml
+from common.config_loader import dump_yaml
 from studies.executors import REGISTRY as EXECUTORS, ExecutorOptions
 from studies.runner import StudyRunner
 from tests.test_studies import ROOT, tiny_quick

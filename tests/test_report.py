@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import build
+from common.config_loader import build
 from common.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def study(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def report(study) -> Path:
-    from studies.report import write_report
+    from studies.html_report import write_report
 
     return write_report(study)
 
@@ -157,7 +157,7 @@ def test_summary_tables_come_from_the_data_and_are_escaped(study: Path, tmp_path
     """The report renders summary.json (the data summary.md is made from): cells escaped, numbers right-aligned."""
     import json
 
-    from studies.report import render
+    from studies.html_report import render
 
     copy = tmp_path / "study"
     shutil.copytree(study, copy)
@@ -284,7 +284,7 @@ def test_cli_folder_without_results_is_one_line_error(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "results.csv" in lines[0], result.stderr
     with pytest.raises(UserError):
-        from studies.report import write_report
+        from studies.html_report import write_report
 
         write_report(tmp_path)
 
@@ -317,7 +317,7 @@ def test_the_wandb_report_holds_every_table_and_figure_of_report_html(study: Pat
     """Built offline, with no network call; its specification lies beside report.html."""
     import json
 
-    from studies.report import read_summary, study_figures
+    from studies.html_report import read_summary, study_figures
     from studies.tables import markdown_table
     from studies.wandb_report import SPEC_FILE, write_wandb_report
 
@@ -387,7 +387,7 @@ def _with_cell(lines: list[str], name: str) -> list[str]:
 @pytest.mark.parametrize("name", ["../../outside", "ABSOLUTE", "link"])
 def test_a_cell_name_that_leaves_the_study_is_refused(study: Path, tmp_path: Path, name: str):
     """A results.csv is data a user may be handed: its cell names never become paths outside the study."""
-    from studies.report import write_report
+    from studies.html_report import write_report
 
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -401,7 +401,7 @@ def test_a_cell_name_that_leaves_the_study_is_refused(study: Path, tmp_path: Pat
 
 
 def test_a_torn_or_column_less_results_csv_is_refused(study: Path, tmp_path: Path):
-    from studies.report import write_report
+    from studies.html_report import write_report
 
     torn = _copy_with_results(study, tmp_path / "torn", lambda lines: [*lines[:-1], lines[-1][: len(lines[-1]) // 3]])
     with pytest.raises(UserError, match="torn: line"):

@@ -104,9 +104,9 @@ def test_ddp_restarts_on_two_gloo_processes_equal_one_process(tiny_cli_run, tmp_
 
 def test_a_term_that_couples_restarts_is_refused_across_processes():
     """group_consistency compares restarts; DDP gives each process only its own: refused, not silently weakened."""
-    from common.config import build
+    from common.config_loader import build
     from common.errors import UserError
-    from inversion.config import AttackConfig
+    from inversion.attack_config import AttackConfig
     from pipelines.attack_job import make_trainer
 
     cfg = build(AttackConfig, {"devices": 2, "objective": {"bn_statistics": {"weight": 1.0}, "group_consistency": {"weight": 0.1}}})

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.config import load
+from common.config_loader import load
 from studies.analyze import analyze
 from studies.quick import reduce
 from studies.runner import StudyRunner

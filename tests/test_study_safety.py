@@ -31,7 +31,7 @@ def test_another_studys_folder_is_refused_with_the_difference_named(tmp_path: Pa
     out = tmp_path / "study"
     out.mkdir()
     first = _spec(out)
-    from common.config import dump_yaml
+    from common.config_loader import dump_yaml
 
     (out / "study.yaml").write_text(dump_yaml(first))
     other = _spec(out)
@@ -97,7 +97,7 @@ def test_ctrl_c_stops_a_study_and_a_rerun_resumes(tmp_path: Path, capsys, monkey
     import gc
 
     import study
-    from common.config import dump_yaml
+    from common.config_loader import dump_yaml
     from inversion.attack_module import GradientInversionAttack
     from tests.conftest import run_entry
     from tests.test_ctrl_c import _destructor_in_step, _patch
@@ -136,7 +136,7 @@ def test_an_empty_spec_is_one_line_before_any_training(tmp_path: Path, capsys):
 
 
 def test_every_shipped_study_passes_the_checks_in_full_and_reduced():
-    from common.config import load
+    from common.config_loader import load
     from studies.quick import reduce
     from studies.spec import StudySpec
 

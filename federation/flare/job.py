@@ -25,7 +25,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from common.config import to_dict
+from common.config_loader import to_dict
 from common.errors import UserError
 from common.files import load_tensors, load_weights_only, save_tensors
 from federation.flare.outbox_filter import PREFIX, SITE_LOG, strip_prefix

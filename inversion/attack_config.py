@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from common.config import option
+from common.config_loader import option
 from common.errors import UserError
 from inversion.convergence import ConvergenceConfig, check_convergence_config
 from inversion.escalation import EscalationConfig, check_escalation_config

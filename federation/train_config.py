@@ -7,7 +7,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from common.config import option
+from common.config_loader import option
 from common.errors import UserError
 from federation.audit import AuditConfig
 from datamodules.federated import SplitConfig

@@ -9,16 +9,16 @@ from typing import Any
 
 import torch
 
-from common.config import overrides_list
+from common.config_loader import overrides_list
 from federation.audit import AuditConfig, AuditRecord, audit_due, withholds
-from inversion.config import AttackConfig
+from inversion.attack_config import AttackConfig
 from inversion.threat_model import AttackerKnowledge, ThreatConfig
 from leakage.scoring import score_as_configured
 from leakage.verdict import server_verdict, verdict_record
 from model.factory import ModelSpec
 from pipelines.attack_job import build_attack, run_attack
 from pipelines.attack_plan import attack_config
-from pipelines.escalation import attack_until_converged
+from pipelines.escalation_runner import attack_until_converged
 
 class AttackAudit:
     def __init__(self, cfg: AuditConfig, num_clients: int):

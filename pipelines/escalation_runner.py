@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 
 from common.errors import UserError
 from inversion.attack_module import AttackResult, GradientInversionAttack
-from inversion.config import AttackConfig
+from inversion.attack_config import AttackConfig
 from inversion.convergence import Convergence, judge
 from inversion.escalation import Rung, better, rung_config, rung_stop, rungs
 from inversion.threat_model import AttackerKnowledge
