@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     result = job.run(overwrite=args.overwrite, record={"argv": sys.argv[1:]})
     print(f"test accuracy per round: {accuracy_line(result.run.metrics)} (curve: {result.run.accuracy_figure})")
     print(f"done in {result.seconds:.0f}s: {cfg.fl.rounds} rounds, test accuracy {result.accuracy:.3f} -> {result.run.root}")
+    broken = [r.round for r in result.records if r.invalid]
+    if broken:
+        print(f"warning: the global model was invalid after rounds {', '.join(map(str, broken))} (metrics.csv, column 'invalid'): "
+              "its accuracy is that of a broken model, not a defence's cost", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -64,6 +64,8 @@ class LocalResult:
     meta: dict[str, Any]  # what the attacker will be told (withheld_keys added by the outbox)
     steps: int
     train_loss: float
+    #: per BN running variance, the smallest change honest local training can make (privacy.base.keep_variances_valid)
+    running_var_min_delta: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 class UpdateCapture(pl.Callback):
@@ -88,11 +90,16 @@ class UpdateCapture(pl.Callback):
         self._before = {k: v.detach().cpu().clone() for k, v in pl_module.model.state_dict().items()}
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        raw = state_delta(self._before, {k: v.detach().cpu() for k, v in pl_module.model.state_dict().items()})
-        self._before = {}  # a full model copy: not kept beyond the delta
         # steps of this fit: a Trainer reused across rounds (NVFlare's patched one) keeps counting
+        raw = state_delta(self._before, {k: v.detach().cpu() for k, v in pl_module.model.state_dict().items()})
         steps = int(trainer.global_step) - self._start_step
-        self.local = LocalResult(raw, self.metadata(steps), steps, pl_module.last_loss)
+        momentum = self.job.model_spec.bn_momentum
+        # each BN forward keeps (1 - momentum) of the running variance and adds a batch variance >= 0: after `steps` of
+        # them it is at least (1 - momentum)^steps of the variance received, whatever the data
+        keep = (1.0 - momentum) ** steps if momentum is not None else 0.0
+        lowest = {k: (keep - 1.0) * v for k, v in self._before.items() if k.endswith("running_var")}
+        self._before = {}  # a full model copy: not kept beyond the delta
+        self.local = LocalResult(raw, self.metadata(steps), steps, pl_module.last_loss, lowest)
         if self.outbox is not None:
             self.result = self.outbox(self.job, self.local)
 

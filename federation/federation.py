@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,6 +33,7 @@ from federation.fedavg import apply_update, average_updates, client_weights
 from federation.outbox import ClientOutbox
 from federation.run_files import write_setup
 from federation.run_layout import RunLayout
+from federation.model_health import model_problems
 from model.factory import ClientModel, ModelSpec, build_model, check_batch_norm_viable
 from privacy.base import FilterChain, FilterContext
 
@@ -54,6 +56,7 @@ class RoundRecord:
     results: dict[int, ClientResult]  # per client: metadata and filter effects (update tensors dropped after aggregation)
     withheld: list[int] = dataclasses.field(default_factory=list)
     audits: list[AuditRecord] = dataclasses.field(default_factory=list)
+    invalid: str = ""  # what is wrong with the global model after this round ('' = nothing; federation.model_health)
 
 
 class Federation:
@@ -174,6 +177,26 @@ class Federation:
         weights = client_weights([results[c].num_samples for c in order], [results[c].local_steps for c in order], self.cfg.fl.weighting)
         delta = average_updates([results[c].outgoing for c in order], weights, global_state)
         return apply_update(global_state, delta)
+
+    def model_check(self, rnd: int, state: dict[str, torch.Tensor], test_loss: float) -> str:
+        """What is wrong with the round's global model ('' = nothing), said on stderr when something is."""
+        problems = model_problems(state, test_loss)
+        if not problems:
+            return ""
+        text = "; ".join(problems)
+        print(f"warning: round {rnd}: the global model is invalid ({text}; {self.filters_named()})", file=sys.stderr)
+        return text
+
+    def stop_if_invalid(self, rnd: int, invalid: str) -> None:
+        """fl.on_invalid=stop: a broken model ends the run with one line, after the round's row is written."""
+        if invalid and self.cfg.fl.on_invalid == "stop":
+            raise UserError(f"round {rnd}: the global model is invalid ({invalid}; {self.filters_named()}): a defence that breaks the "
+                            "model is a bug, not a privacy-utility trade-off; stopped (the rounds so far are in OUT.partial, "
+                            "metrics.csv's 'invalid' column says what broke; fl.on_invalid=continue runs on)")
+
+    def filters_named(self) -> str:
+        named = [" ".join(f"{k}={v}" for k, v in f.items()) for f in self.filters.describe()]
+        return f"privacy filters: {'; '.join(named)}" if named else "no privacy filter"
 
     def run_audit(self, rnd: int, client: int, global_state: dict[str, torch.Tensor], result: ClientResult,
                   run_dir: Path | None, wandb_run: Any) -> AuditRecord:

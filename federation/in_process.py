@@ -97,17 +97,21 @@ class InProcessEngine:
                     save_tensors(layout.global_model(rnd + 1), global_state)
                 fed.global_model.load_state_dict(global_state)
                 acc, loss = evaluate(fed.global_model, fed.test_loader)
+                invalid = fed.model_check(rnd, global_state, loss)
                 train_loss = float(np.mean([r.train_loss for r in results.values()]))
                 # the record keeps each client's metadata and filter effects, not its update tensors: a 12-round
                 # ResNet-18 run kept 4.3 GB of them (8 GB with dp_gaussian's noised copies) until the end
                 light = {c: dataclasses.replace(r, outgoing={}, raw={}) for c, r in results.items()}
-                record = RoundRecord(rnd, lr, sorted(results), acc, loss, train_loss, time.perf_counter() - start, light, withheld, audits)
+                record = RoundRecord(rnd, lr, sorted(results), acc, loss, train_loss, time.perf_counter() - start, light, withheld, audits,
+                                     invalid)
                 records.append(record)
                 bar.set_postfix(acc=f"{acc:.3f}", loss=f"{loss:.3f}")
                 if layout is not None:
                     append_metrics_csv(layout.metrics, record)
                 if wandb_run is not None:
-                    wandb_run.log({"round": rnd, "test/accuracy": acc, "test/loss": loss, "train/loss": train_loss, "lr": lr}, step=rnd)
+                    wandb_run.log({"round": rnd, "test/accuracy": acc, "test/loss": loss, "train/loss": train_loss, "lr": lr,
+                                   "model_invalid": int(bool(invalid))}, step=rnd)
+                fed.stop_if_invalid(rnd, invalid)
                 # each client round leaves a Trainer <-> callbacks reference cycle holding model-sized tensors;
                 # Python's collector runs on object counts, not bytes, so it is run here (ms per round)
                 del results, received

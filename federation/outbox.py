@@ -28,7 +28,7 @@ class ClientOutbox:
         """Filter ``local.raw`` (seeded by the client's round seed), record what was withheld, write if captured."""
         gen = torch.Generator().manual_seed(job.seed + 7919)
         n = int(job.indices.numel())
-        outgoing, effects = self.filters.apply(local.raw, FilterContext(gen, job.round, job.client, n, local.steps))
+        outgoing, effects = self.filters.apply(local.raw, FilterContext(gen, job.round, job.client, n, local.steps, local.running_var_min_delta))
         meta = dict(local.meta, withheld_keys=sorted(set(local.raw) - set(outgoing)))
         result = ClientResult(outgoing, local.raw, meta, n, local.steps, effects, local.train_loss)
         if self.run_dir is not None:

@@ -16,7 +16,7 @@ from datamodules.sources import ImagePool
 from federation.train_config import TrainConfig
 from federation.run_layout import RunLayout
 
-METRIC_FIELDS = ["round", "lr", "clients", "withheld", "test_accuracy", "test_loss", "train_loss", "seconds"]
+METRIC_FIELDS = ["round", "lr", "clients", "withheld", "test_accuracy", "test_loss", "train_loss", "seconds", "invalid"]
 
 
 def write_setup(run: RunLayout, cfg: TrainConfig, pool: ImagePool, split: FederatedSplit, prior: torch.Tensor) -> None:
@@ -52,8 +52,12 @@ def write_prior(run: RunLayout, pool: ImagePool, split: FederatedSplit, prior: t
 def append_metrics_csv(path: Any, record: Any) -> None:
     """One metrics.csv row from a ``RoundRecord`` (any object with the METRIC_FIELDS attributes)."""
     new = not path.exists()
+    fields = METRIC_FIELDS
+    if not new:  # a run resumed from before a column was added keeps its own columns
+        with open(path, newline="") as fh:
+            fields = next(csv.reader(fh), None) or METRIC_FIELDS
     with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         if new:
             writer.writeheader()
         row: dict[str, Any] = {f: getattr(record, f) for f in METRIC_FIELDS}

@@ -29,6 +29,10 @@ class FLConfig:
     weighting: Literal["steps", "samples", "uniform"] = option("steps", "FedAvg weights: steps (the paper), samples, or uniform")
     lr_decay_every: int = option(9, "multiply the client lr by lr_decay every this many rounds (0 = never)")
     lr_decay: float = option(0.1, "lr decay factor")
+    on_invalid: Literal["stop", "continue"] = option("stop", "when the global model stops being a model (negative or non-finite BN running "
+                                                             "variances, non-finite weights or test loss, e.g. after a privacy filter broke "
+                                                             "it): stop with a one-line error (the rounds so far are kept in OUT.partial) or "
+                                                             "continue (a warning each round; metrics.csv's 'invalid' column says what broke)")
     workers: int = option(0, "train each round's clients in this many worker processes (accelerator gpu: worker i on GPU i; "
                              "cpu: the cores shared out); client c always goes to worker c % workers; 0 = in this process")
     split: SplitConfig = option(help="client layout", factory=SplitConfig)

@@ -27,6 +27,10 @@ class FilterContext:
     client: int = 0
     num_samples: int = 1
     local_steps: int = 1
+    #: per BN running variance, the smallest change honest local training can make to the one the client received
+    #: ((1 - momentum)^steps of it kept, minus all of it), from the public global model and the client's own step count,
+    #: so that the chain keeps the variances it sends valid (``FilterChain.apply``); empty = not known, nothing kept
+    running_var_min_delta: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 class PrivacyFilter(abc.ABC):
@@ -54,6 +58,33 @@ class PrivacyFilter(abc.ABC):
 
 REGISTRY: Registry[type[PrivacyFilter]] = Registry("privacy filter", "privacy.filters")
 register = REGISTRY.register
+
+
+def keep_variances_valid(update: Update, min_delta: dict[str, torch.Tensor]) -> tuple[Update, int]:
+    """The filtered update with no BN running variance changed by less than honest local training can change it
+    (``min_delta``: (1 - momentum)^steps of the received variance kept, so it stays positive); returns the update
+    and how many entries were raised.
+
+    Additive noise on a running variance's change took variances below zero with every noise filter on the tiny
+    federation (the per-tensor sigma0 filter from the first aggregation on), and a negative variance is not a
+    model: eval-mode BN takes its square root. Raising only to 0 was not enough: a variance of 0 multiplies the
+    layer's output by 1 / sqrt(eps), and a few such layers overflowed to a NaN test loss. The floor is
+    post-processing of what the filters released, computed from the public global model and the client's own step
+    count: it costs no privacy (a DP guarantee survives post-processing) and moves only values no honest client
+    could have sent."""
+    clamped = 0
+    out = dict(update)
+    for key, lowest in min_delta.items():
+        delta = out.get(key)
+        if delta is None or not delta.is_floating_point():
+            continue
+        floor = lowest.to(delta.dtype)
+        low = delta < floor
+        n = int(low.sum())
+        if n:
+            out[key] = torch.where(low, floor, delta)
+            clamped += n
+    return out, clamped
 
 
 def float_keys(update: Update) -> list[str]:
@@ -94,6 +125,10 @@ class FilterChain:
         for f in self.filters:
             update, effect = f.apply(dict(update), ctx)
             effects.append({"filter": f.name, **effect})
+        if self.filters:
+            update, clamped = keep_variances_valid(update, ctx.running_var_min_delta)
+            if clamped:
+                effects.append({"filter": "variance_floor", "clamped": clamped})
         return update, effects
 
     def replay(self, ctx: FilterContext) -> None:

@@ -169,12 +169,14 @@ def collect(sim: Federation, run_dir: Path, job_workspace: Path, seconds: float)
             raise UserError(f"NVFlare run incomplete: no global model of round {rnd + 1} in {run_dir / 'global'}")
         sim.global_model.load_state_dict(load_tensors(path, "global model"))
         acc, loss = evaluate(sim.global_model, sim.test_loader)
+        invalid = sim.model_check(rnd, sim.global_model.state_dict(), loss)
         rows = [r for r in site_rows if int(r["round"]) == rnd]
         record = RoundRecord(rnd, sim.round_lr(rnd), sorted(int(r["client"]) for r in rows), acc, loss,
                              float(np.mean([float(r["train_loss"]) for r in rows])) if rows else float("nan"),
-                             seconds / rounds, {}, sorted(int(r["client"]) for r in rows if int(r["withheld"])))
+                             seconds / rounds, {}, sorted(int(r["client"]) for r in rows if int(r["withheld"])), invalid=invalid)
         append_metrics_csv(RunLayout(run_dir).metrics, record)
         records.append(record)
+        sim.stop_if_invalid(rnd, invalid)  # NVFlare ran every round already: what stops here is the run being called complete
     return records
 
 

@@ -60,7 +60,7 @@ class SiteOutbox(DXOFilter):
                 raise RuntimeError(f"site {site}: NVFlare's DIFF of '{key}' differs from the local delta")
             else:
                 raw[key] = value.to(exact[key].dtype)
-        local = LocalResult(raw, pending.local.meta, pending.local.steps, pending.local.train_loss)
+        local = LocalResult(raw, pending.local.meta, pending.local.steps, pending.local.train_loss, pending.local.running_var_min_delta)
         result = sim.outbox(job.round, job.client, pending.run_dir, pending.recorder).send(job, local)
         withheld = False
         if sim.audit.due(job.round, job.client):
