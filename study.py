@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     results = runner.run(executor=executor)
     summary = analyze(results.parent, spec)
     if args.wandb:
-        from studies.html_report import study_figures
+        from studies.study_folder import study_figures
 
         log_study_run(results.parent, spec, study_figures(results.parent))
     print(f"{spec.name}: {len(runner.cells)} cells ({runner.trainings_run} trainings and {runner.attacks_run} attacks run now, "

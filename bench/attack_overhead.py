@@ -44,7 +44,7 @@ def plain_loop(attack, iterations: int) -> float:
 
 
 def lightning_loop(knowledge, cfg) -> float:
-    from pipelines.attack_job import run_attack
+    from pipelines.attack_setup import run_attack
 
     result, attack = run_attack(knowledge, cfg)
     return attack.seconds / result.iterations
@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("overrides", nargs="*", help="attack config overrides")
     args = p.parse_args()
-    from pipelines.attack_job import build_attack
+    from pipelines.attack_setup import build_attack
 
     update, cfg, knowledge = load_target(args, [f"optim.iterations={args.iterations}"])
     lightning_loop(knowledge, cfg)  # warm-up (allocator, compile caches)

@@ -57,7 +57,7 @@ def main() -> None:
     from inversion.labels import choose_labels, count_accuracy
     from inversion.objective import Objective
     from leakage.ground_truth import load_ground_truth
-    from pipelines.attack_job import attacker_knowledge
+    from pipelines.attack_setup import attacker_knowledge
     from pipelines.attack_plan import attack_config
     from safetensors.torch import load_file
 

@@ -13,7 +13,7 @@ from bench.common import ROOT, device_name, save, target_parser
 
 def seconds_per_iteration(update, config: str, iterations: int, overrides: list[str]) -> tuple[float, int, bool]:
     """(seconds per iteration after the first logged step, restarts, compiled) of one attack run."""
-    from pipelines.attack_job import attacker_knowledge, run_attack
+    from pipelines.attack_setup import attacker_knowledge, run_attack
     from pipelines.attack_plan import attack_config
 
     cfg = attack_config(config, [f"optim.iterations={iterations}", "logging.progress=false", "logging.wandb=false",
@@ -29,7 +29,7 @@ def flops_per_iteration(update, config: str, overrides: list[str]) -> float:
     by torch's FlopCounterMode on an eager objective (convolutions and matmuls: what a GPU spends its time on)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from pipelines.attack_job import attacker_knowledge, build_attack
+    from pipelines.attack_setup import attacker_knowledge, build_attack
     from pipelines.attack_plan import attack_config
 
     cfg = attack_config(config, ["optim.compile=false", "logging.progress=false", "logging.wandb=false", *overrides])

@@ -63,7 +63,7 @@ def target_parser(doc: str) -> "argparse.ArgumentParser":
 def load_target(args: Any, overrides: list[str]):
     """(update folder of ``args.client`` in the last round of ``args.run``, attack config, attacker knowledge)."""
     from federation.run_layout import RunLayout
-    from pipelines.attack_job import attacker_knowledge
+    from pipelines.attack_setup import attacker_knowledge
     from pipelines.attack_plan import plan_attack
 
     run = ensure_run(Path(args.run))

@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--tag", default="", help="results go to bench/results/precision_TAG.json")
     p.add_argument("overrides", nargs="*", help="attack config overrides (default adds update matching, weight 1)")
     args = p.parse_args()
-    from pipelines.attack_job import build_attack
+    from pipelines.attack_setup import build_attack
 
     update, cfg, knowledge = load_target(args, ["objective.update_matching.weight=1.0"])
     device = "cuda" if cfg.accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"

@@ -17,7 +17,7 @@ from bench.common import device_name, load_target, save, target_parser
 def per_iteration(knowledge, cfg, restarts: int, vectorize: bool) -> float:
     import dataclasses
 
-    from pipelines.attack_job import run_attack
+    from pipelines.attack_setup import run_attack
 
     c = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, restarts=restarts, vectorize=vectorize))
     result, attack = run_attack(knowledge, c)

@@ -37,7 +37,7 @@ def main() -> None:
     from leakage.ground_truth import ground_truth_for_update
     from leakage.metrics import SSIMSettings
     from leakage.scoring import score
-    from pipelines.attack_job import attacker_knowledge, run_attack
+    from pipelines.attack_setup import attacker_knowledge, run_attack
 
     run = ensure_run(Path(args.run))
     last_update = high_risk_update(run)

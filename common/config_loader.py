@@ -174,13 +174,18 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
 
 def load(schema: type[T], config_files: list[str | Path], overrides: list[str]) -> T:
     """Merge YAML files left to right, then apply overrides, then validate against ``schema``."""
+    return build(schema, merged(config_files, overrides))
+
+
+def merged(config_files: list[str | Path], overrides: list[str]) -> dict:
+    """The plain tree ``load`` validates: the files merged left to right, then the overrides."""
     tree: dict = {}
     for path in config_files:
         tree = deep_merge(tree, read_yaml(path))
     for text in overrides:
         path, value = parse_override(text)
         set_path(tree, path, value)
-    return build(schema, tree)
+    return tree
 
 
 def overrides_list(overrides: dict[str, Any]) -> list[str]:

@@ -16,7 +16,7 @@ from inversion.threat_model import AttackerKnowledge, ThreatConfig
 from leakage.scoring import score_as_configured
 from leakage.verdict import server_verdict, verdict_record
 from model.factory import ModelSpec
-from pipelines.attack_job import build_attack, run_attack
+from pipelines.attack_setup import build_attack, run_attack
 from pipelines.attack_plan import attack_config
 from pipelines.escalation_runner import attack_until_converged
 

@@ -1,148 +1,42 @@
 """One attack job: attacker knowledge -> Trainer.fit of the attack -> scoring -> files and W&B.
 
-The attack half sees only :class:`AttackerKnowledge`; the scoring half (after the fit) reads the
-ground truth. Outputs are staged and appear complete or not at all.
+The attack half (``pipelines.attack_setup``) sees only :class:`AttackerKnowledge`; the scoring half (after the
+fit) reads the ground truth; ``pipelines.attack_wandb`` logs. Outputs are staged and appear complete or not at all.
 """
 from __future__ import annotations
 
 import csv
-import datetime
 import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import yaml
 
 from common.config_loader import build, to_dict
 from common.errors import UserError
-from common.files import StagedDir, load_tensors, load_weights_only, save_tensors, write_json
-from common.interrupt import fit
+from common.files import StagedDir, load_tensors, save_tensors, write_json
 from common.tracking import wandb_mode
 from datamodules.sources import DataConfig, load_pool
-from common.quiet import quiet_lightning
 from federation.run_layout import RunLayout, UpdateLocation
-from pipelines.attack_output import AttackOutput, is_attack_output
-from federation.update_store import high_risk_update
-from inversion.attack_config import AttackConfig, check_attack_config
-from inversion.threat_model import AttackerKnowledge, at_input_resolution, load_knowledge, load_prior, prior_description
+from inversion.attack_config import AttackConfig
+from inversion.attack_module import AttackResult
+from inversion.convergence import Convergence
+from inversion.escalation import Rung
+from inversion.threat_model import AttackerKnowledge
 from leakage.figures import reconstruction_figure
-from leakage.ground_truth import GroundTruth, ground_truth_for_update, load_image_file, oracle_knowledge
+from leakage.ground_truth import GroundTruth, ground_truth_for_update, load_image_file
 from leakage.image_metrics import metric_names
 from leakage.record import LeakageScores
 from leakage.scoring import score_as_configured
 from leakage.verdict import server_record, verdict_record
-from inversion.attack_module import AttackResult, GradientInversionAttack, iteration_loader
-from inversion.convergence import Convergence
-from inversion.escalation import Rung
+from pipelines.attack_output import AttackOutput, is_attack_output
+from pipelines.attack_setup import (attacker_knowledge, build_attack, checkpoint_callback, process_rank, resolve_update,
+                                    run_attack)
+from pipelines import attack_wandb
 from pipelines.escalation_runner import Escalated, attack_until_converged
-from model.factory import batch_norm_layers, build_model
-
-
-def resolve_update(cfg: AttackConfig) -> Path:
-    if cfg.update:
-        return Path(cfg.update)
-    return high_risk_update(cfg.run)
-
-
-def resolve_prior(cfg: AttackConfig, where: UpdateLocation | None) -> tuple[torch.Tensor | None, str]:
-    """The attacker's prior: the configured file, else the prior of the run the update sits in (``where``)."""
-    if cfg.prior.path:
-        return load_prior(cfg.prior.path, cfg.prior.key), f"{cfg.prior.path}:{cfg.prior.key}"
-    if where is not None and where.run.prior.is_file():
-        population = prior_description(where.run.prior)
-        if population.endswith("training pool"):  # runs made before issue 23: the pool held the clients' images
-            population = f"mean of the {population}, the clients' images included"
-        return load_prior(where.run.prior, cfg.prior.key), f"run prior '{cfg.prior.key}' ({population or 'population mean'})"
-    return None, ""
-
-
-def attacker_knowledge(cfg: AttackConfig, update_dir: Path, where: UpdateLocation | None = None) -> AttackerKnowledge:
-    """``where``: the update's run, round and client when the caller has resolved them (else resolved here)."""
-    prior, prior_source = resolve_prior(cfg, where if where is not None else RunLayout.of_update(update_dir))
-    knowledge = load_knowledge(update_dir, cfg.threat, cfg.global_model or None, prior, prior_source, cfg.trusted_models, cfg.force)
-    threat = cfg.threat
-    if threat.oracle_labels or threat.oracle_bn_statistics or threat.oracle_batch_order:
-        gt = ground_truth_for_update(update_dir)
-        if gt is None:
-            raise UserError(f"oracle knowledge was asked for, but {update_dir} has no ground truth beside it")
-        bn_names = [n for n, _ in batch_norm_layers(build_model(knowledge.spec))]
-        knowledge.oracle = oracle_knowledge(gt, threat, bn_names)
-    if threat.reconstruct_at_input:
-        knowledge = at_input_resolution(knowledge)
-    return knowledge
-
-
-def make_trainer(cfg: AttackConfig, logger: Any = False, callbacks: list[pl.Callback] | None = None, **kwargs: Any) -> pl.Trainer:
-    accelerator = cfg.accelerator
-    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise UserError("accelerator gpu requested but no CUDA device is available")
-    check_attack_config(cfg)
-    strategy: Any = "auto"
-    if cfg.devices > 1:
-        from pytorch_lightning.strategies import DDPStrategy
-
-        # every rank keeps its own best iterates: buffers must not be overwritten by rank 0's
-        strategy = DDPStrategy(broadcast_buffers=False, process_group_backend="nccl" if accelerator in ("gpu", "cuda") else "gloo")
-    callbacks = list(callbacks or [])
-    options: dict[str, Any] = dict(
-        accelerator=accelerator, devices=cfg.devices, strategy=strategy, max_epochs=1, max_steps=cfg.optim.iterations, logger=logger,
-        enable_checkpointing=any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks), enable_model_summary=False,
-        enable_progress_bar=cfg.logging.progress, num_sanity_val_steps=0, callbacks=callbacks, log_every_n_steps=max(1, cfg.logging.log_every),
-        use_distributed_sampler=False,  # the "data" are step numbers: every rank takes every step
-    )
-    if cfg.optim.max_seconds > 0:
-        options["max_time"] = datetime.timedelta(seconds=cfg.optim.max_seconds)
-    options.update(kwargs)
-    return pl.Trainer(**options)
-
-
-def build_attack(knowledge: AttackerKnowledge, cfg: AttackConfig,
-                 trace_every: int = 0) -> GradientInversionAttack:
-    """The attack module; building it validates the objective, labels and optimisation settings."""
-    check_attack_config(cfg)
-    attack = GradientInversionAttack(knowledge, cfg.objective, cfg.optim, cfg.labels, trace_every)
-    attack.log_every = max(1, cfg.logging.log_every)
-    return attack
-
-
-def run_attack(knowledge: AttackerKnowledge, cfg: AttackConfig, logger: Any = False,
-               trace_every: int = 0, callbacks: list[pl.Callback] | None = None, ckpt_path: str | None = None,
-               attack: GradientInversionAttack | None = None, **trainer_kwargs: Any) -> tuple[AttackResult, GradientInversionAttack]:
-    quiet_lightning()
-    if attack is None:
-        attack = build_attack(knowledge, cfg, trace_every)
-    if ckpt_path:
-        check_checkpoint(ckpt_path)
-    trainer = make_trainer(cfg, logger, callbacks, **trainer_kwargs)
-    # checkpoints hold tensors and plain containers only: load them without unpickling arbitrary objects
-    fit(trainer, attack, train_dataloaders=iteration_loader(cfg.optim.iterations), ckpt_path=ckpt_path,
-                weights_only=True if ckpt_path else None)
-    return attack.result(), attack
-
-
-def check_checkpoint(path: str | Path) -> None:
-    """A checkpoint that does not load as plain tensors and containers is refused before Lightning sees it.
-
-    It may be truncated by a crash, or crafted: ``weights_only`` stops the code in it from running,
-    and this turns the resulting unpickling error into one line instead of a traceback.
-    """
-    load_weights_only(path, "checkpoint", ": delete it, or the .partial folder, to start the attack over")
-
-
-def process_rank() -> int:
-    """Rank of this process in a Lightning DDP launch (children get LOCAL_RANK; the launcher is rank 0)."""
-    import os
-
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def checkpoint_callback(work: Path, every: int) -> pl.callbacks.ModelCheckpoint:
-    return pl.callbacks.ModelCheckpoint(dirpath=str(work / "checkpoints"), filename="last", every_n_train_steps=every,
-                                        save_top_k=0, save_last=True, enable_version_counter=False)
 
 
 def score_result(result: AttackResult, knowledge: AttackerKnowledge, gt: GroundTruth | None, cfg: AttackConfig,
@@ -231,7 +125,7 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
 
     def close_wandb() -> None:
         if wandb_logger is not None:
-            _wandb_close(wandb_logger)
+            attack_wandb.close(wandb_logger)
 
     with staged.staged(on_failure=close_wandb) as work:
         files = AttackOutput(work)
@@ -239,7 +133,7 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
         ckpt_path = str(ckpt) if resume and ckpt.is_file() else None
         callbacks = [checkpoint_callback(work, cfg.optim.checkpoint_every)] if cfg.optim.checkpoint_every > 0 else []
         if cfg.logging.wandb and wandb_mode() != "disabled":
-            wandb_logger = _wandb_logger(cfg, work, update_dir, knowledge)
+            wandb_logger = attack_wandb.start(cfg, work, update_dir, knowledge)
         if attack.label_warning:
             print(f"warning: {attack.label_warning}", file=sys.stderr)
         unsmoothed = attack.objective.fmodel.unsmoothed
@@ -278,7 +172,7 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
                               metrics if gt else None, title)
         write_json(files.metrics, metrics)
         if wandb_logger is not None:
-            _wandb_finish(wandb_logger, work, metrics)
+            attack_wandb.finish(wandb_logger, work, metrics)
         shutil.rmtree(files.checkpoints, ignore_errors=True)  # only needed to resume an unfinished attack
     return {"out": staged.final, "metrics": metrics, "result": result}
 
@@ -321,50 +215,3 @@ def _write_trace(path: Path, trace: list[tuple[int, float, float]]) -> None:
         writer.writerows(trace)
 
 
-def _wandb_logger(cfg: AttackConfig, work: Path, update_dir: Path, knowledge: AttackerKnowledge):
-    try:
-        from pytorch_lightning.loggers import WandbLogger
-    except ImportError:
-        return None
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        print("note: wandb is not installed; results are in metrics.json only")
-        return None
-    meta = knowledge.meta
-    logger = WandbLogger(project=cfg.logging.project, name=f"attack-r{meta['round']}-c{meta['client']}", save_dir=str(work),
-                         job_type="attack", config={"attack": to_dict(cfg), "threat_model": knowledge.describe(), "update": str(update_dir)})
-    return logger
-
-
-def _wandb_finish(logger: Any, work: Path, metrics: dict[str, Any]) -> None:
-    import wandb
-
-    run = logger.experiment
-    run.log({"reconstruction": wandb.Image(str(AttackOutput(work).figure))})
-    for key in (*LeakageScores.HEADLINE, *metric_names(), "iterations", "seconds", "objective", "converged", "verdict", "verdict_reason",
-                "server_verdict", "risk_heldout_error", "identified", "identification_p"):
-        if metrics.get(key) is not None:
-            run.summary[key] = metrics[key]
-    conv = metrics.get("convergence") or {}
-    for key in ("heldout_error", "threshold", "reason"):
-        if conv.get(key) is not None:
-            run.summary[f"convergence/{key}"] = conv[key]
-    rungs = (metrics.get("escalation") or {}).get("rungs", [])
-    if rungs:
-        columns = ["rung", "name", "iterations", "seconds", "heldout_error", "converged", "ssim", "error"]
-        run.log({"escalation": wandb.Table(columns=columns, data=[[str(r.get(c)) if c in ("name", "error") else r.get(c) for c in columns]
-                                                                    for r in rungs])})
-    rows = metrics.get("per_image", [])
-    extra = [name for name in metric_names() if any(name in r for r in rows)]
-    table = wandb.Table(columns=["image", "label", "ssim", *extra, "rdlv", "prior_ssim"],
-                        data=[[r["image"], r["label"], r["ssim"], *(r.get(k) for k in extra), r["rdlv"], r["prior_ssim"]] for r in rows])
-    run.log({"per_image": table})
-    _wandb_close(logger)
-
-
-def _wandb_close(logger: Any) -> None:
-    try:
-        logger.experiment.finish()
-    except Exception:  # closing a broken run must not hide the real error
-        pass

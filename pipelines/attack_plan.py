@@ -29,7 +29,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from common.cli import config_files
-from common.config_loader import load, overrides_list
+from common.config_loader import build, load, merged, overrides_list
 from common.errors import UserError
 from common.files import read_json
 from federation.run_layout import update_meta
@@ -154,9 +154,15 @@ def plan_attack(config: ConfigFiles = None, overrides: Overrides = (), *, update
     """The plan for one saved update (``update``; None = the high-risk client of ``run``'s latest round, as attack.py)."""
     extra = {"update": update, "out": out, "run": run, "ground_truth": ground_truth}
     given = _override_strings(overrides) + [f"{k}={v}" for k, v in extra.items() if v is not None]
-    first = load(AttackConfig, chosen_files(config, 1), given)  # the update and run the user named, before the choice
-    folder = Path(first.update) if first.update else high_risk_update(first.run)
+    tree = merged(chosen_files(config, 1), given)  # the update and run the user named, before the choice
+    defaults = AttackConfig()
+    update, run_dir = tree.get("update") or defaults.update, tree.get("run") or defaults.run
+    folder = Path(str(update)) if update else high_risk_update(str(run_dir))
     images = update_images(folder)
-    cfg = attack_config(config, given, num_images=images or 1)
+    if chosen_files(config, images or 1) == chosen_files(config, 1):
+        cfg = build(AttackConfig, tree)  # the same files: built once from the tree already read
+        check_attack_config(cfg)
+    else:
+        cfg = attack_config(config, given, num_images=images or 1)
     cfg.update = str(folder)  # resolved once: the job attacks what the choice was made for
     return AttackPlan(cfg, folder, images, tuple(chosen_files(config, images or 1)[1:]))

@@ -1,4 +1,5 @@
-"""A finished study folder as ONE self-contained HTML page (``python report.py STUDY``).
+"""A finished study folder rendered as ONE self-contained HTML page (``python report.py STUDY``); reading the
+folder is ``studies.study_folder``'s job.
 
 The page holds the study's title and key facts, the summary tables (from ``summary.json``, the
 data that ``summary.md`` is rendered from), every PNG figure of the study and every cell's
@@ -15,7 +16,6 @@ machine that is busy training.
 from __future__ import annotations
 
 import base64
-import csv
 import datetime as dt
 import html
 import json
@@ -28,13 +28,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jinja2
-import yaml
 from markupsafe import Markup
 
 from common.errors import UserError
 from common.files import inside
 from common.versions import code_commit, package_versions
 from pipelines.attack_output import AttackOutput
+from studies.study_folder import (check_study, read_json_dict, read_results, read_spec, read_summary, read_yaml_dict, recorded_versions,
+                                  study_figures, study_names)
 
 ROOT = Path(__file__).resolve().parent.parent
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -68,68 +69,6 @@ def write_report(study_dir: str | Path, out: str | Path | None = None) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return out
-
-
-def check_study(study_dir: Path) -> None:
-    if not study_dir.exists():
-        raise UserError(f"study folder not found: {study_dir}")
-    if not study_dir.is_dir():
-        raise UserError(f"{study_dir} is not a folder (give the study's output folder, e.g. runs/studies/sigma0)")
-    if not (study_dir / "results.csv").is_file():
-        raise UserError(f"{study_dir} is not a finished study: it has no results.csv (run study.py --config ... first)")
-
-
-# ----------------------------------------------------------------------------- reading the study
-
-
-def read_results(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            rows = list(reader)
-            fields = list(reader.fieldnames or [])
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise UserError(f"{path} cannot be read as CSV ({err})") from err
-    if not fields:
-        raise UserError(f"{path} is empty: the study has not collected any results yet")
-    if "cell" not in fields:
-        raise UserError(f"{path} has no 'cell' column: it is not a study's results.csv (re-run study.py to collect it)")
-    torn = next((i for i, r in enumerate(rows, start=2) if None in r or any(v is None for v in r.values())), None)
-    if torn is not None:
-        raise UserError(f"{path} is torn: line {torn} does not have the header's {len(fields)} columns (re-run study.py to collect it)")
-    return fields, rows
-
-
-def read_spec(study_dir: Path) -> tuple[dict[str, Any], str | None]:
-    """(the parsed study.yaml or {}, its text or None)."""
-    path = study_dir / "study.yaml"
-    if not path.is_file():
-        return {}, None
-    text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        data = None
-    return (data if isinstance(data, dict) else {}), text
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_yaml(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    if not path.is_file():
-        return None, None
-    text = path.read_text(encoding="utf-8", errors="replace")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        data = None
-    return (data if isinstance(data, dict) else None), text
 
 
 # ----------------------------------------------------------------------------- small formatters
@@ -247,7 +186,7 @@ def group_configs(paths: list[tuple[str, Path]], ignore: list[str]) -> list[tupl
     """[(first label, its exact config text, labels of every config equal to it apart from ``ignore``)]."""
     groups: dict[str, tuple[str, str, list[str]]] = {}
     for label, path in paths:
-        data, text = _read_yaml(path)
+        data, text = read_yaml_dict(path)
         if text is None:
             continue
         key = json.dumps(_without(data, ignore), sort_keys=True, default=str) if data is not None else "text:" + text
@@ -321,30 +260,8 @@ def render(study_dir: Path) -> str:
     )
 
 
-def study_names(spec: dict[str, Any], study_dir: Path) -> tuple[str, str]:
-    """(the study's name, its title): the spec's ``report.title``, else its name, else the folder's."""
-    report = spec.get("report") if isinstance(spec.get("report"), dict) else {}
-    name = str(spec.get("name") or Path(study_dir).resolve().name)
-    return name, str(report.get("title") or name)
-
-
-def study_figures(study_dir: Path) -> list[Path]:
-    """Every figure of a study: the PNGs in its folder (the report's, the W&B study run's and the W&B Report's)."""
-    return sorted(p for p in Path(study_dir).glob("*.png") if p.is_file())
-
-
 SECTIONS = [("summary", "Summary"), ("figures", "Figures"), ("results", "All results"), ("gallery", "Reconstructions"),
             ("configs", "Configs"), ("environment", "Software and date")]
-
-
-def read_summary(study_dir: Path) -> dict[str, Any] | None:
-    """summary.json as analyze.py wrote it (None when missing or unreadable: the page says so)."""
-    data = _read_json(study_dir / "summary.json")
-    if not data or not isinstance(data.get("tables"), list):
-        return None
-    return {"title": str(data.get("title", "")), "lead": str(data.get("lead", "")), "figures": [str(f) for f in data.get("figures", [])],
-            "tables": [{"heading": str(t.get("heading", "")), "header": [str(c) for c in t.get("header", [])],
-                        "rows": [[str(c) for c in row] for row in t.get("rows", [])]} for t in data["tables"] if isinstance(t, dict)]}
 
 
 def _numeric_class(cell: str) -> Markup:
@@ -393,9 +310,9 @@ def gallery_cells(study_dir: Path, spec: dict[str, Any], rows: list[dict[str, st
     for cell in dict.fromkeys(r.get("cell") for r in rows if r.get("cell")):
         row = by_cell[cell]
         cell_dir = inside(study_dir / "cells", str(cell), "results.csv cell")
-        info = _read_json(cell_dir / "cell.json")
+        info = read_json_dict(cell_dir / "cell.json")
         axes = info.get("axes") if isinstance(info.get("axes"), dict) else {a: row.get(a, "") for a in grid}
-        metrics = _read_json(AttackOutput(cell_dir).metrics)
+        metrics = read_json_dict(AttackOutput(cell_dir).metrics)
         labels = [f"{k} = {v}" for k, v in axes.items()]
         labels += [f"seed {info.get('seed', row.get('seed', ''))}", f"round {info.get('round', row.get('round', ''))}",
                    f"client {info.get('client', row.get('client', ''))}"]
@@ -412,7 +329,7 @@ def config_blocks(study_dir: Path, rows: list[dict[str, str]]) -> list[dict[str,
     seeds = {r.get("train_key"): r.get("seed", "") for r in rows}
 
     def train_notes(members: list[str], label: str) -> list[str]:
-        run_json = _read_json(study_dir / label / "run.json")
+        run_json = read_json_dict(study_dir / label / "run.json")
         notes = ["study overrides: " + json.dumps(run_json["overrides"], default=str)] if run_json.get("overrides") else []
         listed = ", ".join(f"{m} (seed {seeds.get(m.split('/', 1)[1], '')})" for m in members)
         return [f"Runs: {listed}"] + notes
@@ -441,10 +358,3 @@ def environment_rows(generated: dt.datetime, results_time: dt.datetime) -> list[
     return rows + [[k, v] for k, v in versions()]
 
 
-def recorded_versions(study_dir: Path) -> list[list[str]]:
-    out = []
-    for run_json in sorted(study_dir.glob("train/*/run.json")):
-        found = _read_json(run_json).get("versions")
-        if isinstance(found, dict):
-            out.append([run_json.parent.name, ", ".join(f"{a} {b}" for a, b in found.items())])
-    return out

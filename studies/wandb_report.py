@@ -26,7 +26,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from common.errors import UserError
-from studies.html_report import check_study, read_results, read_spec, read_summary, study_figures, study_names, summary_facts
+from studies.html_report import summary_facts
+from studies.study_folder import check_study, read_results, read_spec, read_summary, study_figures, study_names
 from studies.tables import markdown_table
 
 SPEC_FILE = "wandb_report.json"

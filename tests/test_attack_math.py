@@ -353,7 +353,7 @@ def _attack(kn, **optim):
 
 def test_langevin_noise_changes_the_iterate(tiny_run):
     """Defect 4: the noise acts on the optimised images, not on a copy."""
-    from pipelines.attack_job import make_trainer
+    from pipelines.attack_setup import make_trainer
     from inversion.attack_module import iteration_loader
 
     kn = _knowledge(tiny_run, 1, 2)
@@ -451,7 +451,7 @@ def rgb_run(tmp_path_factory):
 
 
 def test_grayscale_constraint_keeps_every_channel_one_image(rgb_run):
-    from pipelines.attack_job import run_attack
+    from pipelines.attack_setup import run_attack
 
     kn = _knowledge(rgb_run, 0, 2)
     assert kn.spec.in_chans == 3

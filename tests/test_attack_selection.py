@@ -20,7 +20,7 @@ from inversion.terms import AttackSetting, BNStatistics, BNStatisticsParams, Ter
 from inversion.threat_model import ThreatConfig, load_knowledge
 from leakage.ground_truth import load_ground_truth
 from model.factory import batch_norm_layers
-from pipelines.attack_job import run_attack
+from pipelines.attack_setup import run_attack
 from tests.test_attack_math import _replay_true
 
 
@@ -215,7 +215,7 @@ def test_the_restart_with_the_lowest_heldout_mismatch_is_returned_not_the_lowest
 
 
 def test_chosen_restart_is_the_lowest_score_among_finite_ones(tiny_run):
-    from pipelines.attack_job import build_attack
+    from pipelines.attack_setup import build_attack
 
     attack = build_attack(_knowledge(tiny_run, 1, 2), build(AttackConfig, GRID))
     with torch.no_grad():

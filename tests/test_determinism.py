@@ -13,7 +13,8 @@ from common.files import load_tensors
 from federation.run_layout import RunLayout
 from inversion.attack_config import AttackConfig
 from inversion.threat_model import ThreatConfig, load_knowledge
-from pipelines.attack_job import build_attack, run_attack, run_attack_job
+from pipelines.attack_job import run_attack_job
+from pipelines.attack_setup import build_attack, run_attack
 from pipelines.escalation_runner import attack_until_converged
 
 # every rung runs (nothing meets a held-out error of 1e-12), on a budget no rung comes near

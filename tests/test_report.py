@@ -317,7 +317,7 @@ def test_the_wandb_report_holds_every_table_and_figure_of_report_html(study: Pat
     """Built offline, with no network call; its specification lies beside report.html."""
     import json
 
-    from studies.html_report import read_summary, study_figures
+    from studies.study_folder import read_summary, study_figures
     from studies.tables import markdown_table
     from studies.wandb_report import SPEC_FILE, write_wandb_report
 

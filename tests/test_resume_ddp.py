@@ -107,7 +107,7 @@ def test_a_term_that_couples_restarts_is_refused_across_processes():
     from common.config_loader import build
     from common.errors import UserError
     from inversion.attack_config import AttackConfig
-    from pipelines.attack_job import make_trainer
+    from pipelines.attack_setup import make_trainer
 
     cfg = build(AttackConfig, {"devices": 2, "objective": {"bn_statistics": {"weight": 1.0}, "group_consistency": {"weight": 0.1}}})
     with pytest.raises(UserError, match="group_consistency couples the restarts"):
