@@ -45,7 +45,7 @@ class OptimConfig:
                                     "(a constraint, unlike the grayscale_channels penalty)")
     max_seconds: float = option(0.0, "attack time budget: the cosine decay follows whichever of iterations and time runs out first, and the attack stops there (0 = no limit; results then depend on machine speed)")
     vectorize: bool = option(True, "evaluate restarts with torch.func.vmap (False: a Python loop)")
-    memory_format: str = option("auto", "convolution layout: channels_last, contiguous, or auto (channels-last for batch-1 convolutions, i.e. one image and one restart, where it is ~10% faster on CPU; contiguous otherwise); same values to float rounding")
+    memory_format: Literal["auto", "channels_last", "contiguous"] = option("auto", "convolution layout: channels_last, contiguous, or auto (channels-last for batch-1 convolutions, i.e. one image and one restart, where it is ~10% faster on CPU; contiguous otherwise); same values to float rounding")
     compile: bool = option(False, "torch.compile the per-restart objective: 1.5-2x faster steps after compiling for ~10 s (warm cache) to ~100 s (cold); pays for attacks of thousands of iterations")
     seed: int = option(0, "seed of the initialisation, the Langevin noise and the later-epoch batch split")
     checkpoint_every: int = option(0, "save a resumable checkpoint every this many steps (0 = never); attack.py --resume continues from it")

@@ -18,7 +18,6 @@ from inversion.threat_model import AttackerKnowledge
 from model.factory import batch_norm_layers
 
 
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 
 
 def conv_layout(memory_format: str, conv_batch: int) -> torch.memory_format:
@@ -28,8 +27,6 @@ def conv_layout(memory_format: str, conv_batch: int) -> torch.memory_format:
     channels-last; batches go to oneDNN, which was ~15% slower channels-last here (8 restarts).
     Values agree to float rounding either way (BENCHMARKS.md, precision).
     """
-    if memory_format not in MEMORY_FORMATS:
-        raise UserError(f"optim.memory_format must be one of {', '.join(MEMORY_FORMATS)}, got {memory_format}")
     if memory_format == "auto":
         memory_format = "channels_last" if conv_batch == 1 else "contiguous"
     return torch.channels_last if memory_format == "channels_last" else torch.contiguous_format

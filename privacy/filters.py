@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import Literal
 
 import torch
 
@@ -11,14 +12,11 @@ from common.errors import UserError
 from privacy.base import FilterContext, PrivacyFilter, Update, flat_abs, float_keys, global_norm, register
 
 
-CALIBRATIONS = ("pooled", "per_tensor")
-
-
 @dataclasses.dataclass
 class GaussianParams:
     sigma0: float = option(0.0, "noise std as a multiple of the percentile of the non-zero absolute update")
     percentile: float = option(95.0, "which percentile of the non-zero absolute values sets the scale")
-    calibration: str = option("pooled", "pooled: one percentile over every float entry (the paper's filter); per_tensor: each "
+    calibration: Literal["pooled", "per_tensor"] = option("pooled", "pooled: one percentile over every float entry (the paper's filter); per_tensor: each "
                                         "tensor's own percentile, so that small tensors (BN running statistics) get noise on their scale")
 
 
@@ -40,8 +38,6 @@ class GaussianNoise(PrivacyFilter):
             raise UserError(f"gaussian filter: sigma0 must be >= 0, got {self.params.sigma0}")
         if not 0 < self.params.percentile <= 100:
             raise UserError(f"gaussian filter: percentile must be in (0, 100], got {self.params.percentile}")
-        if self.params.calibration not in CALIBRATIONS:
-            raise UserError(f"gaussian filter: calibration must be one of {', '.join(CALIBRATIONS)}, got {self.params.calibration}")
 
     def scale(self, values: torch.Tensor) -> float:
         """The percentile of the non-zero absolute values (0 if there are none)."""

@@ -113,3 +113,14 @@ def test_a_bad_override_fails_when_the_audit_is_built():
 
     with pytest.raises(UserError, match="optim.lr"):
         AttackAudit(AuditConfig(every=1, attack={"optim.lr": -1}), num_clients=3)
+
+
+def test_choices_are_checked_by_the_one_validator_with_their_allowed_values():
+    """Literal fields, not hand-written lists: the schema's validator names the key and the allowed values."""
+    from common.errors import UserError
+    from privacy.base import make_filter
+
+    with pytest.raises(UserError, match=r"'privacy.filters.0.calibration' must be one of \['pooled', 'per_tensor'\], got 'bogus'"):
+        make_filter({"name": "gaussian", "calibration": "bogus"}, "privacy.filters.0")
+    with pytest.raises(UserError, match=r"'optim.memory_format' must be one of \['auto', 'channels_last', 'contiguous'\]"):
+        attack_config(None, ["optim.memory_format=weird"])

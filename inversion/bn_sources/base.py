@@ -29,8 +29,6 @@ def layer_distance(stat: BNStat, mean: torch.Tensor, var: torch.Tensor, scale: t
     return scale[0] * torch.linalg.vector_norm(stat.mean - mean) + scale[1] * torch.linalg.vector_norm(stat.var_unbiased - var)
 
 
-NORMALIZATIONS = ("layer", "none")
-UPDATE_SCALES = ("known", "fit")
 
 
 def layer_scales(variances: list[torch.Tensor], normalize: str) -> list[tuple[float, float]]:
@@ -44,8 +42,6 @@ def layer_scales(variances: list[torch.Tensor], normalize: str) -> list[tuple[fl
     models. ``variances``: each layer's target variance per channel (any source; averaging over the
     channels keeps noisy targets usable; the floor only avoids a division by zero).
     """
-    if normalize not in NORMALIZATIONS:
-        raise UserError(f"objective.bn_statistics.normalize must be one of {', '.join(NORMALIZATIONS)}, got {normalize}")
     if normalize == "none":
         return [(1.0, 1.0)] * len(variances)
     out = []
@@ -178,8 +174,6 @@ def make_bn_source(name: str, bn_names: list[str], global_state: dict[str, torch
     have_buffers = all(km in update and kv in update for km, kv in keys)
     if name == "auto":
         name = "multi_step" if have_buffers else "none"
-    if update_scale not in UPDATE_SCALES:
-        raise UserError(f"objective.bn_statistics.update_scale must be one of {', '.join(UPDATE_SCALES)}, got {update_scale}")
     cls = REGISTRY.get(name)
     if update_scale != "known" and not cls.fits_update_scale:
         raise UserError(f"objective.bn_statistics.update_scale={update_scale} needs source multi_step (or auto), not {name}")

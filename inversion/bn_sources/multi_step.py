@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from common.errors import UserError
-from inversion.bn_sources.base import UPDATE_SCALES, BNSource, SourceInputs, Targets, layer_scales, needs_buffers, register, weighted_mean_inference
+from inversion.bn_sources.base import BNSource, SourceInputs, Targets, layer_scales, needs_buffers, register, weighted_mean_inference
 from inversion.functional import BNStat
 
 
@@ -37,8 +36,6 @@ class MultiStepSource(BNSource):
 
     def __init__(self, initial: Targets, observed: Targets, momentum: float, steps: int, normalize: str = "none",
                  update_scale: str = "known"):
-        if update_scale not in UPDATE_SCALES:
-            raise UserError(f"objective.bn_statistics.update_scale must be one of {', '.join(UPDATE_SCALES)}, got {update_scale}")
         self.update_scale = update_scale
         self.m = momentum
         self.initial = [(mean.double(), var.double()) for mean, var in initial]
