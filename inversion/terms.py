@@ -17,6 +17,7 @@ from common.config_loader import build, option
 from common.errors import UserError
 from common.registry import Registry
 from inversion.bn_sources import BNSource, source_names
+from inversion.bn_sources.base import Normalize, UpdateScale
 from inversion.replay import ReplayOutput
 
 
@@ -173,9 +174,9 @@ class BNStatisticsParams:
     weight: float = option(1.0, "weight")
     source: str = option("auto", f"where targets come from: {', '.join(source_names())} (auto = multi_step if running stats were sent, else none)")
     weights_per_step: Literal["interpolate", "global"] = option("interpolate", "without update matching, the weights each dummy step uses: interpolate (theta0 + k/T delta) or global")
-    normalize: Literal["layer", "none"] = option("layer", "layer: each BN layer's distances divided by its target scale (RMS relative errors; "
+    normalize: Normalize = option("layer", "layer: each BN layer's distances divided by its target scale (RMS relative errors; "
                                      "BN is blind to its input's scale, so the prior is too), or none: raw DeepInversion distances")
-    update_scale: Literal["known", "fit"] = option("known", "known, or fit: the update was clipped (scaled by an unknown factor, e.g. dp_gaussian's "
+    update_scale: UpdateScale = option("known", "known, or fit: the update was clipped (scaled by an unknown factor, e.g. dp_gaussian's "
                                         "clip_norm / ||update||); multi_step fits the factor jointly with the images")
     holdout: int = option(0, "hold every k-th BN layer (k >= 2) out of the prior: their mismatch is computed but never optimised, "
                              "and scores the restarts (optim.select); 0 = use every layer")

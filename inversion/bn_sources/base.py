@@ -13,7 +13,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
-from typing import ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 
@@ -29,6 +29,16 @@ def layer_distance(stat: BNStat, mean: torch.Tensor, var: torch.Tensor, scale: t
     return scale[0] * torch.linalg.vector_norm(stat.mean - mean) + scale[1] * torch.linalg.vector_norm(stat.var_unbiased - var)
 
 
+#: the choices of objective.bn_statistics (its Params use these types; the functions below are callable on their own
+#: and check against the same values, read off the types)
+Normalize = Literal["layer", "none"]
+UpdateScale = Literal["known", "fit"]
+
+
+def _check_choice(value: str, choices: Any, key: str) -> None:
+    allowed = get_args(choices)
+    if value not in allowed:
+        raise UserError(f"objective.bn_statistics.{key} must be one of {', '.join(allowed)}, got {value}")
 
 
 def layer_scales(variances: list[torch.Tensor], normalize: str) -> list[tuple[float, float]]:
@@ -42,6 +52,7 @@ def layer_scales(variances: list[torch.Tensor], normalize: str) -> list[tuple[fl
     models. ``variances``: each layer's target variance per channel (any source; averaging over the
     channels keeps noisy targets usable; the floor only avoids a division by zero).
     """
+    _check_choice(normalize, Normalize, "normalize")
     if normalize == "none":
         return [(1.0, 1.0)] * len(variances)
     out = []
@@ -174,6 +185,7 @@ def make_bn_source(name: str, bn_names: list[str], global_state: dict[str, torch
     have_buffers = all(km in update and kv in update for km, kv in keys)
     if name == "auto":
         name = "multi_step" if have_buffers else "none"
+    _check_choice(update_scale, UpdateScale, "update_scale")
     cls = REGISTRY.get(name)
     if update_scale != "known" and not cls.fits_update_scale:
         raise UserError(f"objective.bn_statistics.update_scale={update_scale} needs source multi_step (or auto), not {name}")
