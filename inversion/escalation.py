@@ -41,8 +41,10 @@ def default_ladder() -> list[dict[str, Any]]:
 class EscalationConfig:
     enabled: bool = option(True, "escalate along the ladder when the attack did not converge (attack.py --no-escalation turns it off)")
     max_seconds: float = option(300.0, "wall-clock time of all rungs together, counted from the start of the configured attack (which "
-                                       "always runs in full, under its own optim.max_seconds); each later rung gets what is left as its "
-                                       "optim.max_seconds, and none starts once it is spent (0 = no limit)")
+                                       "always runs in full, under its own optim.max_seconds); each later rung is stopped when it is spent (a "
+                                       "stop, not an input of its lr schedule, so that a rung's numbers do not depend on the machine's speed; "
+                                       "an attack with an optim.max_seconds of its own gets at most what is left as that budget), "
+                                       "and none starts once it is spent (0 = no limit)")
     ladder: list[dict[str, Any]] = option(help="rungs tried in order after the configured attack: {name: ..., overrides: {dotted.key: value}}, "
                                                "each applied to the attack's own config (rungs do not accumulate; 'xF' multiplies the configured number)", factory=default_ladder)
 
