@@ -96,7 +96,9 @@ class UpdateCapture(pl.Callback):
         momentum = self.job.model_spec.bn_momentum
         # each BN forward keeps (1 - momentum) of the running variance and adds a batch variance >= 0: after `steps` of
         # them it is at least (1 - momentum)^steps of the variance received, whatever the data
-        keep = (1.0 - momentum) ** steps if momentum is not None else 0.0
+        # (less a relative 1e-5, so that float rounding of an honest update, e.g. a channel whose batch variance is exactly
+        # 0, is never moved)
+        keep = (1.0 - momentum) ** steps * (1.0 - 1e-5) if momentum is not None else 0.0
         lowest = {k: (keep - 1.0) * v for k, v in self._before.items() if k.endswith("running_var")}
         self._before = {}  # a full model copy: not kept beyond the delta
         self.local = LocalResult(raw, self.metadata(steps), steps, pl_module.last_loss, lowest)

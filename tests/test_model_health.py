@@ -101,3 +101,17 @@ def test_on_invalid_takes_only_its_two_values(tmp_path, capsys, bad):
 
     code, err = run_entry(train.main, TINY + [bad, "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and "fl.on_invalid" in err and "stop" in err
+
+
+def test_the_floor_by_hand():
+    """Received variances 1 and 2, momentum 0.1, 2 local steps: an honest client keeps at least 0.81 of each, so no
+    change below -0.19 and -0.38 is sent; other entries, and an update within the bound, pass untouched."""
+    from privacy.base import FilterChain, FilterContext, keep_variances_valid
+
+    lowest = {"bn.running_var": (0.9 ** 2 - 1.0) * torch.tensor([1.0, 2.0])}
+    update = {"bn.running_var": torch.tensor([-0.5, -0.1]), "bn.running_mean": torch.tensor([-9.0, 9.0])}
+    out, moved = keep_variances_valid(update, lowest)
+    assert moved == 1 and torch.allclose(out["bn.running_var"], torch.tensor([-0.19, -0.1]))
+    assert torch.equal(out["bn.running_mean"], update["bn.running_mean"]) and torch.equal(update["bn.running_var"], torch.tensor([-0.5, -0.1]))
+    ctx = FilterContext(torch.Generator(), running_var_min_delta=lowest)
+    assert FilterChain([]).apply(dict(update), ctx)[0]["bn.running_var"][0] == -0.5  # no filter: the update is the client's own
