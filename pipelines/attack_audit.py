@@ -20,20 +20,21 @@ from pipelines.attack_setup import build_attack, run_attack
 from pipelines.attack_plan import attack_config
 from pipelines.escalation_runner import attack_until_converged
 
+
 class AttackAudit:
     def __init__(self, cfg: AuditConfig, num_clients: int):
         self.cfg = cfg  # checked by the federation (check_audit_config), which builds the auditor
         self.overrides = overrides_list(cfg.attack) + ["logging.wandb=false", "logging.progress=false", "scoring.lpips=false"]
-        self._configs: dict[int, AttackConfig] = {}
+        self._configs: dict[bool, AttackConfig] = {}  # by "more than one image": the only thing the choice depends on
         self.attack_config(1)  # a bad attack config or override fails when the federation is built, not in its first audit
 
     def attack_config(self, num_images: int) -> AttackConfig:
         """attack.py's config for an update of a client with ``num_images`` images (pipelines.attack_plan): the same
         configuration, batch.yaml for a multi-image client included, unless audit.attack_config names a file."""
-        key = num_images if num_images > 1 else 1
-        if key not in self._configs:
-            self._configs[key] = attack_config(self.cfg.attack_config, self.overrides, num_images=key)
-        return self._configs[key]
+        multi = num_images > 1
+        if multi not in self._configs:
+            self._configs[multi] = attack_config(self.cfg.attack_config, self.overrides, num_images=num_images)
+        return self._configs[multi]
 
     def due(self, rnd: int, client: int) -> bool:
         return audit_due(self.cfg, rnd, client)

@@ -154,15 +154,14 @@ def plan_attack(config: ConfigFiles = None, overrides: Overrides = (), *, update
     """The plan for one saved update (``update``; None = the high-risk client of ``run``'s latest round, as attack.py)."""
     extra = {"update": update, "out": out, "run": run, "ground_truth": ground_truth}
     given = _override_strings(overrides) + [f"{k}={v}" for k, v in extra.items() if v is not None]
-    tree = merged(chosen_files(config, 1), given)  # the update and run the user named, before the choice
+    single = chosen_files(config, 1)
+    tree = merged(single, given)  # the update and run the user named, before the choice
     defaults = AttackConfig()
     update, run_dir = tree.get("update") or defaults.update, tree.get("run") or defaults.run
     folder = Path(str(update)) if update else high_risk_update(str(run_dir))
     images = update_images(folder)
-    if chosen_files(config, images or 1) == chosen_files(config, 1):
-        cfg = build(AttackConfig, tree)  # the same files: built once from the tree already read
-        check_attack_config(cfg)
-    else:
-        cfg = attack_config(config, given, num_images=images or 1)
+    files = chosen_files(config, images or 1)
+    cfg = build(AttackConfig, tree if files == single else merged(files, given))  # read again only when batch.yaml joins
+    check_attack_config(cfg)
     cfg.update = str(folder)  # resolved once: the job attacks what the choice was made for
-    return AttackPlan(cfg, folder, images, tuple(chosen_files(config, images or 1)[1:]))
+    return AttackPlan(cfg, folder, images, tuple(files[1:]))

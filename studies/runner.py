@@ -29,7 +29,6 @@ from studies.spec import Cell, StudySpec, cells, config_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_DEFAULT = TrainConfig.DEFAULT_FILE
-ATTACK_DEFAULT = AttackConfig.DEFAULT_FILE
 
 # results.csv / per_image.csv columns; the registered image metrics (leakage/image_metrics/) follow "ssim"
 # when any cell computed them
@@ -66,11 +65,10 @@ class StudyRunner:
         self.out = Path(spec.out)
         self.progress = progress
         self.wandb = wandb
-        attack_files = _config_file(spec.attack.config, ATTACK_DEFAULT)
-        if not spec.attack.config:  # the automatic choice may apply batch.yaml: editing it must not reuse cells made before
-            from pipelines.attack_plan import BATCH_FILE
+        from pipelines.attack_plan import chosen_files
 
-            attack_files = [*attack_files, str(BATCH_FILE)]
+        # the files a multi-image cell layers (batch.yaml too when no attack.config is named): editing any must not reuse cells
+        attack_files = chosen_files(spec.attack.config, num_images=2)
         self.cells = cells(spec, {"train": config_fingerprint(_config_file(spec.train.config, TRAIN_DEFAULT)),
                                   "attack": config_fingerprint(attack_files)})
         self.attacks_run = 0
