@@ -1,6 +1,6 @@
 """Peak and per-round resident memory of one train.py run (a subprocess, sampled every second).
 
-    python -m bench.train_memory -- fl.rounds=12 'privacy.filters=[{name: dp_gaussian, clip_norm: 2, noise_multiplier: 2}]'
+    python -m bench.train_memory -- fl.rounds=12 'privacy.filters=[{name: dp_gaussian, clip_norm: 2, noise_multiplier: 2, noise: local, parts: all}]'
 
 A run must not grow with the number of rounds: what a round allocates is freed before the next one.
 Reported: the peak RSS, and the RSS at 1/4, 1/2, 3/4 and the end of the run (flat = no growth).

@@ -245,6 +245,12 @@ def _lookup(tree: dict[str, Any] | None, key: str) -> Any:
     return node
 
 
+def get_dotted(tree: dict[str, Any] | None, key: str) -> Any:
+    """The value at a dotted key of a config tree (``fl.bn_buffers``), None where there is none."""
+    value = _lookup(tree, key)
+    return None if value is _MISSING else value
+
+
 def _list_item_schema(tp: Any) -> type | None:
     if typing.get_origin(tp) is list:
         (item,) = typing.get_args(tp) or (None,)

@@ -50,6 +50,7 @@ class ClientResult:
     local_steps: int
     filter_effects: list[dict[str, Any]]
     train_loss: float
+    kept: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # entries the client keeps (FedBN): never sent
 
 
 def state_delta(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

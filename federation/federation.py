@@ -27,15 +27,16 @@ from datamodules.sources import ImagePool, load_pool
 from federation.audit import AuditConfig, Auditor, AuditRecord, NoAudit, append_audit_csv, check_audit_config
 from federation.batch_statistics import BatchStatisticsRecorder
 from federation.capture import ClientResult, ClientRound, LocalResult, UpdateCapture
-from federation.client import FLClient
+from federation.client import FLClient, evaluate
 from federation.train_config import TrainConfig, check_train_config
 from federation.fedavg import apply_update, average_updates, client_weights
 from federation.outbox import ClientOutbox
 from federation.run_files import write_setup
 from federation.run_layout import RunLayout
+from federation.local_state import ClientStates, local_keys
 from federation.model_health import model_problems
 from model.factory import ClientModel, ModelSpec, build_model, check_batch_norm_viable
-from privacy.base import FilterChain, FilterContext
+from privacy.base import FilterChain, FilterContext, ServerContext
 
 # (job, local result, its BN-statistics recorder) -> the result as sent, or None when the engine sends it later
 HandOver = Callable[[ClientRound, LocalResult, BatchStatisticsRecorder | None], ClientResult | None]
@@ -77,6 +78,8 @@ class Federation:
             smallest = spec.images % spec.batch_size or spec.batch_size
             check_batch_norm_viable(self.global_model, self.spec, smallest, f"client {c}")
         self.filters = FilterChain.from_config(cfg.privacy.filters)
+        self.states = ClientStates(local_keys(self.global_model, cfg.fl.bn_buffers, cfg.fl.bn_affine))
+        self.check_filters_fit_the_engine()
         self.client = FLClient(copy.deepcopy(self.global_model), cfg.optimizer)
         self.test_loader = test_loader(self.pool, self.split.test_indices)
         self.num_clients = len(self.split.specs)
@@ -134,7 +137,7 @@ class Federation:
         spec = self.split.specs[client]
         seed = client_seed(self.cfg.seed, rnd, client)
         torch.manual_seed(seed)
-        self.client.model.load_state_dict(global_state)
+        self.client.model.load_state_dict(self.states.start(client, global_state))
         self.client.lr = lr
         job = ClientRound(rnd, client, self.pool, self.split.client_indices[client], spec.batch_size,
                           self.local_epochs(client), self.spec, self.cfg.optimizer, lr, seed)
@@ -151,13 +154,15 @@ class Federation:
         if patch is not None:
             patch(trainer)
         fit(trainer, self.client, datamodule=datamodule)
+        if self.states and capture.result is not None:
+            capture.result.kept = self.states.keep(client, self.client.model.state_dict())
         return capture
 
     def recorder(self, rnd: int, client: int, run_dir: Path | None) -> BatchStatisticsRecorder | None:
         return BatchStatisticsRecorder() if self.captured(rnd, client, run_dir) and self.cfg.capture.bn_statistics else None
 
     def outbox(self, rnd: int, client: int, run_dir: Path | None, recorder: BatchStatisticsRecorder | None) -> ClientOutbox:
-        return ClientOutbox(self.filters, run_dir if self.captured(rnd, client, run_dir) else None, recorder)
+        return ClientOutbox(self.filters, run_dir if self.captured(rnd, client, run_dir) else None, recorder, self.states.keys)
 
     def local_epochs(self, client: int) -> int:
         spec = self.split.specs[client]
@@ -169,14 +174,51 @@ class Federation:
         spec = self.split.specs[client]
         return local_steps(spec.images, spec.batch_size, self.cfg.local.epochs, self.cfg.local.steps)
 
+    def check_filters_fit_the_engine(self) -> None:
+        """A filter with a server half (central DP noise, adaptive clipping) runs where the server runs it: refused before
+        any work where it would silently not run."""
+        for f in self.filters.filters:
+            if f.needs_server and self.cfg.fl.engine != "simulation":
+                raise UserError(f"privacy filter {f.name}: its server half (central noise, adaptive clipping) runs on fl.engine=simulation "
+                                f"only; on {self.cfg.fl.engine} use noise: local with a fixed clip_norm")
+            if f.server_driven and self.cfg.fl.workers > 0:
+                raise UserError(f"privacy filter {f.name}: adaptive clipping sets each round's clip norm on the server; fl.workers > 0 "
+                                "would clip with a stale one (use fl.workers=0, or a fixed clip_norm)")
+
     def aggregate(self, results: dict[int, ClientResult], global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """FedAvg over the updates the server received (withheld ones are simply not in ``results``)."""
+        return self.aggregate_round(0, results, global_state)[0]
+
+    def aggregate_round(self, rnd: int, results: dict[int, ClientResult], global_state: dict[str, torch.Tensor]
+                        ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
+        """FedAvg, then the filters' server half (central noise, the next clip norm); returns the new global model and
+        the server half's effects. Its noise is seeded by (seed, round), as the clients' is by (seed, round, client)."""
         if not results:
-            return {k: v.clone() for k, v in global_state.items()}
+            return {k: v.clone() for k, v in global_state.items()}, []
         order = sorted(results)
         weights = client_weights([results[c].num_samples for c in order], [results[c].local_steps for c in order], self.cfg.fl.weighting)
         delta = average_updates([results[c].outgoing for c in order], weights, global_state)
-        return apply_update(global_state, delta)
+        effects: list[dict[str, Any]] = []
+        if len(self.filters):
+            ctx = ServerContext(torch.Generator().manual_seed(client_seed(self.cfg.seed, rnd, 7_777_777)), rnd, order, weights,
+                                [results[c].filter_effects for c in order], {k for c in order for k in results[c].outgoing})
+            delta, effects = self.filters.server_step(delta, ctx)
+        return apply_update(global_state, delta), effects
+
+    def evaluate(self, global_state: dict[str, torch.Tensor]) -> tuple[float, float]:
+        """Test accuracy and loss of the global model; with local BN entries (FedBN) the global model has no trained
+        statistics of its own, so each client's model (global weights, its kept entries) is evaluated and the
+        accuracies and losses averaged over the clients that trained so far (FedBN's evaluation)."""
+        clients = sorted(self.states.kept) if self.states else []
+        if not clients:
+            self.global_model.load_state_dict(global_state)
+            return evaluate(self.global_model, self.test_loader)
+        scores = []
+        for client in clients:
+            self.global_model.load_state_dict(self.states.start(client, global_state))
+            scores.append(evaluate(self.global_model, self.test_loader))
+        self.global_model.load_state_dict(global_state)
+        return float(np.mean([a for a, _ in scores])), float(np.mean([loss for _, loss in scores]))
 
     def model_check(self, rnd: int, state: dict[str, torch.Tensor], test_loss: float) -> str:
         """What is wrong with the round's global model ('' = nothing), said on stderr when something is."""

@@ -21,10 +21,9 @@ from common.files import save_tensors
 from common.tracking import start_run
 from federation.audit import AuditConfig, AuditRecord
 from federation.capture import ClientResult
-from federation.client import evaluate
 from federation.train_config import TrainConfig
 from federation.federation import Federation, RoundRecord
-from federation.run_files import append_metrics_csv, finished_rounds
+from federation.run_files import append_metrics_csv, append_server_privacy, finished_rounds, server_privacy_state
 from federation.run_layout import RunLayout
 
 
@@ -47,6 +46,10 @@ class InProcessEngine:
             return None
         nxt, state = point
         self.federation.replay_filters(nxt)
+        self.federation.states.load(RunLayout(run_dir), nxt, range(self.federation.num_clients))
+        server = server_privacy_state(RunLayout(run_dir).server_privacy, nxt)
+        if server is not None:
+            self.federation.filters.load_server_state(server)
         return nxt, state
 
     def run(self, run_dir: Path | None, resume: bool = False) -> list[RoundRecord]:
@@ -80,7 +83,11 @@ class InProcessEngine:
                 audits: list[AuditRecord] = []
                 if pool is not None:
                     bar.set_description(f"round {rnd + 1}/{cfg.fl.rounds} ({cfg.fl.workers} workers)")
-                    results = pool.train(rnd, fed.sample_clients(rnd), global_state, lr, run_dir, on_client=lambda _c: bar.update(1))
+                    results = pool.train(rnd, fed.sample_clients(rnd), global_state, lr, run_dir, on_client=lambda _c: bar.update(1),
+                                         kept=fed.states.kept)
+                    for client, result in results.items():  # what a worker's client keeps comes back for evaluation
+                        if result.kept:
+                            fed.states.kept[client] = result.kept
                 for client in fed.sample_clients(rnd):
                     if pool is None:
                         bar.set_description(f"round {rnd + 1}/{cfg.fl.rounds} client {client}")
@@ -92,11 +99,12 @@ class InProcessEngine:
                         audits.append(fed.run_audit(rnd, client, global_state, results[client], run_dir, wandb_run))
                 withheld = [a.client for a in audits if a.withheld]
                 received = {c: r for c, r in results.items() if c not in withheld}
-                global_state = fed.aggregate(received, global_state)
+                global_state, server_effects = fed.aggregate_round(rnd, received, global_state)
                 if layout is not None:  # the model sent out in the next round (after the last: the final model)
+                    append_server_privacy(layout.server_privacy, rnd, server_effects, fed.filters.server_state())
+                    fed.states.save(layout, rnd, results)
                     save_tensors(layout.global_model(rnd + 1), global_state)
-                fed.global_model.load_state_dict(global_state)
-                acc, loss = evaluate(fed.global_model, fed.test_loader)
+                acc, loss = fed.evaluate(global_state)
                 invalid = fed.model_check(rnd, global_state, loss)
                 train_loss = float(np.mean([r.train_loss for r in results.values()]))
                 # the record keeps each client's metadata and filter effects, not its update tensors: a 12-round

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 from typing import Any
 
 import torch
@@ -111,3 +112,21 @@ def truncate_csv(path: Any, before_round: int) -> None:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(r for r in rows if int(r["round"]) < before_round)
+
+
+def append_server_privacy(path: Any, rnd: int, effects: list[dict[str, Any]], state: list[dict[str, Any]]) -> None:
+    """One line of the privacy filters' server half for round ``rnd`` (nothing when no filter has one)."""
+    if not effects and not any(state):
+        return
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"round": rnd, "effects": effects, "state": state}) + "\n")
+
+
+def server_privacy_state(path: Any, before_round: int) -> list[dict[str, Any]] | None:
+    """The server half's state after round ``before_round - 1`` (a resume); lines of later rounds are dropped."""
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in rows if r["round"] < before_round]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return kept[-1]["state"] if kept and kept[-1]["round"] == before_round - 1 else None

@@ -115,6 +115,15 @@ class RunLayout:
     def ground_truth_images(self, rnd: int, client: int) -> Path:
         return self.ground_truth(rnd, client) / "images.safetensors"
 
+    @property
+    def server_privacy(self) -> Path:
+        """One JSON line per round: the privacy filters' server half (effects, and the state a resume takes up)."""
+        return self.root / "server_privacy.jsonl"
+
+    def local_state(self, rnd: int, client: int) -> Path:
+        """The entries the client keeps (fl.bn_buffers/bn_affine local) after its training in round ``rnd``: site-local."""
+        return self.root / "client_state" / f"round_{rnd}" / f"client_{client}.safetensors"
+
     def attack(self, rnd: int, client: int) -> Path:
         return self.root / "attacks" / f"round_{rnd}_client_{client}"
 

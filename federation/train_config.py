@@ -33,6 +33,12 @@ class FLConfig:
                                                              "variances, non-finite weights or test loss, e.g. after a privacy filter broke "
                                                              "it): stop with a one-line error (the rounds so far are kept in OUT.partial) or "
                                                              "continue (a warning each round; metrics.csv's 'invalid' column says what broke)")
+    bn_buffers: Literal["shared", "local"] = option("shared", "BN running statistics (running_mean, running_var, num_batches_tracked): "
+                                                              "shared (sent and averaged: the paper's setting and its attack's side channel) "
+                                                              "or local (FedBN, Li et al. 2021: each client keeps its own and sends none; "
+                                                              "test accuracy is then each client's model averaged, docs/privacy-filters.md)")
+    bn_affine: Literal["shared", "local"] = option("shared", "BN weight and bias: shared, or local (FedBN's full variant: kept on the "
+                                                             "client; an attacker replaying the client's steps has only the server's values)")
     workers: int = option(0, "train each round's clients in this many worker processes (accelerator gpu: worker i on GPU i; "
                              "cpu: the cores shared out); client c always goes to worker c % workers; 0 = in this process")
     split: SplitConfig = option(help="client layout", factory=SplitConfig)
@@ -88,6 +94,8 @@ def check_train_config(cfg: TrainConfig) -> None:
         raise UserError(f"fl.client_fraction must be in (0, 1], got {cfg.fl.client_fraction}")
     if cfg.local.epochs < 1 and cfg.local.steps < 1:
         raise UserError("local.epochs or local.steps must be at least 1")
+    if cfg.fl.engine == "nvflare" and "local" in (cfg.fl.bn_buffers, cfg.fl.bn_affine):
+        raise UserError("fl.bn_buffers/bn_affine=local runs on fl.engine=simulation only (the NVFlare job does not keep client state yet)")
     cfg.optimizer.validate()
     if cfg.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UserError("accelerator gpu requested but no CUDA device is available")

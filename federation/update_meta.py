@@ -79,6 +79,7 @@ class UpdateMeta(_Strict):
     drop_last: bool = False
     privacy_filters: list[Any] = Field(default_factory=list)
     withheld_keys: list[str] = Field(default_factory=list)
+    local_keys: list[str] = Field(default_factory=list)  # entries the client keeps (FedBN): its values are not the global model's
     global_model: Optional[Annotated[str, Field(min_length=1)]] = None
     global_model_sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None
 
@@ -93,6 +94,9 @@ class UpdateMeta(_Strict):
         if not (self.local_epochs - 1) * per_epoch < self.local_steps <= self.local_epochs * per_epoch:
             raise ValueError(f"local_steps {self.local_steps} does not fit local_epochs {self.local_epochs} of "
                              f"ceil({self.num_images}/{self.batch_size}) = {per_epoch} steps")
+        kept_but_sent = sorted(set(self.local_keys) - set(self.withheld_keys))
+        if kept_but_sent:
+            raise ValueError(f"local_keys names '{kept_but_sent[0]}', which withheld_keys does not list (a kept entry is never sent)")
         # every field is used or checked against the one that is: the replay uses optimizer.lr and model.*
         if self.lr is not None and not math.isclose(self.lr, self.optimizer.lr, rel_tol=1e-6):
             raise ValueError(f"lr {self.lr} differs from optimizer.lr {self.optimizer.lr} (the replay uses optimizer.lr)")

@@ -32,6 +32,7 @@ def _pack_result(result: ClientResult) -> dict[str, Any]:
     fields = {f.name: getattr(result, f.name) for f in dataclasses.fields(result)}  # shallow: tensors are packed below
     fields["outgoing"] = _pack(result.outgoing)
     fields["raw"] = _pack(result.raw)
+    fields["kept"] = _pack(result.kept)
     return fields
 
 
@@ -39,6 +40,7 @@ def _unpack_result(fields: dict[str, Any]) -> ClientResult:
     fields = dict(fields)
     fields["outgoing"] = st_load(fields["outgoing"])
     fields["raw"] = st_load(fields["raw"])
+    fields["kept"] = st_load(fields["kept"])
     return ClientResult(**fields)
 
 
@@ -55,9 +57,11 @@ def _worker(factory: Callable[[dict[str, Any], int, int], Any], cfg_tree: dict[s
         job = inbox.get()
         if job is None:
             return
-        rnd, clients, state, lr, run_dir = job
+        rnd, clients, state, lr, run_dir, kept = job
         try:
             global_state = st_load(state)
+            for c, tensors in kept.items():  # the parent holds what each client keeps (a resumed run reads it from disk)
+                sim.states.kept[c] = st_load(tensors)
             out = {c: _pack_result(sim.train_client(rnd, c, global_state, lr, Path(run_dir) if run_dir else None)) for c in clients}
             outbox.put((index, "done", out))
         except BaseException as err:  # noqa: BLE001
@@ -105,13 +109,16 @@ class ClientWorkers:
         return index, kind, payload
 
     def train(self, rnd: int, clients: list[int], global_state: dict[str, torch.Tensor], lr: float,
-              run_dir: Path | None, on_client: Any = None) -> dict[int, ClientResult]:
+              run_dir: Path | None, on_client: Any = None, kept: dict[int, dict[str, torch.Tensor]] | None = None) -> dict[int, ClientResult]:
+        """``kept``: per client, the entries it keeps (FedBN), sent to its worker with the job."""
         state = _pack(global_state)
+        kept = kept or {}
         jobs: dict[int, list[int]] = {}
         for c in clients:
             jobs.setdefault(self.owner(c), []).append(c)
         for w, cs in jobs.items():
-            self.inboxes[w].put((rnd, cs, state, lr, str(run_dir) if run_dir is not None else None))
+            own = {c: _pack(kept[c]) for c in cs if c in kept}
+            self.inboxes[w].put((rnd, cs, state, lr, str(run_dir) if run_dir is not None else None, own))
         results: dict[int, ClientResult] = {}
         for _ in jobs:
             _, _, out = self._receive()

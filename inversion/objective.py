@@ -111,7 +111,8 @@ class Objective:
             params0=self.params0,
             bn_source_factory=lambda name, normalize, update_scale, channel_groups=1: make_bn_source(
                 name, [n for n, _ in batch_norm_layers(model)], knowledge.global_state, knowledge.update, self.proc.bn_momentum,
-                self.proc.local_steps, knowledge.oracle.bn_statistics, normalize, update_scale, channel_groups),
+                self.proc.local_steps, knowledge.oracle.bn_statistics, normalize, update_scale, channel_groups,
+                knowledge.meta.get("local_keys", [])),
             prior=knowledge.prior,
             norm_mean=model.input_path.mean[0],
             norm_std=model.input_path.std[0],

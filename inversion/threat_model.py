@@ -56,6 +56,13 @@ class AttackerKnowledge:
         """The prior at the data's size: RDLV's reference, whatever size the attack reconstructed at."""
         return self.native_prior if self.native_prior is not None else self.prior
 
+    @property
+    def unknown_client_weights(self) -> list[str]:
+        """Weights the client kept (FedBN's BN weight and bias): update matching replays its steps with the server's
+        values of them, so the replay is approximate. Kept running statistics do not count: train-mode BN never reads them."""
+        buffers = ("running_mean", "running_var", "num_batches_tracked")
+        return [k for k in self.meta.get("local_keys", []) if not k.endswith(buffers)]
+
     def global_model(self) -> ClientModel:
         model = build_model(self.spec)
         model.load_state_dict(self.global_state)
@@ -69,6 +76,7 @@ class AttackerKnowledge:
                                          ("true batch order", self.threat.oracle_batch_order), ("training images", False)) if not v],
             "oracle": {k: v for k, v in dataclasses.asdict(self.threat).items() if v},
             "withheld_by_client": self.meta.get("withheld_keys", []),
+            "kept_on_client": self.meta.get("local_keys", []),
             "privacy_filters": self.meta.get("privacy_filters", []),
         }
 

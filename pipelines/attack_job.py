@@ -140,6 +140,10 @@ def run_attack_job(cfg: AttackConfig, resume: bool = False, overwrite: bool = Fa
         if unsmoothed:
             print(f"warning: update matching replays these activations with their exact (piecewise) derivative: "
                   f"{', '.join(unsmoothed[:4])}{' ...' if len(unsmoothed) > 4 else ''}", file=sys.stderr)
+        if knowledge.unknown_client_weights:
+            unknown = knowledge.unknown_client_weights
+            print(f"warning: the client keeps {len(unknown)} BN weights of its own (FedBN: {', '.join(unknown[:2])}"
+                  f"{' ...' if len(unknown) > 2 else ''}); the attack replays its steps with the server's values", file=sys.stderr)
         escalated = attack_until_converged(knowledge, cfg, run_attack, build_attack, first=attack, logger=wandb_logger or False,
                                            callbacks=callbacks, ckpt_path=ckpt_path, on_rung=_say_rung)
         result, attack = escalated.result, escalated.attack

@@ -33,10 +33,28 @@ class FilterContext:
     running_var_min_delta: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass
+class ServerContext:
+    """What a filter's server half may use after FedAvg: who sent an update this round, with which weight, and what
+    their filters reported with it (e.g. adaptive clipping's bit); never the updates' raw contents."""
+
+    generator: torch.Generator
+    round: int
+    clients: list[int]
+    weights: list[float]  # the normalised FedAvg weights of the received updates, in ``clients`` order
+    effects: list[list[dict[str, Any]]]  # each received client's filter effects, in ``clients`` order
+    keys: set[str] = dataclasses.field(default_factory=set)  # entries at least one client sent (the others average to 0)
+
+
 class PrivacyFilter(abc.ABC):
     name: ClassVar[str]
     Params: ClassVar[type]
     columns: ClassVar[tuple[str, ...]] = ()  # effect numbers that become columns of a study's results.csv
+
+    #: the mechanism has a server half (``server_step``): an engine whose server does not run it must refuse the filter
+    needs_server: bool = False
+    #: the server half changes what the clients' half does next round (adaptive clipping): the clients must share its state
+    server_driven: bool = False
 
     def __init__(self, params: Any):
         self.params = params
@@ -51,6 +69,17 @@ class PrivacyFilter(abc.ABC):
 
     def replay(self, ctx: FilterContext) -> None:
         """Redo the state change of an application made before a resumed run (e.g. an accountant's step)."""
+
+    def server_step(self, delta: Update, ctx: ServerContext) -> tuple[Update, dict[str, Any]]:
+        """The server's half, on the FedAvg delta of the round (central noise, the next round's clip norm)."""
+        return delta, {}
+
+    def server_state(self) -> dict[str, Any]:
+        """What the server half carries into the next round (saved each round; a resumed run loads it)."""
+        return {}
+
+    def load_server_state(self, state: dict[str, Any]) -> None:
+        """Take up ``server_state()`` as saved after the last finished round."""
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **to_dict(self.params)}
@@ -134,6 +163,21 @@ class FilterChain:
     def replay(self, ctx: FilterContext) -> None:
         for f in self.filters:
             f.replay(ctx)
+
+    def server_step(self, delta: Update, ctx: ServerContext) -> tuple[Update, list[dict[str, Any]]]:
+        effects = []
+        for f in self.filters:
+            delta, effect = f.server_step(dict(delta), ctx)
+            if effect:
+                effects.append({"filter": f.name, **effect})
+        return delta, effects
+
+    def server_state(self) -> list[dict[str, Any]]:
+        return [f.server_state() for f in self.filters]
+
+    def load_server_state(self, states: list[dict[str, Any]]) -> None:
+        for f, state in zip(self.filters, states):
+            f.load_server_state(state)
 
     def describe(self) -> list[dict[str, Any]]:
         return [f.describe() for f in self.filters]

@@ -1,22 +1,25 @@
 """Formal differential-privacy filters: clipped Gaussian noise with an RDP accountant, and the sparse vector technique.
 
-``dp_gaussian`` gives per-client (local) (epsilon, delta)-DP of the whole update at round granularity:
-each application clips the float part of the update to L2 norm ``clip_norm`` and adds
-N(0, (noise_multiplier * clip_norm)^2) to every float entry; Opacus' RDP accountant tracks epsilon
-per client. ``svt`` follows NVFlare's ``SVTPrivacy`` filter (sparse vector technique with Laplace noise).
+``dp_gaussian`` is DP-FedAvg as practitioners deploy it (McMahan et al. 2018; Flower's and TF-Privacy's wrappers):
+each client clips the trainable weights of its update to L2 norm C, the server adds N(0, (z C w_max)^2) to the
+weighted average (central noise, user-level DP of the federation's models; the default) or each client adds
+N(0, (z C)^2) to its own update (local noise, DP also against the server). C is fixed, or adapted after every round
+toward a quantile of the clients' update norms from their noised clipped-or-not bits (Andrew et al. 2021). Opacus'
+RDP accountant gives epsilon. ``svt`` follows NVFlare's ``SVTPrivacy`` filter (sparse vector technique with Laplace noise).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
 from common.config_loader import option
 from common.errors import UserError
-from privacy.base import FilterContext, PrivacyFilter, Update, float_keys, global_norm, register
+from privacy.base import FilterContext, PrivacyFilter, ServerContext, Update, float_keys, global_norm, register
 
 if TYPE_CHECKING:
     from opacus.accountants import RDPAccountant
@@ -58,25 +61,42 @@ def epsilon_after(rounds: int, noise_multiplier: float, sample_rate: float, delt
 # ----------------------------------------------------------------------------- dp_gaussian
 
 
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 @dataclasses.dataclass
 class DPGaussianParams:
-    clip_norm: float = option(1.0, "C: the float part of the update is scaled to L2 norm at most C")
-    noise_multiplier: float = option(1.0, "z: N(0, (z*C)^2) is added to every float entry (0 = clipping only, epsilon = inf)")
+    clip_norm: float = option(1.0, "C: the clipped part of the update is scaled to L2 norm at most C (with clip_quantile: the first round's C)")
+    clip_quantile: float = option(0.0, "0 = C fixed; in (0, 1): adaptive clipping (Andrew et al. 2021, as Flower and TF-Privacy): after each "
+                                       "round the server moves C toward this quantile of the clients' update norms, from their noised "
+                                       "clipped-or-not bits (0.5 = the median)")
+    clip_lr: float = option(0.2, "adaptive clipping's geometric step: C <- C * exp(-clip_lr * (unclipped fraction - clip_quantile))")
+    bit_budget: float = option(0.1, "adaptive clipping with noise: the share of the privacy budget spent on the bits (bit-count noise "
+                                    "std z / (2 sqrt(share)); the update's noise multiplier becomes z / sqrt(1 - share))")
+    noise_multiplier: float = option(1.0, "z: the noise std is z times the sensitivity (0 = clipping only, epsilon = inf)")
+    noise: Literal["central", "local"] = option("central", "central: the server adds N(0, (z C w_max)^2) to the FedAvg average (w_max: the "
+                                                           "largest client weight; DP of the federation's models, while the server itself "
+                                                           "sees each clipped update); local: each client adds N(0, (z C)^2) to its own "
+                                                           "update (DP also against the server)")
+    parts: Literal["weights", "all"] = option("weights", "weights: clip and noise the trainable weights (BN weight and bias included), "
+                                                         "BN running statistics sent as they are and counted as unprotected (keep them on "
+                                                         "the client with fl.bn_buffers=local); all: every float entry, buffers included")
     delta: float = option(1e-5, "delta of the reported (epsilon, delta) guarantee")
     sample_rate: float = option(1.0, "q: probability that a client takes part in a round (amplification by subsampling; see docs)")
 
 
 @register
 class DPGaussian(PrivacyFilter):
-    """Clip the whole update to L2 norm C, add N(0, (zC)^2); per-client epsilon from Opacus' RDP accountant."""
+    """Clip the update's weights to L2 norm C (fixed or adaptive); Gaussian noise at the server or on the client; RDP epsilon."""
 
     name = "dp_gaussian"
-    columns = ("epsilon", "noise_std")
+    columns = ("epsilon", "noise_std", "clip_norm")
     Params = DPGaussianParams
 
     def __init__(self, params: DPGaussianParams):
         super().__init__(params)
         self.accountants: dict[int, RDPAccountant] = {}
+        self.clip = params.clip_norm  # this round's C (adaptive clipping: set by the server half after every round)
 
     def validate(self) -> None:
         p = self.params
@@ -88,48 +108,130 @@ class DPGaussian(PrivacyFilter):
             raise UserError(f"dp_gaussian filter: delta must be in (0, 1), got {p.delta}")
         if not 0 < p.sample_rate <= 1:
             raise UserError(f"dp_gaussian filter: sample_rate must be in (0, 1], got {p.sample_rate}")
+        if not 0 <= p.clip_quantile < 1:
+            raise UserError(f"dp_gaussian filter: clip_quantile must be in [0, 1) (0 = a fixed clip_norm), got {p.clip_quantile}")
+        if not (math.isfinite(p.clip_lr) and p.clip_lr > 0):
+            raise UserError(f"dp_gaussian filter: clip_lr must be > 0, got {p.clip_lr}")
+        if not 0 < p.bit_budget < 1:
+            raise UserError(f"dp_gaussian filter: bit_budget must be in (0, 1), got {p.bit_budget}")
+        if self.adaptive and p.noise == "local" and p.noise_multiplier > 0:
+            raise UserError("dp_gaussian filter: adaptive clipping (clip_quantile > 0) with noise needs noise: central (the server "
+                            "counts the clients' noised bits; with local noise use a fixed clip_norm)")
+
+    @property
+    def adaptive(self) -> bool:
+        return self.params.clip_quantile > 0
+
+    @property
+    def needs_server(self) -> bool:  # type: ignore[override]
+        return self.adaptive or (self.params.noise == "central" and self.params.noise_multiplier > 0)
+
+    @property
+    def server_driven(self) -> bool:  # type: ignore[override]
+        return self.adaptive
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        """The update's share of z: with adaptive clipping the bits take ``bit_budget`` of the RDP budget (Andrew et al.:
+        z_update^-2 + (2 sigma_bits)^-2 = z^-2), so the whole round is one Gaussian mechanism of multiplier z."""
+        z = self.params.noise_multiplier
+        return z / math.sqrt(1.0 - self.params.bit_budget) if self.adaptive and z > 0 else z
+
+    @property
+    def bit_noise_std(self) -> float:
+        z = self.params.noise_multiplier
+        return z / (2.0 * math.sqrt(self.params.bit_budget)) if self.adaptive and z > 0 else 0.0
 
     @property
     def noise_std(self) -> float:
-        return self.params.noise_multiplier * self.params.clip_norm
+        """The noise std per unit of client weight (local: what each client adds; central: the server's on the weighted sum)."""
+        return self.update_noise_multiplier * self.clip
 
-    def epsilon(self, client: int) -> float:
-        """Epsilon spent so far by ``client`` (0 before its first update; inf with noise_multiplier 0)."""
+    def clipped_keys(self, update: Update) -> list[str]:
+        keys = float_keys(update)
+        return keys if self.params.parts == "all" else [k for k in keys if not k.endswith(BN_BUFFERS)]
+
+    def epsilon(self, client: int, round: int | None = None) -> float:
+        """Epsilon spent so far: local noise, by ``client`` (0 before its first update); central noise, by the federation
+        after ``round`` (its rounds 0..round, each one step); inf with noise_multiplier 0."""
+        p = self.params
+        if p.noise == "central":
+            return _central_epsilon(round + 1 if round is not None else 0, p.noise_multiplier, p.sample_rate, p.delta)
         accountant = self.accountants.get(client)
         if accountant is None or not accountant.history:
             return 0.0
-        if self.params.noise_multiplier == 0:
+        if p.noise_multiplier == 0:
             return float("inf")
-        return _epsilon(accountant, self.params.delta)
+        return _epsilon(accountant, p.delta)
 
     def replay(self, ctx: FilterContext) -> None:
-        """One accountant step for this client (also used to rebuild the accountants of a resumed run)."""
+        """One accountant step for this client (local noise; also used to rebuild the accountants of a resumed run)."""
+        if self.params.noise == "central":
+            return  # the federation's epsilon follows from the round count
         if ctx.client not in self.accountants:
             self.accountants[ctx.client] = _new_accountant()
         self.accountants[ctx.client].step(noise_multiplier=self.params.noise_multiplier, sample_rate=self.params.sample_rate)
 
     def apply(self, update: Update, ctx: FilterContext) -> tuple[Update, dict[str, float]]:
-        p = self.params
-        keys = float_keys(update)
+        keys = self.clipped_keys(update)
         norm_before = global_norm(update, keys)
-        factor = min(1.0, p.clip_norm / norm_before) if norm_before > 0 else 1.0
-        std = self.noise_std
+        factor = min(1.0, self.clip / norm_before) if norm_before > 0 else 1.0
+        std = self.noise_std if self.params.noise == "local" else 0.0
         for k in keys:
             v = update[k] * factor if factor < 1.0 else update[k]
             if std > 0:
-                dtype = v.dtype if v.dtype in (torch.float32, torch.float64) else torch.float32
-                noise = torch.randn(v.shape, generator=ctx.generator, dtype=dtype)
-                v = v + (std * noise).to(device=v.device, dtype=v.dtype)
+                v = v + _gaussian(v, std, ctx.generator)
             update[k] = v
-        norm_clipped = norm_before * factor
         self.replay(ctx)
         return update, {
             "norm_before": norm_before,
-            "norm_clipped": norm_clipped,
+            "norm_clipped": norm_before * factor,
+            "clip_norm": self.clip,
             "clip_factor": factor,
-            "noise_std": std,
-            "epsilon": self.epsilon(ctx.client),
+            "unclipped": 1.0 if norm_before <= self.clip else 0.0,  # adaptive clipping's bit (noised at the server)
+            "noise_std": self.noise_std,
+            "epsilon": self.epsilon(ctx.client, ctx.round),
+            "unprotected": float(len(float_keys(update)) - len(keys)),  # float entries sent outside the guarantee
         }
+
+    def server_step(self, delta: Update, ctx: ServerContext) -> tuple[Update, dict[str, Any]]:
+        """Central noise on the weighted average (std z C w_max: one client's clipped update moves it by at most
+        w_max C), then adaptive clipping's step toward the quantile from the noised count of unclipped clients."""
+        p = self.params
+        effect: dict[str, Any] = {}
+        used = self.clip
+        if p.noise == "central" and p.noise_multiplier > 0 and ctx.clients:
+            std = self.noise_std * max(ctx.weights)
+            for k in self.clipped_keys({k: delta[k] for k in ctx.keys if k in delta}):
+                delta[k] = delta[k] + _gaussian(delta[k], std, ctx.generator)
+            effect["central_noise_std"] = std
+        if self.adaptive and ctx.clients:
+            bits = [e["unclipped"] for effects in ctx.effects for e in effects if e.get("filter") == self.name and "unclipped" in e]
+            noisy = sum(bits) + (self.bit_noise_std * float(torch.randn(1, generator=ctx.generator, dtype=torch.float64)) if self.bit_noise_std else 0.0)
+            fraction = noisy / max(1, len(bits))
+            self.clip = used * math.exp(-p.clip_lr * (fraction - p.clip_quantile))
+            effect.update(unclipped_fraction=fraction, next_clip_norm=self.clip)
+        if effect:
+            effect.update(clip_norm=used, epsilon=self.epsilon(-1, ctx.round))
+        return delta, effect
+
+    def server_state(self) -> dict[str, Any]:
+        return {"clip_norm": self.clip} if self.adaptive else {}
+
+    def load_server_state(self, state: dict[str, Any]) -> None:
+        if self.adaptive and "clip_norm" in state:
+            self.clip = float(state["clip_norm"])
+
+
+def _gaussian(like: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
+    noise = torch.randn(like.shape, generator=generator, dtype=dtype)
+    return (std * noise).to(device=like.device, dtype=like.dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _central_epsilon(rounds: int, noise_multiplier: float, sample_rate: float, delta: float) -> float:
+    return epsilon_after(rounds, noise_multiplier, sample_rate, delta)
 
 
 # ----------------------------------------------------------------------------- svt

@@ -55,6 +55,23 @@ def tiny_run(tmp_path_factory) -> Path:
     return out
 
 
+def interrupted_then_resumed(cfg: TrainConfig, after_round: int, monkeypatch) -> None:
+    """Run ``cfg``'s federation, interrupt it once round ``after_round`` is written, then --resume it to the end."""
+    from common.config_loader import to_dict
+    from federation.federation import Federation
+    from federation.in_process import InProcessEngine
+
+    def stop(self, rnd, invalid):
+        if rnd == after_round:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Federation, "stop_if_invalid", stop)
+        with pytest.raises(KeyboardInterrupt):
+            InProcessEngine(Federation(cfg)).run(Path(cfg.out))
+    InProcessEngine(Federation(build(TrainConfig, to_dict(cfg)))).run(Path(cfg.out), resume=True)
+
+
 def run_entry(main, argv, capsys) -> tuple[int, str]:
     """(exit status, stderr) of an entry point's main(argv) run as its command line runs it."""
     from common.errors import run_cli

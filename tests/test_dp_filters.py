@@ -28,7 +28,8 @@ def _norm(update: dict[str, torch.Tensor]) -> float:
 
 
 def _dp(**params) -> DPGaussian:
-    (f,) = FilterChain.from_config([{"name": "dp_gaussian", **params}]).filters
+    """The local mechanism on every float entry (noise: local, parts: all), unless told otherwise."""
+    (f,) = FilterChain.from_config([{"name": "dp_gaussian", "noise": "local", "parts": "all", **params}]).filters
     return f
 
 
@@ -158,6 +159,10 @@ def test_svt_with_defaults_shares_a_tenth():
     ({"name": "svt", "tau": -1}, "svt filter: tau must be >= 0"),
     ({"name": "svt", "replace": "yes"}, "must be true or false"),
     ({"name": "dp_gaussian", "clip": 1.0}, "unknown config key 'privacy.filters.0.clip'"),
+    ({"name": "dp_gaussian", "clip_quantile": 1.0}, "clip_quantile must be in"),
+    ({"name": "dp_gaussian", "clip_lr": 0}, "clip_lr must be > 0"),
+    ({"name": "dp_gaussian", "bit_budget": 1.0}, "bit_budget must be in"),
+    ({"name": "dp_gaussian", "noise": "server"}, "must be one of"),
 ])
 def test_bad_parameters_are_user_errors(spec, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(")):
@@ -168,12 +173,13 @@ def test_dp_filters_compose_with_the_existing_ones():
     chain = FilterChain.from_config([
         {"name": "exclude", "regex": ["running_mean$"]},
         {"name": "percentile", "fraction": 0.5, "gamma": 0.0},
-        {"name": "dp_gaussian", "clip_norm": 0.05, "noise_multiplier": 0.0},
+        {"name": "dp_gaussian", "clip_norm": 0.05, "noise_multiplier": 0.0, "parts": "all"},
         {"name": "gaussian", "sigma0": 0.0},
         {"name": "svt", "fraction": 0.2, "gamma": 1e-3},
     ])
     assert [f["name"] for f in chain.describe()] == ["exclude", "percentile", "dp_gaussian", "gaussian", "svt"]
-    assert chain.describe()[2] == {"name": "dp_gaussian", "clip_norm": 0.05, "noise_multiplier": 0.0, "delta": 1e-5, "sample_rate": 1.0}
+    assert chain.describe()[2] == {"name": "dp_gaussian", "clip_norm": 0.05, "clip_quantile": 0.0, "clip_lr": 0.2, "bit_budget": 0.1,
+                                   "noise_multiplier": 0.0, "noise": "central", "parts": "all", "delta": 1e-5, "sample_rate": 1.0}
     update = _update()
     out, effects = chain.apply(dict(update), _ctx(1, client=4))
     assert "bn.running_mean" not in out
@@ -184,6 +190,79 @@ def test_dp_filters_compose_with_the_existing_ones():
     assert set(effects[4]) >= {"shared_fraction", "threshold"}
     assert all(isinstance(v, float) for e in effects for k, v in e.items() if k != "filter")
     assert all(float(out[k].abs().max()) <= 1e-3 for k in out if out[k].is_floating_point())
-    noisy = FilterChain.from_config([{"name": "dp_gaussian", "clip_norm": 1.0, "noise_multiplier": 1.0}])
+    noisy = FilterChain.from_config([{"name": "dp_gaussian", "clip_norm": 1.0, "noise_multiplier": 1.0, "noise": "local"}])
     _, eff = noisy.apply(dict(update), _ctx(1, client=4))
     assert eff[0]["epsilon"] == pytest.approx(epsilon_after(1, 1.0, 1.0, 1e-5))
+
+
+# ----------------------------------------------------------------------------- dp_gaussian as deployed: parts, central noise, adaptive clip
+
+from privacy.base import ServerContext  # noqa: E402
+
+
+def _server_ctx(seed: int, rnd: int, bits: list[float], weights: list[float] | None = None, keys=("conv.weight",)) -> ServerContext:
+    effects = [[{"filter": "dp_gaussian", "unclipped": b}] for b in bits]
+    weights = weights or [1.0 / len(bits)] * len(bits)
+    return ServerContext(torch.Generator().manual_seed(seed), rnd, list(range(len(bits))), weights, effects, set(keys))
+
+
+def test_weights_only_clipping_leaves_the_buffers_and_counts_them_unprotected():
+    update = _update(10.0)
+    f = _dp(clip_norm=0.5, noise_multiplier=3.0, parts="weights")
+    out, effects = f.apply(dict(update), _ctx(4))
+    weights = ["conv.weight", "bn.weight", "fc.bias"]
+    by_hand = math.sqrt(sum(float((update[k].double() ** 2).sum()) for k in weights))
+    assert effects["norm_before"] == pytest.approx(by_hand, rel=1e-9)
+    assert torch.equal(out["bn.running_mean"], update["bn.running_mean"])  # sent as it is
+    assert effects["unprotected"] == 1.0  # bn.running_mean (the integer counter is no float entry)
+    assert effects["clip_factor"] == pytest.approx(0.5 / by_hand, rel=1e-9)
+    noise = (out["conv.weight"] - update["conv.weight"] * effects["clip_factor"]).flatten()
+    assert noise.std().item() == pytest.approx(1.5, rel=0.05)  # local: z C on each client's weights
+
+
+def test_central_noise_is_added_once_by_the_server_with_std_z_c_wmax():
+    f = _dp(clip_norm=0.5, noise_multiplier=2.0, noise="central", parts="weights")
+    update = {"conv.weight": torch.full((300, 300), 1e-4), "bn.running_mean": torch.ones(8)}
+    out, effects = f.apply(dict(update), _ctx(1))
+    assert torch.equal(out["conv.weight"], update["conv.weight"])  # not clipped (norm 0.03), no noise on the client
+    assert effects["noise_std"] == pytest.approx(1.0) and effects["epsilon"] == pytest.approx(epsilon_after(1, 2.0, 1.0, 1e-5))
+    delta = {"conv.weight": torch.zeros(300, 300), "bn.running_mean": torch.zeros(8), "fc.weight": torch.zeros(5)}
+    noisy, server = f.server_step(dict(delta), _server_ctx(3, 0, [1.0, 1.0, 1.0], [0.5, 0.25, 0.25], keys=("conv.weight", "bn.running_mean")))
+    assert server["central_noise_std"] == pytest.approx(2.0 * 0.5 * 0.5)  # z C w_max
+    assert noisy["conv.weight"].std().item() == pytest.approx(0.5, rel=0.02)
+    assert torch.equal(noisy["bn.running_mean"], delta["bn.running_mean"])  # parts: weights
+    assert torch.equal(noisy["fc.weight"], delta["fc.weight"])  # nobody sent it: nothing to protect, no noise
+    assert server["epsilon"] == pytest.approx(epsilon_after(1, 2.0, 1.0, 1e-5))
+    assert f.epsilon(0, 4) == pytest.approx(epsilon_after(5, 2.0, 1.0, 1e-5))  # the federation's, after rounds 0-4
+
+
+def test_adaptive_clipping_moves_c_geometrically_toward_the_quantile():
+    f = _dp(clip_norm=2.0, noise_multiplier=0.0, noise="central", clip_quantile=0.5, clip_lr=0.2)
+    assert f.adaptive and f.server_driven and f.needs_server
+    _, effect = f.server_step({"conv.weight": torch.zeros(3)}, _server_ctx(0, 0, [1.0, 1.0, 1.0, 0.0]))
+    assert effect["unclipped_fraction"] == 0.75
+    assert f.clip == pytest.approx(2.0 * math.exp(-0.2 * (0.75 - 0.5)))  # most were inside: C shrinks
+    _, effect = f.server_step({"conv.weight": torch.zeros(3)}, _server_ctx(0, 1, [0.0, 0.0, 0.0, 0.0]))
+    assert f.clip == pytest.approx(2.0 * math.exp(-0.05) * math.exp(0.1))  # all clipped: C grows
+    _, effects = f.apply(_update(), _ctx(2, rnd=2))
+    assert effects["clip_norm"] == pytest.approx(f.clip)  # the clients clip with the server's C
+    assert f.server_state() == {"clip_norm": f.clip}
+    g = _dp(clip_norm=2.0, noise_multiplier=0.0, noise="central", clip_quantile=0.5)
+    g.load_server_state(f.server_state())
+    assert g.clip == f.clip
+
+
+def test_adaptive_clipping_spends_its_share_of_the_budget_on_the_bits():
+    z = 1.5
+    f = _dp(clip_norm=1.0, noise_multiplier=z, noise="central", clip_quantile=0.5, bit_budget=0.1)
+    # Andrew et al.: z_update^-2 + (2 sigma_bits)^-2 = z^-2, the round one Gaussian mechanism of multiplier z
+    assert f.update_noise_multiplier ** -2 + (2 * f.bit_noise_std) ** -2 == pytest.approx(z ** -2)
+    assert f.update_noise_multiplier == pytest.approx(z / math.sqrt(0.9))
+    fractions = []
+    for seed in range(400):
+        g = _dp(clip_norm=1.0, noise_multiplier=z, noise="central", clip_quantile=0.5)
+        fractions.append(g.server_step({"conv.weight": torch.zeros(2)}, _server_ctx(seed, 0, [1.0, 0.0, 1.0, 0.0]))[1]["unclipped_fraction"])
+    spread = torch.tensor(fractions).std().item()
+    assert spread == pytest.approx(f.bit_noise_std / 4, rel=0.1)  # the count's noise, over 4 clients
+    with pytest.raises(UserError, match="needs noise: central"):
+        _dp(clip_quantile=0.5, noise_multiplier=1.0, noise="local")

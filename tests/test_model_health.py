@@ -15,7 +15,7 @@ from tests.conftest import run_entry
 NOISE = {  # the noise filters at the strengths the studies use, which left negative running variances before the floor
     "per_tensor_sigma0_5": "[{name: gaussian, sigma0: 5, calibration: per_tensor}]",
     "pooled_sigma0_10": "[{name: gaussian, sigma0: 10}]",
-    "dp_z2": "[{name: dp_gaussian, clip_norm: 2.0, noise_multiplier: 2.0, delta: 1.0e-5}]",
+    "dp_z2": "[{name: dp_gaussian, clip_norm: 2.0, noise_multiplier: 2.0, delta: 1.0e-5, noise: local, parts: all}]",
 }
 TINY = ["data.image_size=16", "model.name=bn_convnet", "model.resize_to=0", "model.width=8", "model.depth=3", "fl.rounds=5",
         "capture.clients=[]", "capture.rounds=[]", "logging.wandb=false", "logging.progress=false",

@@ -28,7 +28,7 @@ CONFIG = {
     "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9},
     "fl": {"rounds": 2, "split": {"clients": CLIENTS}},
     "capture": {"clients": [], "rounds": []},
-    "privacy": {"filters": [{"name": "dp_gaussian", "clip_norm": 5.0, "noise_multiplier": 0.001}]},
+    "privacy": {"filters": [{"name": "dp_gaussian", "clip_norm": 5.0, "noise_multiplier": 0.001, "noise": "local", "parts": "all"}]},
     # the 1-image client is audited every round and always withheld (threshold far below any RDLV)
     "audit": {"every": 1, "clients": [2], "threshold": -1.0e9, "attack": {"optim.iterations": 3, "optim.restarts": 1, "escalation.enabled": False}},
     "logging": {"wandb": False, "progress": False},

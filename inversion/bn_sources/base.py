@@ -90,6 +90,7 @@ class SourceInputs:
 class BNSource(abc.ABC):
     name: ClassVar[str]
     fits_update_scale: ClassVar[bool] = False  # can fit an unknown update scale (a clipped update)
+    reads_global_buffers: ClassVar[bool] = False  # takes the global model's running statistics as the clients' (refused under FedBN)
     layers: int = 0  # BN layers with targets (channel groups when split: see ChannelGroups)
     channel_groups: int = 1  # each BN layer's channels split into this many groups, one loss each
 
@@ -174,11 +175,12 @@ def split_channels(targets: Targets, groups: int) -> Targets:
 
 def make_bn_source(name: str, bn_names: list[str], global_state: dict[str, torch.Tensor], update: dict[str, torch.Tensor],
                    momentum: float, steps: int, oracle_stats: list[Targets] | None = None, normalize: str = "none",
-                   update_scale: str = "known", channel_groups: int = 1) -> BNSource:
+                   update_scale: str = "known", channel_groups: int = 1, local_keys: list[str] | tuple[str, ...] = ()) -> BNSource:
     """Build the named source from what the attacker holds; ``auto`` = multi_step if buffers were sent.
 
     ``channel_groups`` > 1 splits every BN layer into that many channel groups (:class:`ChannelGroups`);
-    when a layer has fewer channels than groups, the source is returned unsplit."""
+    when a layer has fewer channels than groups, the source is returned unsplit. ``local_keys``: entries the
+    client keeps (the update metadata's, FedBN): the global model's running statistics are then not the client's."""
     if name != "auto" and name not in REGISTRY:
         raise UserError(f"unknown bn.source '{name}' ({', '.join(source_names())})")
     keys = [(f"{n}.running_mean", f"{n}.running_var") for n in bn_names]
@@ -187,6 +189,10 @@ def make_bn_source(name: str, bn_names: list[str], global_state: dict[str, torch
         name = "multi_step" if have_buffers else "none"
     _check_choice(update_scale, UpdateScale, "update_scale")
     cls = REGISTRY.get(name)
+    kept = sorted({k for pair in keys for k in pair} & set(local_keys))
+    if kept and cls.reads_global_buffers:
+        raise UserError(f"bn.source={name} takes the global model's running statistics as the client's, but the client keeps its own "
+                        f"(FedBN: '{kept[0]}' is never sent, the server's are its initial values); use none, or auto")
     if update_scale != "known" and not cls.fits_update_scale:
         raise UserError(f"objective.bn_statistics.update_scale={update_scale} needs source multi_step (or auto), not {name}")
     initial = [(global_state[km].double(), global_state[kv].double()) for km, kv in keys]

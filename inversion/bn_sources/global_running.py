@@ -9,6 +9,7 @@ class GlobalSource(PerStepTargets):
     """The global model's running statistics: what attacks that assume eval-mode BN use."""
 
     name = "global"
+    reads_global_buffers = True
 
     @classmethod
     def build(cls, inputs: SourceInputs) -> "GlobalSource":
