@@ -1,6 +1,7 @@
 """Shared benchmark plumbing: the target update, timing, peak memory and result files."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -49,10 +50,8 @@ def ensure_run(run: Path, overrides: list[str] | None = None) -> Path:
     return TrainJob(cfg).run().run.root
 
 
-def target_parser(doc: str) -> "argparse.ArgumentParser":
+def target_parser(doc: str) -> argparse.ArgumentParser:
     """--run/--client/--config and attack overrides: the arguments every attack benchmark shares."""
-    import argparse
-
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default=str(ROOT / "bench" / "runs" / "default"), help="training run (trained with configs/default.yaml if missing)")
     p.add_argument("--client", type=int, default=3)

@@ -15,6 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import functools
+
+import yaml
+
+from common.config_loader import load, overrides_list
+from datamodules.federated import make_split
+from datamodules.sources import load_pool
+from federation.train_config import TrainConfig
+from leakage.verdict import update_verdict
 from studies.tables import clopper_pearson, mean_ci, per_unit, per_update_verdicts, read_rows, welch_difference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +57,26 @@ def identified(sel: list[dict[str, Any]]) -> tuple[int, float]:
             sum(r["identification_chance"] * r["num_images"] for r in sel))
 
 
+@functools.lru_cache(maxsize=None)
+def client_images(study: str, seed: int, client: int) -> tuple[int, ...]:
+    """The pool indices of a client's images in the study's federation of ``seed``, from its split (no training):
+    the unit of a leakage claim is a distinct private image, and two seeds can deal a client the same face."""
+    spec = yaml.safe_load((ROOT / "configs" / "studies" / f"{study}.yaml").read_text())
+    overrides = {**(spec["train"].get("overrides") or {}), "seed": seed}
+    files = [ROOT / spec["train"]["config"]] if spec["train"].get("config") else []
+    cfg = load(TrainConfig, files, overrides_list(overrides))
+    return tuple(int(i) for i in make_split(load_pool(cfg.data), cfg.fl.split, cfg.data.test_fraction, cfg.seed).client_indices[client])
+
+
+def image_verdicts(study: str, sel: list[dict[str, Any]]) -> list[str]:
+    """One verdict per distinct private image of the 1-image client over ``sel``'s attacks: it leaks when any attack on
+    any update of it showed it (``leakage.verdict.update_verdict``)."""
+    by_image: dict[tuple[int, ...], list[str]] = {}
+    for r in sel:
+        by_image.setdefault(client_images(study, int(r["seed"]), int(r["client"])), []).append(r["verdict"])
+    return [update_verdict(v) for v in by_image.values()]
+
+
 def ci(k: int, n: int) -> str:
     lo, hi = clopper_pearson(k, n)
     return f"{lo:.2f}-{hi:.2f}"
@@ -58,6 +87,13 @@ def pm(values: list[float]) -> str:
     return f"{mean:.3f} ± {std:.3f}"
 
 
+def per_image(study: str, sel: list[dict[str, Any]]) -> str:
+    """'k of n distinct faces leak (CP lo-hi)', the unit of a leakage claim."""
+    verdicts = image_verdicts(study, sel)
+    k = verdicts.count("leaks")
+    return f"{k} of {len(verdicts)} distinct faces leak, {ci(k, len(verdicts))}"
+
+
 # ----------------------------------------------------------------------------- claim 1: the BN sources
 
 
@@ -65,8 +101,16 @@ def pm(values: list[float]) -> str:
 def claim1_inferred_sources_leak() -> str:
     sel = [r for r in rows("bn_ablation") if r["bn_source"] in ("one_step", "multi_step") and r["update_matching"] == "off"]
     ssim = [r["ssim"] for r in sel]
-    return (f"the sources that infer the batch statistics from the update leak on {leaks(sel)} of {len(sel)} attacks without "
-            f"update matching (SSIM {min(ssim):.2f}-{max(ssim):.2f})")
+    return (f"The sources that infer the batch statistics from the update leak on {leaks(sel)} of {len(sel)} attacks without "
+            f"update matching (SSIM {min(ssim):.2f}-{max(ssim):.2f}; {per_image('bn_ablation', sel)})")
+
+
+@headline
+def claim1_eval_mode_fails() -> str:
+    sel = [r for r in rows("bn_ablation") if r["bn_source"] == "global"]
+    ssim = [r["ssim"] for r in sel]
+    return (f"Assuming eval-mode BN (the global model's running statistics) fails: {sum(r['verdict'] == 'inconclusive' for r in sel)} "
+            f"of {len(sel)} attacks inconclusive, SSIM {min(ssim):.2f}-{max(ssim):.2f}")
 
 
 # ----------------------------------------------------------------------------- claim 2: batch layout
@@ -80,11 +124,11 @@ def claim2_one_image_and_identification() -> str:
     (k4, c4), (k8, c8) = identified(four), identified(eight)
     big = [r for r in data if r["num_images"] >= 4]
     count = {v: sum(r["verdict"] == v for r in big) for v in ("inconclusive", "leaks", "no leak found")}
-    return (f"the 1-image client leaks on {leaks(one)} of {len(one)}. Of the {len(big)} attacks on clients with 4 or more images, "
-            f"{sum(r['converged'] != 'True' for r in big)} did not converge ({count['inconclusive']} inconclusive, {count['leaks']} "
-            f"leaking a black image) and {sum(r['converged'] == 'True' for r in big)} converged to no leak found; the 4- and 8-image "
-            f"clients' images are identified far above chance ({k4} of {4 * len(four)} against {c4:.1f}, {k8} of {8 * len(eight)} "
-            f"against {c8:.1f})")
+    return (f"The 1-image client leaks on {leaks(one)} of {len(one)} seeds. Of the {len(big)} attacks on clients with 4 or more "
+            f"images, {sum(r['converged'] != 'True' for r in big)} did not converge ({count['inconclusive']} inconclusive, "
+            f"{count['leaks']} leaking a black image) and {sum(r['converged'] == 'True' for r in big)} converged to no leak found; the "
+            f"4- and 8-image clients' images are identified far above chance ({k4} of {4 * len(four)} against {c4:.1f}, {k8} of "
+            f"{8 * len(eight)} against {c8:.1f})")
 
 
 # ----------------------------------------------------------------------------- claim 3: the paper's filter
@@ -94,9 +138,20 @@ def claim2_one_image_and_identification() -> str:
 def claim3_pooled_sweep_leaks_everywhere() -> str:
     data = rows("sigma0")
     ssim = [r["ssim"] for r in data]
-    return (f"The face leaks on {leaks(data)} of {len(data)} updates (Clopper-Pearson {ci(leaks(data), len(data))}), at every "
-            f"sigma0 up to {max(r['sigma0'] for r in data)}. All {sum(r['converged'] == 'True' for r in data)} attacks converged "
-            f"(SSIM {min(ssim):.3f}-{max(ssim):.3f})")
+    return (f"The face leaks on {leaks(data)} of {len(data)} updates (Clopper-Pearson {ci(leaks(data), len(data))}; "
+            f"{per_image('sigma0', data)}), at every sigma0 up to {max(r['sigma0'] for r in data)}. All "
+            f"{sum(r['converged'] == 'True' for r in data)} attacks converged (SSIM {min(ssim):.3f}-{max(ssim):.3f})")
+
+
+@headline
+def claim3_pooled_accuracy() -> str:
+    data = rows("sigma0")
+    clean = accuracies([r for r in data if r["sigma0"] == 0])
+    diffs = {s: welch_difference(accuracies([r for r in data if r["sigma0"] == s]), clean)
+             for s in sorted({r["sigma0"] for r in data}) if s != 0}
+    upto = [d[0] for s, d in diffs.items() if s <= 40]
+    return (f"the accuracy is unchanged up to sigma0 = 40 (every difference within ±{max(abs(d) for d in upto):.3f} of the noiseless "
+            f"{pm(clean)}) and {-diffs[45][0]:.3f}-{-diffs[50][0]:.3f} lower at 45-50 (p = {diffs[45][3]:.2f} and {diffs[50][3]:.2f})")
 
 
 @headline
@@ -105,9 +160,10 @@ def claim3_ten_seeds() -> str:
     clean, noisy = ([r for r in data if r["sigma0"] == s] for s in (0, 30))
     diff, lo, hi, _ = welch_difference(accuracies(noisy), accuracies(clean))
     up_noisy, up_clean = per_update_verdicts(noisy), per_update_verdicts(clean)
-    return (f"The accuracy cost of sigma0 = 30 is {diff:+.3f} (95% Welch interval {lo:+.3f} to {hi:+.3f}). - The face still leaks "
-            f"on {leaks(up_noisy)} of {len(up_noisy)} updates at sigma0 = 30 (Clopper-Pearson {ci(leaks(up_noisy), len(up_noisy))}), "
-            f"against {leaks(up_clean)} of {len(up_clean)} without noise.")
+    return (f"sigma0 = 30 costs {diff:+.3f} accuracy (95% Welch interval {lo:+.3f} to {hi:+.3f}) and the face still leaks on "
+            f"{leaks(up_noisy)} of {len(up_noisy)} updates (Clopper-Pearson {ci(leaks(up_noisy), len(up_noisy))}; "
+            f"{per_image('sigma0_seeds', noisy)}), against {leaks(up_clean)} of {len(up_clean)} updates "
+            f"({per_image('sigma0_seeds', clean)}) without noise")
 
 
 @headline
@@ -117,8 +173,8 @@ def claim3_per_tensor_broken() -> str:
     acc = accuracies(noisy)
     chance = "0.500" if all(a == 0.5 for a in acc) else "not all 0.500"
     inconclusive = sum(r["verdict"] == "inconclusive" for r in noisy)
-    return (f"Every federation with noise ends at chance ({chance} on all {len(acc)}, against "
-            f"{pm(accuracies([r for r in data if r['sigma0'] == 0]))} without noise) and every attack on it is inconclusive "
+    return (f"every federation with noise ended at chance ({chance} on all {len(acc)}, against "
+            f"{pm(accuracies([r for r in data if r['sigma0'] == 0]))} without noise) and every attack on it was inconclusive "
             f"({inconclusive} of {len(noisy)})")
 
 
@@ -130,17 +186,23 @@ def dp_ten_seeds() -> str:
     data = rows("dp_seeds")
     clip, z2 = ([r for r in data if r["noise_multiplier"] == z] for z in (0, 2))
     undefended = [r for r in rows("sigma0_seeds") if r["sigma0"] == 0]
-    adaptive = per_update_verdicts([r for r in clip if r["attacker"] == "adaptive"])
-    return (f"Neither point learns: test accuracy {pm(accuracies(clip))} and {mean_ci(accuracies(z2))[0]:.3f}, against "
-            f"{pm(accuracies(undefended))} undefended")
+    adaptive = [r for r in clip if r["attacker"] == "adaptive"]
+    updates = per_update_verdicts(adaptive)
+    return (f"clipping alone left {pm(accuracies(clip))} test accuracy and z = 2 {mean_ci(accuracies(z2))[0]:.3f}, against "
+            f"{pm(accuracies(undefended))} undefended on the same seeds; an attacker who fits the clip factor reconstructed the face "
+            f"from {leaks(updates)} of {len(updates)} clip-only updates ({ci(leaks(updates), len(updates))}; "
+            f"{per_image('dp_seeds', adaptive)}) without the escalation ladder")
 
 
 @headline
-def dp_ten_seeds_adaptive_attacker() -> str:
-    clip = [r for r in rows("dp_seeds") if r["noise_multiplier"] == 0]
-    adaptive = per_update_verdicts([r for r in clip if r["attacker"] == "adaptive"])
-    return (f"An attacker who fits the clip factor reconstructs the face from {leaks(adaptive)} of {len(adaptive)} clip-only updates "
-            f"({ci(leaks(adaptive), len(adaptive))})")
+def dp_five_seeds_with_the_ladder() -> str:
+    data = rows("dp")
+    clip = [r for r in data if r["noise_multiplier"] == 0]
+    adaptive = [r for r in clip if r["attacker"] == "adaptive"]
+    naive = [r for r in data if r["attacker"] == "naive"]
+    return (f"With the ladder the adaptive attacker reconstructs the face from {leaks(adaptive)} of {len(adaptive)} clip-only updates "
+            f"(SSIM {min(r['ssim'] for r in adaptive):.2f}-{max(r['ssim'] for r in adaptive):.2f}); the naive attacker converges on "
+            f"{sum(r['converged'] == 'True' for r in naive)} of {len(naive)}")
 
 
 # ----------------------------------------------------------------------------- per round, batch attack
@@ -149,7 +211,9 @@ def dp_ten_seeds_adaptive_attacker() -> str:
 @headline
 def per_round_one_image_client() -> str:
     one = [r for r in rows("per_round") if r["num_images"] == 1]
-    return (f"the 1-image client leaks in {leaks(one)} of {len(one)} rounds ({ci(leaks(one), len(one))})")
+    ssim = [r["ssim"] for r in one]
+    return (f"The 1-image client leaks in {leaks(one)} of {len(one)} rounds (Clopper-Pearson {ci(leaks(one), len(one))}; "
+            f"{per_image('per_round', one)}), SSIM {min(ssim):.2f}-{max(ssim):.2f}")
 
 
 @headline
@@ -157,7 +221,7 @@ def per_round_eight_image_client() -> str:
     eight = [r for r in rows("per_round") if r["num_images"] == 8]
     k, chance = identified(eight)
     all_inconclusive = "inconclusive on all" if all(r["verdict"] == "inconclusive" for r in eight) else "not inconclusive on all"
-    return f"The 8-image client is {all_inconclusive} {len(eight)} seeds, with {k} of {8 * len(eight)} images identified against {chance:.1f} by chance."
+    return f"The 8-image client is {all_inconclusive} {len(eight)} seeds, with {k} of {8 * len(eight)} images identified against {chance:.1f} by chance"
 
 
 @headline
@@ -167,8 +231,8 @@ def batch_attack_does_not_converge() -> str:
     inconclusive = sum(r["verdict"] == "inconclusive" for r in data)
     k, chance = identified(data)
     state = "all inconclusive" if inconclusive == len(data) else f"{inconclusive} inconclusive"
-    return (f"{converged} of {len(data)} converge, {state} ({ci(leaks(data), len(data))}), as with the old prior; {k} of "
-            f"{sum(r['num_images'] for r in data)} images identified against {chance:.1f} by chance.")
+    return (f"{converged} of {len(data)} batch attacks converge, {state} (leak rate {leaks(data)}/{len(data)}, "
+            f"{ci(leaks(data), len(data))}); {k} of {sum(r['num_images'] for r in data)} images identified against {chance:.1f} by chance")
 
 
 def missing(page: str) -> list[tuple[str, str]]:

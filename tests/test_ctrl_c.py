@@ -102,9 +102,9 @@ def _moments() -> dict[str, Callable[[Any], None]]:
         "capturing the update": lambda mp: _patch(mp, UpdateCapture, "on_train_end", 2),
         "saving an update": lambda mp: _mid_save(mp, "update.safetensors"),
         "between clients": lambda mp: _patch(mp, federation.Federation, "train_client", 2, before=False),
-        "aggregation": lambda mp: _patch(mp, federation.Federation, "aggregate", 2),
+        "aggregation": lambda mp: _patch(mp, federation.Federation, "aggregate_round", 2),
         "saving the global model": lambda mp: _mid_save(mp, "round_2.safetensors"),
-        "test evaluation": lambda mp: _patch(mp, in_process, "evaluate", 1),
+        "test evaluation": lambda mp: _patch(mp, federation, "evaluate", 1),
         "writing a metrics row": lambda mp: _patch(mp, in_process, "append_metrics_csv", 1, before=False),
         "after the last round": lambda mp: _patch(mp, train_job, "accuracy_figure", 1),
     }

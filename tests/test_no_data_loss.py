@@ -154,7 +154,7 @@ def test_resume_refuses_a_different_config(tmp_path, capsys, monkeypatch):
 
     out = tmp_path / "run"
     argv = TINY + ["fl.rounds=2", "--out", str(out)]
-    original = Federation.aggregate
+    original = Federation.aggregate_round
     calls = {"n": 0}
 
     def die_in_round_two(self, *a, **k):  # an interruption after round 0 was saved
@@ -163,10 +163,10 @@ def test_resume_refuses_a_different_config(tmp_path, capsys, monkeypatch):
             raise KeyboardInterrupt
         return original(self, *a, **k)
 
-    monkeypatch.setattr(Federation, "aggregate", die_in_round_two)
+    monkeypatch.setattr(Federation, "aggregate_round", die_in_round_two)
     with pytest.raises(KeyboardInterrupt):
         train.main(argv)
-    monkeypatch.setattr(Federation, "aggregate", original)
+    monkeypatch.setattr(Federation, "aggregate_round", original)
     assert (tmp_path / "run.partial" / "config.yaml").is_file() and not out.exists()
     code, err = _run("train", argv + ["--resume", "seed=7", "optimizer.lr=0.05"], capsys)
     assert code == 2 and _one_line(err, "differs from the interrupted run's (optimizer, seed)"), err

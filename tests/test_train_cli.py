@@ -67,7 +67,7 @@ def test_failure_mid_run_leaves_a_marked_partial_folder_and_keeps_the_old_run(tm
     def boom(self, *a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(Federation, "aggregate", boom)
+    monkeypatch.setattr(Federation, "aggregate_round", boom)
     with pytest.raises(RuntimeError):
         train.main(TINY + ["--out", str(out), "--overwrite"])  # replacing it fails half-way
     assert (out / "run.json").read_text() == '{"state": "complete"}'
