@@ -17,7 +17,7 @@ from leakage.scoring import score_as_configured
 from leakage.verdict import server_verdict, verdict_record
 from model.factory import ModelSpec
 from pipelines.attack_setup import build_attack, run_attack
-from pipelines.attack_plan import attack_config
+from pipelines.attack_plan import attack_config, needs_update_matching, withholds_buffers
 from pipelines.escalation_runner import attack_until_converged
 
 
@@ -25,16 +25,18 @@ class AttackAudit:
     def __init__(self, cfg: AuditConfig, num_clients: int):
         self.cfg = cfg  # checked by the federation (check_audit_config), which builds the auditor
         self.overrides = overrides_list(cfg.attack) + ["logging.wandb=false", "logging.progress=false", "scoring.lpips=false"]
-        self._configs: dict[bool, AttackConfig] = {}  # by "more than one image": the only thing the choice depends on
+        self._configs: dict[bool, AttackConfig] = {}  # by "needs update matching": the only thing the choice depends on
         self.attack_config(1)  # a bad attack config or override fails when the federation is built, not in its first audit
 
-    def attack_config(self, num_images: int) -> AttackConfig:
+    def attack_config(self, num_images: int, buffers_withheld: bool = False) -> AttackConfig:
         """attack.py's config for an update of a client with ``num_images`` images (pipelines.attack_plan): the same
-        configuration, batch.yaml for a multi-image client included, unless audit.attack_config names a file."""
-        multi = num_images > 1
-        if multi not in self._configs:
-            self._configs[multi] = attack_config(self.cfg.attack_config, self.overrides, num_images=num_images)
-        return self._configs[multi]
+        configuration, batch.yaml for a multi-image client or an update without BN buffers included, unless
+        audit.attack_config names a file."""
+        key = needs_update_matching(num_images, buffers_withheld)
+        if key not in self._configs:
+            self._configs[key] = attack_config(self.cfg.attack_config, self.overrides, num_images=num_images,
+                                               buffers_withheld=buffers_withheld)
+        return self._configs[key]
 
     def due(self, rnd: int, client: int) -> bool:
         return audit_due(self.cfg, rnd, client)
@@ -45,7 +47,7 @@ class AttackAudit:
         """``population``: the reference pool for the re-identification test (the client's images among the others the
         federation holds); None = judged by SSIM (and RDLV) alone."""
         started = time.perf_counter()
-        cfg = self.attack_config(int(meta.get("num_images", 1)))
+        cfg = self.attack_config(int(meta.get("num_images", 1)), withholds_buffers(meta))
         knowledge = AttackerKnowledge(ThreatConfig(), spec, global_state, update, meta, prior, "mean of the images no client holds")
         escalated = attack_until_converged(knowledge, cfg, run_attack, build_attack)
         result = escalated.result

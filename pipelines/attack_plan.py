@@ -7,8 +7,10 @@ picked ``configs/attack/batch.yaml``). The rule:
 
 - the defaults are :class:`inversion.attack_config.AttackConfig`'s (``configs/attack/default.yaml`` restates
   them, and ``tests/test_attack_plan.py`` fails if they ever differ);
-- no config file named (``None``, ``""`` or ``[]``): the update of a client with more than one image
-  gets ``configs/attack/batch.yaml`` on top of the defaults, any other the defaults alone;
+- no config file named (``None``, ``""`` or ``[]``): the update of a client with more than one image, or an
+  update that withholds the BN running statistics (FedBN, an ``exclude`` filter), gets
+  ``configs/attack/batch.yaml`` on top of the defaults (update matching through the replayed steps: the default
+  attack's only signal is the BN prior built from those buffers), any other the defaults alone;
 - config file(s) named: exactly those, left to right on top of the defaults (naming
   ``configs/attack/default.yaml`` asks for the single-image attack on any update);
 - then the overrides (``key=value`` strings, or a ``{dotted.key: value}`` mapping), then the checks.
@@ -58,12 +60,19 @@ def _override_strings(overrides: Overrides) -> list[str]:
     return [str(o) for o in overrides]
 
 
-def chosen_files(config: ConfigFiles, num_images: int) -> list[str]:
-    """The files applied on top of the defaults, in order: the named ones, else batch.yaml for a multi-image update."""
+def needs_update_matching(num_images: int, buffers_withheld: bool = False) -> bool:
+    """Whether the automatic choice is batch.yaml: several images (one BN statistic per channel cannot tell them
+    apart), or no BN running statistics in the update (nothing for the default attack's BN prior to read)."""
+    return num_images > 1 or buffers_withheld
+
+
+def chosen_files(config: ConfigFiles, num_images: int, buffers_withheld: bool = False) -> list[str]:
+    """The files applied on top of the defaults, in order: the named ones, else batch.yaml where update matching is
+    needed (:func:`needs_update_matching`)."""
     named = named_files(config)
     if named:
         return config_files(DEFAULT_FILE, [_resolved(f) for f in named])
-    return config_files(DEFAULT_FILE, [BATCH_FILE] if num_images > 1 else [])
+    return config_files(DEFAULT_FILE, [BATCH_FILE] if needs_update_matching(num_images, buffers_withheld) else [])
 
 
 def _resolved(path: str) -> str:
@@ -77,20 +86,32 @@ def _resolved(path: str) -> str:
     return str(p)
 
 
-def attack_config(config: ConfigFiles = None, overrides: Overrides = (), *, num_images: int = 1) -> AttackConfig:
-    """The complete, checked attack config for an update of a client with ``num_images`` images."""
-    cfg = load(AttackConfig, chosen_files(config, num_images), _override_strings(overrides))
+def attack_config(config: ConfigFiles = None, overrides: Overrides = (), *, num_images: int = 1,
+                  buffers_withheld: bool = False) -> AttackConfig:
+    """The complete, checked attack config for an update of a client with ``num_images`` images (``buffers_withheld``:
+    the update carries no BN running statistics)."""
+    cfg = load(AttackConfig, chosen_files(config, num_images, buffers_withheld), _override_strings(overrides))
     check_attack_config(cfg)
     return cfg
 
 
-def update_images(update: Path) -> int | None:
-    """The attacked client's number of images, from the update's metadata (None when it cannot be read: the
-    attack job then says why, with the update's own error)."""
+BN_STATISTICS = ("running_mean", "running_var")
+
+
+def withholds_buffers(meta: Mapping[str, Any]) -> bool:
+    """Whether the update's metadata lists BN running statistics among the entries that were not sent."""
+    return any(str(k).endswith(BN_STATISTICS) for k in meta.get("withheld_keys", []) or [])
+
+
+def update_facts(update: Path) -> tuple[int | None, bool]:
+    """(the attacked client's number of images, whether the update withholds the BN running statistics), from the
+    update's metadata ((None, False) when it cannot be read: the attack job then says why, with the update's own error)."""
     try:
-        return int(read_json(update_meta(update)).get("num_images", 1))
+        meta = read_json(update_meta(update))
+        return int(meta.get("num_images", 1)), withholds_buffers(meta)
     except (UserError, OSError, AttributeError, TypeError, ValueError):
-        return None
+        return None, False
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +122,7 @@ class AttackPlan:
     update: Path
     num_images: int | None
     files: tuple[str, ...]  # the config files applied on top of the defaults, in order
+    buffers_withheld: bool = False  # the update carries no BN running statistics
 
     @property
     def batch(self) -> bool:
@@ -112,7 +134,9 @@ class AttackPlan:
             return ""
         optim = self.config.optim
         limit = f" or {optim.max_seconds:g} s, whichever ends first" if optim.max_seconds > 0 else ""
-        return (f"the update's client had {self.num_images} images: attacking with configs/attack/batch.yaml "
+        why = (f"the update's client had {self.num_images} images" if (self.num_images or 1) > 1 else
+               "the update withholds the BN running statistics (nothing for the BN prior to read)")
+        return (f"{why}: attacking with configs/attack/batch.yaml "
                 f"({optim.iterations} iterations{limit}; --config configs/attack/default.yaml for the single-image attack)")
 
     def run(self, resume: bool = False, overwrite: bool = False) -> "AttackReport":
@@ -159,9 +183,9 @@ def plan_attack(config: ConfigFiles = None, overrides: Overrides = (), *, update
     defaults = AttackConfig()
     update, run_dir = tree.get("update") or defaults.update, tree.get("run") or defaults.run
     folder = Path(str(update)) if update else high_risk_update(str(run_dir))
-    images = update_images(folder)
-    files = chosen_files(config, images or 1)
+    images, withheld = update_facts(folder)
+    files = chosen_files(config, images or 1, withheld)
     cfg = build(AttackConfig, tree if files == single else merged(files, given))  # read again only when batch.yaml joins
     check_attack_config(cfg)
     cfg.update = str(folder)  # resolved once: the job attacks what the choice was made for
-    return AttackPlan(cfg, folder, images, tuple(files[1:]))
+    return AttackPlan(cfg, folder, images, tuple(files[1:]), withheld)

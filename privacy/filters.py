@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from typing import Literal
 
 import torch
@@ -38,6 +39,9 @@ class GaussianNoise(PrivacyFilter):
             raise UserError(f"gaussian filter: sigma0 must be >= 0, got {self.params.sigma0}")
         if not 0 < self.params.percentile <= 100:
             raise UserError(f"gaussian filter: percentile must be in (0, 100], got {self.params.percentile}")
+        if self.params.calibration == "per_tensor" and self.params.sigma0 > 0:
+            print(f"warning: gaussian calibration per_tensor is retired (docs/privacy-filters.md): its noise feeds back through the BN "
+                  f"running statistics round after round; the default federation at sigma0 = 5 sits at chance in every round", file=sys.stderr)
 
     def scale(self, values: torch.Tensor) -> float:
         """The percentile of the non-zero absolute values (0 if there are none)."""

@@ -83,12 +83,14 @@ class StudyRunner:
 
     def attack_config(self, cell: Cell, update: Path, out: Path, num_images: int | None = None) -> AttackConfig:
         """attack.py's config for this cell's update (pipelines.attack_plan): with no attack.config named, batch.yaml for a
-        client with more than one image. ``num_images``: the client's, when the update is not on disk yet (checks)."""
-        from pipelines.attack_plan import attack_config, update_images
+        client with more than one image or an update without BN buffers. ``num_images``: the client's, when the update
+        is not on disk yet (checks)."""
+        from pipelines.attack_plan import attack_config, update_facts
 
         over = overrides_list(cell.attack_overrides) + [f"out={out}", "logging.progress=false", f"logging.wandb={str(self.wandb).lower()}"]
-        images = num_images if num_images is not None else (update_images(update) or 1)
-        cfg = attack_config(self.spec.attack.config, over, num_images=images)
+        found, withheld = update_facts(update)
+        images = num_images if num_images is not None else (found or 1)
+        cfg = attack_config(self.spec.attack.config, over, num_images=images, buffers_withheld=withheld)
         cfg.update = str(update)
         return cfg
 

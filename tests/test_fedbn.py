@@ -139,3 +139,27 @@ def test_the_metadata_refuses_a_kept_entry_that_was_sent(fedbn_run):
 def test_fedbn_on_nvflare_is_refused_before_any_work(tmp_path):
     with pytest.raises(UserError, match="simulation only"):
         Federation(tiny_train_config(tmp_path, **{"fl.bn_buffers": "local", "fl.engine": "nvflare"}))
+
+
+def test_an_update_without_bn_statistics_is_attacked_by_update_matching_everywhere(fedbn_run, tmp_path):
+    """The default attack's only signal is the BN prior from the buffers: for a FedBN update attack.py, the audit and a
+    study cell all choose batch.yaml (update matching through the replayed steps), for the 1-image client too."""
+    from common.config_loader import to_dict
+    from federation.audit import AuditConfig
+    from pipelines.attack_audit import AttackAudit
+    from pipelines.attack_plan import BATCH_FILE, attack_config
+
+    out, _ = fedbn_run
+    update = RunLayout(out).update(2, 2)
+    _, meta = load_update(update)
+    assert meta["num_images"] == 1
+    plan = plan_attack(update=update, overrides={"optim.compile": False})
+    assert plan.batch and plan.buffers_withheld and "withholds the BN running statistics" in plan.describe()
+    assert plan.config.objective["update_matching"]["weight"] > 0
+    audit = AttackAudit(AuditConfig(every=1), num_clients=3)
+    from_audit = audit.attack_config(1, True)
+    assert from_audit.objective == plan.config.objective and from_audit.optim.restarts == plan.config.optim.restarts
+    assert audit.attack_config(1, False).objective["update_matching"]["weight"] == 0  # buffers sent: the default attack
+    from_study = attack_config("", [], num_images=1, buffers_withheld=True)
+    assert to_dict(from_study.objective) == to_dict(plan.config.objective)
+    assert BATCH_FILE.is_file()

@@ -120,3 +120,11 @@ def test_gaussian_per_tensor_adds_each_tensor_its_own_noise():
 def test_gaussian_calibration_is_validated():
     with pytest.raises(UserError, match="calibration"):
         FilterChain.from_config([{"name": "gaussian", "sigma0": 1.0, "calibration": "per_layer"}])
+
+
+def test_the_retired_per_tensor_calibration_says_so(capsys):
+    FilterChain.from_config([{"name": "gaussian", "sigma0": 5.0, "calibration": "per_tensor"}])
+    assert "per_tensor is retired" in capsys.readouterr().err
+    FilterChain.from_config([{"name": "gaussian", "sigma0": 5.0}])
+    FilterChain.from_config([{"name": "gaussian", "sigma0": 0.0, "calibration": "per_tensor"}])
+    assert capsys.readouterr().err == ""
