@@ -94,19 +94,21 @@ def figure(pts: list[Point], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8.5, 5.5))
+    fig, ax = plt.subplots(figsize=(8.5, 7.5))
     for i, p in enumerate(pts):
         rate, lo, hi = p.rate
         marker = "D" if p.cost == p.low == p.high == 0 else "o"
+        hollow = p.inconclusive * 2 > p.images  # mostly inconclusive: the rate is a loose lower bound, drawn hollow
         ax.errorbar(rate, p.cost, xerr=[[rate - lo], [hi - rate]], yerr=[[p.cost - p.low], [p.high - p.cost]], fmt=marker,
-                    capsize=3, color=f"C{i}", label=f"{p.label} ({p.inconclusive} of {p.images} inconclusive)" if p.inconclusive
-                    else p.label)
+                    capsize=3, color=f"C{i}", mfc="none" if hollow else f"C{i}", ms=8,
+                    label=f"{p.label} ({p.inconclusive} of {p.images} faces inconclusive)" if p.inconclusive else p.label)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlim(-0.05, 1.05)
     ax.set_xlabel("share of distinct private faces shown leaking (lower bound where attacks were inconclusive)")
     ax.set_ylabel("test accuracy minus the undefended federation's (paired by seed)")
-    ax.set_title("Privacy-utility: every defence, the 1-image client, 95% intervals")
-    ax.legend(fontsize=7, loc="lower left")
+    ax.set_title("Privacy-utility: every defence, the 1-image client, 95% intervals\n(hollow: most attacks inconclusive, "
+                 "so the leak rate is a loose lower bound)", fontsize=10)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -235,6 +235,58 @@ def batch_attack_does_not_converge() -> str:
             f"{ci(leaks(data), len(data))}); {k} of {sum(r['num_images'] for r in data)} images identified against {chance:.1f} by chance")
 
 
+# ----------------------------------------------------------------------------- defences as deployed (issue 41)
+
+
+def by_seed(sel: list[dict[str, Any]]) -> dict[int, float]:
+    """Each federation's final test accuracy by its seed (its attacks repeat it)."""
+    return {int(r["seed"]): float(r["final_test_accuracy"]) for r in sel}
+
+
+def paired_cost(defended: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> str:
+    from studies.paired import paired_difference
+
+    p = paired_difference(by_seed(baseline), by_seed(defended))
+    return (f"{p.mean:+.3f} test accuracy (paired over {p.n} seeds, 95% interval {p.low:+.3f} to {p.high:+.3f}; "
+            f"{sum(p.defended) / p.n:.3f} against {sum(p.baseline) / p.n:.3f})")
+
+
+def counts(sel: list[dict[str, Any]]) -> str:
+    inconclusive = sum(r["verdict"] == "inconclusive" for r in sel)
+    return f"{leaks(sel)} of {len(sel)} updates leak ({ci(leaks(sel), len(sel))}; {inconclusive} inconclusive)"
+
+
+@headline
+def fedbn_accuracy() -> str:
+    data = rows("fedbn")
+    return f"Keeping the BN statistics on the client costs {paired_cost([r for r in data if r['bn'] == 'local'], [r for r in data if r['bn'] == 'shared'])}"
+
+
+@headline
+def fedbn_one_image_client() -> str:
+    data = [r for r in rows("fedbn") if r["client"] == 3]
+    local, shared = ([r for r in data if r["bn"] == arm] for arm in ("local", "shared"))
+    return (f"The 1-image client: with FedBN {counts(local)}, {per_image('fedbn', local)}; sending the buffers {counts(shared)}, "
+            f"{per_image('fedbn', shared)}")
+
+
+@headline
+def fedbn_four_image_client() -> str:
+    data = [r for r in rows("fedbn") if r["client"] == 2]
+    local, shared = ([r for r in data if r["bn"] == arm] for arm in ("local", "shared"))
+    (kl, cl), (ks, cs) = identified(local), identified(shared)
+    return (f"The 4-image client: with FedBN {counts(local)}, {kl} of {4 * len(local)} images identified against {cl:.1f} by chance; "
+            f"sending the buffers {counts(shared)}, {ks} of {4 * len(shared)} identified against {cs:.1f}")
+
+
+@headline
+def dp_deployed_clip_only() -> str:
+    clip = [r for r in rows("dp_deployed") if r["client"] == 3]
+    shared = [r for r in rows("fedbn") if r["bn"] == "shared" and r["client"] == 3]
+    return (f"Clipping the weights at the median update norm costs {paired_cost(clip, shared)}, and {counts(clip)}, "
+            f"{per_image('dp_deployed', clip)}")
+
+
 def missing(page: str) -> list[tuple[str, str]]:
     """(name, sentence) of every headline whose sentence is not on ``page`` (whitespace collapsed on both)."""
     text = " ".join(page.split())

@@ -113,7 +113,6 @@ def update_facts(update: Path) -> tuple[int | None, bool]:
         return None, False
 
 
-
 @dataclasses.dataclass(frozen=True)
 class AttackPlan:
     """What will be attacked and how: the update folder, its client's image count, and the complete config."""

@@ -157,6 +157,11 @@ def gallery(study_dir: Path, path: Path, limit: int = 24) -> Path | None:
     return plots.gallery(pairs, path) if pairs else None
 
 
+def _short(value: str) -> str:
+    """A commit as 12 hex digits, marked when it had uncommitted changes (else two provenances read the same)."""
+    return value[:12] + (" with uncommitted changes" if "uncommitted" in value else "")
+
+
 def provenance_note(rows: list[dict[str, str]]) -> str:
     """A sentence when the cells were not all made alike: several commits, torch versions or thread counts
     (a thread count alone changes a training path), or cells that recorded none."""
@@ -165,5 +170,5 @@ def provenance_note(rows: list[dict[str, str]]) -> str:
                          ("attack_threads", "attack thread counts")):
         values = sorted({r.get(column) or "unrecorded" for r in rows})
         if len(values) > 1:
-            parts.append(f"{len(values)} {what} ({', '.join(v[:12] for v in values)})")
+            parts.append(f"{len(values)} {what} ({', '.join(_short(v) for v in values)})")
     return f" Mixed provenance: {'; '.join(parts)}; compare cells of one provenance." if parts else ""

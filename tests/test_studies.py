@@ -250,6 +250,8 @@ def test_mixed_provenance_is_said_in_the_summary():
     note = provenance_note(mixed)
     assert "3 training thread counts (1, 2, unrecorded)" in note and "2 code commits (abc, unrecorded)" in note, note
     assert "attack thread counts" in note and note.startswith(" Mixed provenance: ")
+    dirty = [{"commit": "3454e3bc7a4386437cf1"}, {"commit": "3454e3bc7a4386437cf1 (with uncommitted changes to tracked files)"}]
+    assert "2 code commits (3454e3bc7a43, 3454e3bc7a43 with uncommitted changes)" in provenance_note(dirty)
 
 
 def test_attack_seeds_repeat_every_update_apart_from_the_training_seed():
