@@ -11,11 +11,10 @@ turns it red. ``tests/test_headlines.py`` runs it in CI.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
 from typing import Any, Callable
-
-import functools
 
 import yaml
 
@@ -60,7 +59,8 @@ def identified(sel: list[dict[str, Any]]) -> tuple[int, float]:
 @functools.lru_cache(maxsize=None)
 def client_images(study: str, seed: int, client: int) -> tuple[int, ...]:
     """The pool indices of a client's images in the study's federation of ``seed``, from its split (no training):
-    the unit of a leakage claim is a distinct private image, and two seeds can deal a client the same face."""
+    the unit of a leakage claim is a distinct private image, and two seeds can deal a client the same face. The
+    study's train overrides are applied, not its grid's: no shipped grid changes the split."""
     spec = yaml.safe_load((ROOT / "configs" / "studies" / f"{study}.yaml").read_text())
     overrides = {**(spec["train"].get("overrides") or {}), "seed": seed}
     files = [ROOT / spec["train"]["config"]] if spec["train"].get("config") else []
