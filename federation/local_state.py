@@ -16,17 +16,16 @@ from torch import nn
 
 from common.files import load_tensors, save_tensors
 from federation.run_layout import RunLayout
-from model.factory import batch_norm_layers
+from model.factory import BN_BUFFERS, batch_norm_layers
 
 State = dict[str, torch.Tensor]
 
-BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 AFFINE = ("weight", "bias")
 
 
 def local_keys(model: nn.Module, bn_buffers: str, bn_affine: str) -> list[str]:
     """The state-dict entries a client keeps: ``bn_buffers``/``bn_affine`` = 'local' keeps that part of every BN layer."""
-    parts = (BUFFERS if bn_buffers == "local" else ()) + (AFFINE if bn_affine == "local" else ())
+    parts = (BN_BUFFERS if bn_buffers == "local" else ()) + (AFFINE if bn_affine == "local" else ())
     state = model.state_dict()
     return sorted(f"{name}.{part}" for name, _ in batch_norm_layers(model) for part in parts if f"{name}.{part}" in state)
 

@@ -19,7 +19,7 @@ from common.files import load_tensors
 from federation.update_store import load_update, resolve_global_model
 from inversion.bn_sources import Targets
 from inversion.replay import ClientProcedure
-from model.factory import ClientModel, ModelSpec, batch_norm_layers, build_model, is_import_path
+from model.factory import BN_BUFFERS, ClientModel, ModelSpec, batch_norm_layers, build_model, is_import_path
 
 
 @dataclasses.dataclass
@@ -60,8 +60,7 @@ class AttackerKnowledge:
     def unknown_client_weights(self) -> list[str]:
         """Weights the client kept (FedBN's BN weight and bias): update matching replays its steps with the server's
         values of them, so the replay is approximate. Kept running statistics do not count: train-mode BN never reads them."""
-        buffers = ("running_mean", "running_var", "num_batches_tracked")
-        return [k for k in self.meta.get("local_keys", []) if not k.endswith(buffers)]
+        return [k for k in self.meta.get("local_keys", []) if not k.endswith(BN_BUFFERS)]
 
     def global_model(self) -> ClientModel:
         model = build_model(self.spec)

@@ -204,6 +204,11 @@ def build_model(spec: ModelSpec) -> ClientModel:
     return model
 
 
+#: a BN layer's buffers (state-dict suffixes); the first two are the running statistics the paper's attack reads
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+BN_STATISTICS = BN_BUFFERS[:2]
+
+
 def batch_norm_layers(model: nn.Module) -> list[tuple[str, nn.modules.batchnorm._BatchNorm]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 

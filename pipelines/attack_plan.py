@@ -37,6 +37,7 @@ from common.files import read_json
 from federation.run_layout import update_meta
 from federation.update_store import high_risk_update
 from inversion.attack_config import AttackConfig, check_attack_config
+from model.factory import BN_STATISTICS
 
 DEFAULT_FILE = AttackConfig.DEFAULT_FILE
 BATCH_FILE = AttackConfig.DEFAULT_FILE.parent / "batch.yaml"
@@ -93,9 +94,6 @@ def attack_config(config: ConfigFiles = None, overrides: Overrides = (), *, num_
     cfg = load(AttackConfig, chosen_files(config, num_images, buffers_withheld), _override_strings(overrides))
     check_attack_config(cfg)
     return cfg
-
-
-BN_STATISTICS = ("running_mean", "running_var")
 
 
 def withholds_buffers(meta: Mapping[str, Any]) -> bool:

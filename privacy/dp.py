@@ -19,6 +19,7 @@ import torch
 
 from common.config_loader import option
 from common.errors import UserError
+from model.factory import BN_BUFFERS
 from privacy.base import FilterContext, PrivacyFilter, ServerContext, Update, float_keys, global_norm, register
 
 if TYPE_CHECKING:
@@ -59,9 +60,6 @@ def epsilon_after(rounds: int, noise_multiplier: float, sample_rate: float, delt
 
 
 # ----------------------------------------------------------------------------- dp_gaussian
-
-
-BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 @dataclasses.dataclass
