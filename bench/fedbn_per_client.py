@@ -18,7 +18,6 @@ import yaml
 from bench.common import save
 from common.config_loader import build
 from common.files import load_tensors
-from federation.client import evaluate
 from federation.federation import Federation
 from federation.run_files import read_metrics
 from federation.run_layout import RunLayout
@@ -34,12 +33,9 @@ def per_client(run: Path) -> tuple[int, list[float], float] | None:
     if cfg.fl.bn_buffers != "local" and cfg.fl.bn_affine != "local":
         return None
     fed = Federation(cfg)
-    final = load_tensors(layout.global_model(cfg.fl.rounds), "final global model")
-    accuracies = []
-    for client in range(fed.num_clients):
-        fed.global_model.load_state_dict({**final, **load_tensors(layout.local_state(cfg.fl.rounds - 1, client), "client state")})
-        accuracies.append(evaluate(fed.global_model, fed.test_loader)[0])
-    return cfg.seed, accuracies, read_metrics(layout.metrics)[-1].test_accuracy
+    fed.states.load(layout, cfg.fl.rounds, range(fed.num_clients))
+    scores = fed.client_scores(load_tensors(layout.global_model(cfg.fl.rounds), "final global model"))
+    return cfg.seed, [scores[c][0] for c in sorted(scores)], read_metrics(layout.metrics)[-1].test_accuracy
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,7 @@ def main() -> None:
             full = time.perf_counter() - t
             rows.append({"round": rnd, "client": client, "steps": results[client].local_steps, "plain_s": round(plain, 4),
                          "fl_s": round(full, 4), "overhead_s": round(full - plain, 4)})
-        state = sim.aggregate(results, state)
+        state, _ = sim.aggregate_round(rnd, results, state)
     overheads = [r["overhead_s"] for r in rows]
     save("fl_overhead" + ("_capture" if args.capture else ""), {
         "device": device_name(cfg.accelerator), "model": cfg.model.name, "client_rounds": len(rows), "capture": args.capture,

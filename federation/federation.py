@@ -185,14 +185,11 @@ class Federation:
                 raise UserError(f"privacy filter {f.name}: adaptive clipping sets each round's clip norm on the server; fl.workers > 0 "
                                 "would clip with a stale one (use fl.workers=0, or a fixed clip_norm)")
 
-    def aggregate(self, results: dict[int, ClientResult], global_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """FedAvg over the updates the server received (withheld ones are simply not in ``results``)."""
-        return self.aggregate_round(0, results, global_state)[0]
-
     def aggregate_round(self, rnd: int, results: dict[int, ClientResult], global_state: dict[str, torch.Tensor]
                         ) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-        """FedAvg, then the filters' server half (central noise, the next clip norm); returns the new global model and
-        the server half's effects. Its noise is seeded by (seed, round), as the clients' is by (seed, round, client)."""
+        """FedAvg over the updates the server received (withheld ones are simply not in ``results``), then the filters'
+        server half (central noise, the next clip norm); returns the new global model and the server half's effects.
+        Its noise is seeded by (seed, round), as the clients' is by (seed, round, client)."""
         if not results:
             return {k: v.clone() for k, v in global_state.items()}, []
         order = sorted(results)
@@ -209,16 +206,22 @@ class Federation:
         """Test accuracy and loss of the global model; with local BN entries (FedBN) the global model has no trained
         statistics of its own, so each client's model (global weights, its kept entries) is evaluated and the
         accuracies and losses averaged over the clients that trained so far (FedBN's evaluation)."""
-        clients = sorted(self.states.kept) if self.states else []
-        if not clients:
+        scores = self.client_scores(global_state)
+        if not scores:
             self.global_model.load_state_dict(global_state)
             return evaluate(self.global_model, self.test_loader)
-        scores = []
-        for client in clients:
+        return float(np.mean([a for a, _ in scores.values()])), float(np.mean([loss for _, loss in scores.values()]))
+
+    def client_scores(self, global_state: dict[str, torch.Tensor]) -> dict[int, tuple[float, float]]:
+        """Per client with kept BN entries: (test accuracy, test loss) of its own model, the global weights with its
+        entries ({} without local entries, or before any client trained)."""
+        scores = {}
+        for client in sorted(self.states.kept) if self.states else []:
             self.global_model.load_state_dict(self.states.start(client, global_state))
-            scores.append(evaluate(self.global_model, self.test_loader))
-        self.global_model.load_state_dict(global_state)
-        return float(np.mean([a for a, _ in scores])), float(np.mean([loss for _, loss in scores]))
+            scores[client] = evaluate(self.global_model, self.test_loader)
+        if scores:
+            self.global_model.load_state_dict(global_state)
+        return scores
 
     def model_check(self, rnd: int, state: dict[str, torch.Tensor], test_loss: float) -> str:
         """What is wrong with the round's global model ('' = nothing), said on stderr when something is."""
