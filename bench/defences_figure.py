@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from bench.headlines import RESULTS, image_verdicts
+from bench.headlines import RESULTS, by_seed, image_verdicts
 from studies.paired import paired_difference
 from studies.tables import clopper_pearson, read_rows
 
@@ -38,15 +38,11 @@ class Point:
         return self.leaks / self.images, lo, hi
 
 
-def _accuracy_by_seed(rows: list[dict[str, Any]]) -> dict[int, float]:
-    return {int(r["seed"]): float(r["final_test_accuracy"]) for r in rows}
-
-
 def point(label: str, study: str, defended: Callable[[dict[str, Any]], bool], base_study: str,
           baseline: Callable[[dict[str, Any]], bool], client: int = 3) -> Point:
     rows = [r for r in read_rows(RESULTS / study / "results.csv") if int(r["client"]) == client and defended(r)]
     base = [r for r in read_rows(RESULTS / base_study / "results.csv") if int(r["client"]) == client and baseline(r)]
-    paired = paired_difference(_accuracy_by_seed(base), _accuracy_by_seed(rows))
+    paired = paired_difference(by_seed(base), by_seed(rows))
     verdicts = image_verdicts(study, rows)
     return Point(label, paired.mean, paired.low, paired.high, verdicts.count("leaks"), len(verdicts),
                  verdicts.count("inconclusive"), paired.n)
