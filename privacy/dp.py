@@ -210,7 +210,9 @@ class DPGaussian(PrivacyFilter):
             self.clip = used * math.exp(-p.clip_lr * (fraction - p.clip_quantile))
             effect.update(unclipped_fraction=fraction, next_clip_norm=self.clip)
         if effect:
-            effect.update(clip_norm=used, epsilon=self.epsilon(-1, ctx.round))
+            effect["clip_norm"] = used
+            if p.noise == "central":  # the federation's; with local noise epsilon is each client's, in its own effects
+                effect["epsilon"] = self.epsilon(-1, ctx.round)
         return delta, effect
 
     def server_state(self) -> dict[str, Any]:

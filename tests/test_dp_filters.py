@@ -250,6 +250,9 @@ def test_adaptive_clipping_moves_c_geometrically_toward_the_quantile():
     g = _dp(clip_norm=2.0, noise_multiplier=0.0, noise="central", clip_quantile=0.5)
     g.load_server_state(f.server_state())
     assert g.clip == f.clip
+    local = _dp(clip_norm=2.0, noise_multiplier=0.0, noise="local", clip_quantile=0.5)
+    _, effect = local.server_step({"conv.weight": torch.zeros(3)}, _server_ctx(0, 0, [1.0, 0.0]))
+    assert "epsilon" not in effect and effect["clip_norm"] == 2.0  # local epsilon is per client, never the server's 0
 
 
 def test_adaptive_clipping_spends_its_share_of_the_budget_on_the_bits():
